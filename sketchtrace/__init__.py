@@ -1,0 +1,45 @@
+"""sketchtrace: randomized, matrix-free trace estimation on JAX and numba.
+
+Public names live here; everything else is internal.
+"""
+
+from ._estimate import Estimate
+from ._hutchinson import block_traces, hutchinson
+from ._operators import (
+    DenseOperator,
+    FunctionOperator,
+    GramOperator,
+    JacobianOperator,
+    LinearOperator,
+    ScipyOperator,
+    SparseOperator,
+    as_operator,
+    gram,
+)
+from ._samplers import (
+    sample_like,
+    sampler_gaussian,
+    sampler_rademacher,
+    sampler_sphere,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Estimate",
+    "LinearOperator",
+    "DenseOperator",
+    "SparseOperator",
+    "ScipyOperator",
+    "FunctionOperator",
+    "JacobianOperator",
+    "GramOperator",
+    "as_operator",
+    "gram",
+    "hutchinson",
+    "block_traces",
+    "sample_like",
+    "sampler_rademacher",
+    "sampler_gaussian",
+    "sampler_sphere",
+]

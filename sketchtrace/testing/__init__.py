@@ -1,0 +1,20 @@
+"""Testing helpers for trace estimators, ours and users' own.
+
+* :func:`assert_unbiased` / :func:`check_unbiased`: a t-test with a stated
+  false-alarm rate and power;
+* :mod:`sketchtrace.testing.strategies`: hypothesis strategies for test operators
+  with exact traces (imported lazily; needs ``hypothesis``).
+"""
+
+from ._unbiased import UnbiasednessReport, assert_unbiased, check_unbiased, detectable_bias
+
+
+def __getattr__(name):
+    if name == "strategies":
+        import importlib
+
+        return importlib.import_module(".strategies", __name__)
+    raise AttributeError(name)
+
+
+__all__ = ["assert_unbiased", "check_unbiased", "detectable_bias", "UnbiasednessReport", "strategies"]
