@@ -9,6 +9,11 @@ Each algorithm is written once against a small backend interface:
   chunk, so peak memory is bounded by ``chunk_size``);
 * ``exact_quad_forms(op, chunk_size)``: the same with the standard basis as probes;
 * ``probes(key, num, dim, dtype, sampler)`` and ``matmat(op, V, chunk_size)``;
+* ``quad_forms_of(op, V, chunk_size)``: the ``(k, B)`` per-block quadratic forms
+  ``v_b . (A v)_b`` of the given rows ``V`` (``(k, n)``; Hutch++ uses it on
+  projected probes; one matvec per row);
+* ``split(key, num)``: ``num`` independent keys (JAX) or child Generators (numba)
+  for algorithms that draw several independent blocks (adaptive rounds);
 * ``check_finite(name, x)``: raise on non-finite results when values are concrete.
 
 The backend is chosen from the type of the randomness argument: a JAX key runs
@@ -111,6 +116,14 @@ class JaxBackend:
     @staticmethod
     def matmat(op, V, chunk_size=None):
         return map_chunks(op.matmat, V, chunk_size)
+
+    @staticmethod
+    def quad_forms_of(op, V, chunk_size=None):
+        return map_chunks(op.quad_forms, V, chunk_size)
+
+    @staticmethod
+    def split(key, num):
+        return list(jax.random.split(key, num))
 
     @staticmethod
     def check_finite(name, x):
