@@ -261,7 +261,9 @@ class ScipyOperator(LinearOperator):
             y = np.asarray(fn(np.asarray(x).T)).T
             return check_output(y, (x.shape[0], out_dim), dt, what="LinearOperator")
 
-        return jax.pure_callback(host, jax.ShapeDtypeStruct((X.shape[0], out_dim), dt), X)
+        return jax.pure_callback(
+            host, jax.ShapeDtypeStruct((X.shape[0], out_dim), dt), X, vmap_method="sequential"
+        )
 
     def matmat(self, V):
         return self._callback(self.L.matmat, V, self.shape[0])

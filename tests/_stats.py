@@ -1,0 +1,47 @@
+"""Analytic variances of Hutchinson quadratic forms, for test tolerances."""
+
+import math
+
+import numpy as np
+
+
+def qform_variance(G, sampler):
+    """Variance of ``v^T G v`` for one probe ``v`` (``G`` symmetric, ``n x n``).
+
+    Rademacher: ``2 (||G||_F^2 - sum g_ii^2)``; Gaussian: ``2 ||G||_F^2``;
+    uniform on the sphere of radius sqrt(n): ``2n/(n+2) (||G||_F^2 - tr(G)^2/n)``.
+    """
+    G = np.asarray(G, dtype=float)
+    G = 0.5 * (G + G.T)
+    n = G.shape[0]
+    fro2 = float(np.sum(G * G))
+    if sampler == "rademacher":
+        return 2.0 * (fro2 - float(np.sum(np.diag(G) ** 2)))
+    if sampler == "gaussian":
+        return 2.0 * fro2
+    if sampler == "sphere":
+        return 2.0 * n / (n + 2.0) * (fro2 - float(np.trace(G)) ** 2 / n)
+    raise ValueError(sampler)
+
+
+def assert_mean_within(samples, truth, var_one_trial, *, z=5.0, what="estimate"):
+    """``|mean - truth| <= z * sqrt(var / N)`` (two-sided false-failure rate 5.7e-7 at z=5)."""
+    samples = np.asarray(samples, dtype=float)
+    n = samples.size
+    sd = math.sqrt(var_one_trial / n)
+    dev = abs(samples.mean() - truth)
+    assert dev <= z * sd + 1e-12 * max(1.0, abs(truth)), (
+        f"{what}: mean {samples.mean():.6g} vs truth {truth:.6g} is {dev / sd:.2f} sd off (allowed {z})"
+    )
+    return dev / sd if sd > 0 else 0.0
+
+
+def variance_ratio_bounds(num_trials, *, z=5.0, kurtosis=10.0):
+    """Loose bounds for sample variance / true variance over ``num_trials`` trials.
+
+    The sample variance has relative standard deviation about
+    ``sqrt((kurtosis - 1) / N)``; ``kurtosis`` bounds the (non-excess) kurtosis of the
+    estimates (<= 15 for quadratic forms of Gaussian/Rademacher probes).
+    """
+    rel = z * math.sqrt((kurtosis - 1.0) / num_trials)
+    return max(0.0, 1.0 - rel), 1.0 + rel
