@@ -1,0 +1,234 @@
+"""numba kernels of the CPU backend.
+
+Everything here is thread-count independent: a parallel loop only ever writes
+its own slots of an output array, over a partition of the work that is fixed in
+advance (row chunks of :data:`CHUNK_ROWS` rows, or one probe per iteration), and
+every reduction across slots runs serially in a fixed order
+(:func:`reduce_chunks`). No ``prange`` reduction variable is used, so the
+floating-point summation order, and therefore the result, is the same for any
+``NUMBA_NUM_THREADS``.
+
+Dtypes are decided in Python before a kernel is called; each kernel compiles
+once per argument dtype (``cache=True`` keeps the machine code between runs,
+except for the kernels that take a user's matvec, which compile once per matvec).
+
+Rademacher probes are carried as bits: probe ``p``'s entry ``j`` is ``-1`` when bit
+``p % 64`` of ``WT[j, p // 64]`` is set and ``+1`` otherwise. One row of ``WT`` is
+then 8 bytes for up to 64 probes (instead of 512 bytes of float64), so the probe
+block stays in cache while the sparse matrix streams through memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+#: Rows per work item of the row-parallel sparse kernels (fixed: never derived
+#: from the thread count).
+CHUNK_ROWS = 2048
+
+_UINT64_MAX = np.iinfo(np.uint64).max
+
+
+# ----------------------------------------------------------------------------- partitions
+
+
+def row_chunks(num_rows: int, blocks) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed partition of ``range(num_rows)`` into chunks that never straddle a block.
+
+    Returns ``starts`` (``C + 1`` boundaries) and ``chunk_block`` (block index of each chunk).
+    """
+    bounds = [(0, num_rows)] if blocks is None else [(a, b) for _, a, b in blocks]
+    starts, owner = [], []
+    for bi, (a, b) in enumerate(bounds):
+        for s in range(a, b, CHUNK_ROWS):
+            starts.append(s)
+            owner.append(bi)
+    starts.append(num_rows)
+    return np.asarray(starts, np.int64), np.asarray(owner, np.int64)
+
+
+@njit(nogil=True, cache=True)
+def reduce_chunks(partials, chunk_block, num_blocks, out):
+    """``out[p, b] = sum of partials[c, p] over chunks c of block b`` (serial, fixed order)."""
+    C, k = partials.shape
+    for p in range(k):
+        for b in range(num_blocks):
+            out[p, b] = 0.0
+    for c in range(C):
+        b = chunk_block[c]
+        for p in range(k):
+            out[p, b] += partials[c, p]
+
+
+# ----------------------------------------------------------------------------- Rademacher bits
+
+
+def draw_rademacher_words(rng: np.random.Generator, num: int, dim: int) -> np.ndarray:
+    """``(num, ceil(dim / 64))`` uint64 words; probe ``p`` is row ``p`` (bit ``j % 64`` of word ``j // 64``).
+
+    Each word is one raw 64-bit draw, consumed probe after probe, so drawing the
+    probes in several chunks gives the same probes as drawing them at once.
+    """
+    return rng.integers(0, _UINT64_MAX, size=(num, -(-dim // 64)), dtype=np.uint64, endpoint=True)
+
+
+def words_to_rows(words: np.ndarray, dim: int, dtype) -> np.ndarray:
+    """Unpack probe-major words into a ``(num, dim)`` array of +-1 entries."""
+    bits = np.unpackbits(words.view(np.uint8), axis=1, bitorder="little", count=dim)
+    out = np.ones(bits.shape, dtype)
+    out[bits.astype(bool)] = -1
+    return out
+
+
+@njit(nogil=True, inline="always")
+def _transpose64(A):
+    """In-place transpose of a 64 x 64 bit matrix: bit ``c`` of ``A[r]`` <-> bit ``r`` of ``A[c]``."""
+    j = 32
+    m = np.uint64(0x00000000FFFFFFFF)
+    while j != 0:
+        sj = np.uint64(j)
+        k = 0
+        while k < 64:
+            t = ((A[k] >> sj) ^ A[k + j]) & m
+            A[k + j] ^= t
+            A[k] ^= t << sj
+            k = (k + j + 1) & ~j
+        j >>= 1
+        m ^= m << np.uint64(j)
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def bit_transpose(words, dim, WT):
+    """Probe-major bits ``words`` (num, ceil(dim/64)) -> entry-major bits ``WT`` (dim, ceil(num/64))."""
+    num, nwn = words.shape
+    ng = WT.shape[1]
+    for c in prange(nwn):
+        A = np.empty(64, np.uint64)
+        j0 = c * 64
+        jmax = min(64, dim - j0)
+        for g in range(ng):
+            for r in range(64):
+                p = g * 64 + r
+                A[r] = words[p, c] if p < num else np.uint64(0)
+            _transpose64(A)
+            for b in range(jmax):
+                WT[j0 + b, g] = A[b]
+
+
+def rademacher_bits_T(words: np.ndarray, dim: int) -> np.ndarray:
+    WT = np.empty((dim, -(-words.shape[0] // 64)), np.uint64)
+    bit_transpose(words, dim, WT)
+    return WT
+
+
+# ----------------------------------------------------------------------------- CSR kernels
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def csr_quad_bits(indptr, indices, data, WT, starts, k, partials):
+    """Fused ``v_p . (A v_p)`` per row chunk for Rademacher bit probes; ``A v`` is never stored.
+
+    ``partials[c, p]`` receives chunk ``c``'s share of probe ``p``'s quadratic form.
+    """
+    C = starts.size - 1
+    ng = WT.shape[1]
+    for c in prange(C):
+        part = np.zeros(ng * 64, data.dtype)
+        acc = np.empty(ng * 64, data.dtype)
+        for i in range(starts[c], starts[c + 1]):
+            acc[:] = 0.0
+            for jj in range(indptr[i], indptr[i + 1]):
+                a = data[jj]
+                na = -a
+                col = indices[jj]
+                for g in range(ng):
+                    x = WT[col, g]
+                    base = g * 64
+                    for q in range(64):
+                        acc[base + q] += na if (x >> np.uint64(q)) & np.uint64(1) else a
+            for g in range(ng):
+                x = WT[i, g]
+                base = g * 64
+                for q in range(64):
+                    v = acc[base + q]
+                    part[base + q] += -v if (x >> np.uint64(q)) & np.uint64(1) else v
+        for p in range(k):
+            partials[c, p] = part[p]
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def csr_quad_dense(indptr, indices, data, VT, starts, partials):
+    """Fused ``v_p . (A v_p)`` per row chunk for probes stored entry-major ``VT`` (n, k)."""
+    C = starts.size - 1
+    k = VT.shape[1]
+    for c in prange(C):
+        part = np.zeros(k, data.dtype)
+        acc = np.empty(k, data.dtype)
+        for i in range(starts[c], starts[c + 1]):
+            acc[:] = 0.0
+            for jj in range(indptr[i], indptr[i + 1]):
+                a = data[jj]
+                col = indices[jj]
+                for p in range(k):
+                    acc[p] += a * VT[col, p]
+            for p in range(k):
+                part[p] += VT[i, p] * acc[p]
+        for p in range(k):
+            partials[c, p] = part[p]
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def csr_matmat(indptr, indices, data, VT, starts, out):
+    """``out = A @ VT`` for entry-major probes ``VT`` (n, k); ``out`` is (m, k)."""
+    C = starts.size - 1
+    k = VT.shape[1]
+    for c in prange(C):
+        for i in range(starts[c], starts[c + 1]):
+            for p in range(k):
+                out[i, p] = 0.0
+            for jj in range(indptr[i], indptr[i + 1]):
+                a = data[jj]
+                col = indices[jj]
+                for p in range(k):
+                    out[i, p] += a * VT[col, p]
+
+
+# ----------------------------------------------------------------------------- user numba matvecs
+
+
+@njit(parallel=True, nogil=True)
+def func_quad(fn, V, m, bounds, out, status):
+    """Call the numba matvec ``fn`` on each probe row of ``V`` in parallel; per-block quad forms.
+
+    ``bounds`` holds the ``B + 1`` block boundaries over the output rows. A probe
+    whose output length is not ``m`` sets ``status[p]`` to that length (else -1).
+    """
+    k = V.shape[0]
+    B = bounds.size - 1
+    for p in prange(k):
+        y = fn(V[p])
+        if y.shape[0] != m:
+            status[p] = y.shape[0]
+            continue
+        status[p] = -1
+        for b in range(B):
+            s = 0.0
+            for i in range(bounds[b], bounds[b + 1]):
+                s += V[p, i] * y[i]
+            out[p, b] = s
+
+
+@njit(parallel=True, nogil=True)
+def func_matmat(fn, V, out, status):
+    """``out[p] = fn(V[p])`` in parallel, with the same output-length check as :func:`func_quad`."""
+    k = V.shape[0]
+    m = out.shape[1]
+    for p in prange(k):
+        y = fn(V[p])
+        if y.shape[0] != m:
+            status[p] = y.shape[0]
+            continue
+        status[p] = -1
+        for i in range(m):
+            out[p, i] = y[i]
