@@ -3,7 +3,9 @@
 Public names live here; everything else is internal.
 """
 
+from ._dynamic import DynamicState, moving_average, optimal_gamma, predictor_corrector
 from ._estimate import Estimate
+from ._finite_difference import FiniteDifferenceGram, default_step, finite_difference_bias, finite_difference_jvp
 from ._hutchinson import block_traces, hutchinson
 from ._operators import (
     DenseOperator,
@@ -26,6 +28,14 @@ from ._samplers import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "predictor_corrector",
+    "moving_average",
+    "optimal_gamma",
+    "DynamicState",
+    "finite_difference_jvp",
+    "FiniteDifferenceGram",
+    "finite_difference_bias",
+    "default_step",
     "Estimate",
     "LinearOperator",
     "DenseOperator",
