@@ -1,0 +1,26 @@
+"""pinn_adapters: NTK loss weights for physics-informed networks, built on sketchtrace.
+
+Host libraries (Flax, Equinox, jinns, optax, tqdm) are imported lazily, inside the
+functions that need them; importing this package needs only JAX and sketchtrace.
+"""
+
+from . import problems
+from ._blocks import ResidualBlocks
+from ._ntk import ntk_traces, ntk_weights
+from ._train import TrainResult, TrainState, load_checkpoint, save_checkpoint, train
+from ._weighting import NTKWeighting, WeightingState, ntk_weighting
+
+__all__ = [
+    "ResidualBlocks",
+    "ntk_traces",
+    "ntk_weights",
+    "ntk_weighting",
+    "NTKWeighting",
+    "WeightingState",
+    "train",
+    "TrainResult",
+    "TrainState",
+    "save_checkpoint",
+    "load_checkpoint",
+    "problems",
+]

@@ -1,0 +1,262 @@
+"""Block traces of the neural tangent kernel and the NTK loss weights derived from them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+
+import sketchtrace as st
+from sketchtrace._validate import check_choice, check_chunk_size, check_num_matvecs
+
+from ._blocks import ResidualBlocks, check_finite_residuals
+
+METHODS = ("exact", "hutchinson", "hutchpp", "xtrace")
+RULES = ("wang2022", "jaxpi")
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def residual_rows(blocks: ResidualBlocks, params, batch) -> dict[str, int]:
+    """Number of residual rows per block (points times components), without FLOPs."""
+    shapes = jax.eval_shape(blocks.residuals, params, batch)
+    return {n: int(s.shape[0]) for n, s in shapes.items()}
+
+
+def resolve_side(side, *, num_matvecs, num_params, num_rows, num_blocks):
+    """Probe side for block traces: the cheaper in Jacobian products.
+
+    The parameter side spends ``min(k, p)`` JVPs (one JVP serves every block and the
+    estimate is exact from ``p`` probes on); the residual side spends
+    ``B * min(k, n)`` VJPs (one VJP per block per probe; exact from ``n`` probes).
+    ``"auto"`` picks the smaller count (ties go to the parameter side).
+    """
+    check_choice(side, ("auto", "params", "residuals", "input", "output"), name="side")
+    if side in ("params", "input"):
+        return "input"
+    if side in ("residuals", "output"):
+        return "output"
+    cost_in = min(num_matvecs, num_params)
+    cost_out = num_blocks * min(num_matvecs, num_rows)
+    return "input" if cost_in <= cost_out else "output"
+
+
+def ntk_traces(
+    key,
+    blocks: ResidualBlocks,
+    params,
+    batch,
+    *,
+    method="exact",
+    num_matvecs=None,
+    side="auto",
+    normalize="sum",
+    sampler="rademacher",
+    chunk_size=256,
+):
+    """Traces of the diagonal NTK blocks ``tr(K_bb) = ||J_b||_F^2``, one per residual block.
+
+    ``J_b = d r_b / d params`` is the Jacobian of block ``b``'s residuals. The NTK
+    block ``K_bb = J_b J_b^T`` has trace ``sum_{x in block b} ||grad_params r(x)||^2``.
+
+    Parameters
+    ----------
+    key : jax.random key or None
+        Randomness for the sketched methods (never defaulted); ignored (may be
+        ``None``) for ``method="exact"``.
+    blocks : ResidualBlocks
+    params : pytree
+        Network parameters.
+    batch : mapping
+        Block name -> collocation points.
+    method : {"exact", "hutchinson", "hutchpp", "xtrace"}
+        ``"exact"``: per-point gradients in chunks of ``chunk_size`` points (peak
+        memory about ``chunk_size`` gradients, never the ``n x p`` Jacobian).
+        ``"hutchinson"``: ``num_matvecs`` probes; on the parameter side one JVP per
+        probe gives every block's estimate ``||J_b v||^2``; on the residual side each
+        block costs one VJP per probe, ``||J_b^T u||^2``. ``"hutchpp"`` and
+        ``"xtrace"``: the low-rank-deflated estimators of sketchtrace, run per block
+        on ``J_b^T J_b`` (or ``J_b J_b^T``), ``num_matvecs`` each.
+    num_matvecs : int
+        Probe budget (required for the sketched methods). A budget that reaches the
+        probe dimension gives the exact answer (sketchtrace's rule).
+    side : {"auto", "params", "residuals"}
+        Probe side for the sketched methods (``"input"``/``"output"`` are accepted as
+        aliases). ``"auto"`` picks the one needing fewer Jacobian products, see
+        :func:`resolve_side`.
+    normalize : {"sum", "mean", None}
+        ``"sum"``: the trace ``||J_b||_F^2``; ``"mean"``: divided by the number of
+        residual rows of the block (the NTK of a mean-reduced loss, jaxpi's
+        convention); ``None``: follow ``blocks.reduction``.
+    sampler : str
+        Probe distribution for the sketched methods.
+    chunk_size : int
+        Points per chunk for the exact method.
+
+    Returns
+    -------
+    dict
+        Block name -> :class:`sketchtrace.Estimate` (``sem`` 0 for exact).
+        ``num_matvecs`` counts Jacobian products (per-point gradients for exact).
+
+    Raises
+    ------
+    ValueError
+        Unknown method/side/normalize, a missing budget, or non-finite residuals or
+        gradients (checked when the values are concrete, i.e. outside ``jit``).
+
+    References
+    ----------
+    S. Wang, X. Yu, P. Perdikaris, "When and why PINNs fail to train: a neural tangent
+    kernel perspective", J. Comput. Phys. 449 (2022). doi:10.1016/j.jcp.2021.110768
+    M. Hirsch, F. Pichi, "Convergence and sketching-based efficient computation of
+    neural tangent kernel weights in physics-based loss", arXiv:2511.15530 (2025).
+    M. F. Hutchinson, Commun. Stat. Simul. Comput. 19 (1990). doi:10.1080/03610919008812866
+    """
+    if not isinstance(blocks, ResidualBlocks):
+        raise TypeError(f"blocks must be a pinn_adapters.ResidualBlocks; got {type(blocks).__name__}")
+    check_choice(method, METHODS, name="method")
+    check_choice(normalize, ("sum", "mean", None), name="normalize")
+    normalize = normalize or blocks.reduction
+    blocks._check_batch(batch)
+    rows = residual_rows(blocks, params, batch)
+
+    if method == "exact":
+        chunk_size = check_num_matvecs(chunk_size, name="chunk_size")
+        check_finite_residuals(blocks.residuals(params, batch), where="ntk_traces")
+        norms = blocks.point_grad_sq_norms(params, batch, chunk_size=chunk_size)
+        out = {}
+        for name, v in norms.items():
+            tr = jnp.sum(v)
+            if _is_concrete(tr) and not bool(jnp.isfinite(tr)):
+                raise ValueError(f"ntk_traces: block {name!r} has non-finite per-point gradients")
+            out[name] = st.Estimate(tr, jnp.zeros_like(tr), rows[name])
+    else:
+        if num_matvecs is None:
+            raise ValueError(f"num_matvecs is required for method={method!r} (a probe budget, e.g. 8)")
+        num_matvecs = check_num_matvecs(num_matvecs)
+        num_params = int(jax.flatten_util.ravel_pytree(params)[0].shape[0])
+        s = resolve_side(
+            side, num_matvecs=num_matvecs, num_params=num_params, num_rows=sum(rows.values()), num_blocks=len(rows)
+        )
+        if method == "hutchinson":
+            J = blocks.jacobian(params, batch, mode="fwd" if s == "input" else "bwd")
+            check_finite_residuals(J.value, where="ntk_traces")
+            out = st.block_traces(key, st.gram(J, side=s), num_matvecs=num_matvecs, sampler=sampler)
+            out = {n: out[n] for n in blocks.names}
+        else:
+            fn = getattr(st, method, None)
+            if fn is None:  # pragma: no cover - depends on the core's progress
+                raise ValueError(f"method={method!r} needs sketchtrace.{method}, which this sketchtrace lacks")
+            keys = jax.random.split(key, len(blocks.names))
+            out = {}
+            for k, name in zip(keys, blocks.names):
+                J = st.JacobianOperator(
+                    lambda p, pts, name=name: blocks.block_residuals(name, p, pts),
+                    params,
+                    batch[name],
+                    mode="fwd" if s == "input" else "bwd",
+                )
+                check_finite_residuals({name: J.value}, where="ntk_traces")
+                out[name] = fn(k, st.gram(J, side=s), num_matvecs=num_matvecs)
+    if normalize == "mean":
+        out = {
+            n: st.Estimate(e.value / rows[n], e.sem / rows[n], e.num_matvecs) for n, e in out.items()
+        }
+    return out
+
+
+def _values(traces) -> dict:
+    if not isinstance(traces, Mapping) or not traces:
+        raise TypeError(f"traces must be a non-empty dict block name -> Estimate or number; got {traces!r}")
+    return {n: jnp.asarray(getattr(t, "value", t)) for n, t in traces.items()}
+
+
+def ntk_weights(traces, *, rule="wang2022", cap=None, eps=1e-6, sizes=None, fallback=1.0):
+    """NTK loss weights from per-block NTK traces.
+
+    ``rule="wang2022"``: ``lambda_i = sum_j T_j / T_i``.
+    ``rule="jaxpi"``: per-point means ``m_i = T_i / n_i`` (``n_i = sizes[i]``; without
+    ``sizes`` the traces are taken to be per-point means already, e.g. from
+    ``ntk_traces(..., normalize="mean")``) and ``lambda_i = mean_j m_j / m_i``.
+
+    Guards (the convergence theory needs weights in a fixed positive interval):
+
+    * non-finite traces raise a ValueError naming the block (when the values are
+      concrete); under ``jax.jit`` every weight is set to ``fallback`` instead
+      (:func:`ntk_weighting` keeps its previous weights in that case);
+    * traces are floored at ``eps * max_j T_j`` before dividing, so a zero or
+      negative estimate (possible for the predictor-corrector) gives a large but
+      finite weight: ``wang2022`` weights lie in ``[1, B / eps]``;
+    * if every trace is ``<= 0`` there is no scale: ValueError (concrete) or ``fallback``;
+    * ``cap``: weights are clipped to at most ``cap``.
+
+    Parameters
+    ----------
+    traces : dict
+        Block name -> :class:`sketchtrace.Estimate` or number.
+    rule : {"wang2022", "jaxpi"}
+    cap : float, optional
+        Upper bound on each weight (positive).
+    eps : float
+        Relative floor for the traces, in ``(0, 1)``.
+    sizes : dict, optional
+        Block name -> number of residual rows (for ``rule="jaxpi"``).
+    fallback : float
+        Weight used under ``jit`` when the traces are unusable.
+
+    Returns
+    -------
+    dict
+        Block name -> positive finite scalar weight.
+
+    References
+    ----------
+    S. Wang, X. Yu, P. Perdikaris, J. Comput. Phys. 449 (2022). doi:10.1016/j.jcp.2021.110768
+    S. Wang, S. Sankaran, H. Wang, P. Perdikaris, "An expert's guide to training
+    physics-informed neural networks", arXiv:2308.08468 (2023) (jaxpi).
+    """
+    check_choice(rule, RULES, name="rule")
+    if not (isinstance(eps, (int, float)) and 0 < eps < 1):
+        raise ValueError(f"eps must be a float in (0, 1); got {eps!r}")
+    if cap is not None and not (isinstance(cap, (int, float)) and math.isfinite(cap) and cap > 0):
+        raise ValueError(f"cap must be None or a positive finite number; got {cap!r}")
+    T = _values(traces)
+    names = list(T)
+    if sizes is not None:
+        missing = [n for n in names if n not in sizes]
+        if missing:
+            raise ValueError(f"sizes has no entry for block(s) {missing}")
+        if any(int(sizes[n]) <= 0 for n in names):
+            raise ValueError(f"sizes must be positive row counts; got {dict(sizes)}")
+    for n, t in T.items():
+        if t.ndim != 0:
+            raise ValueError(f"traces[{n!r}] must be a scalar; got shape {t.shape}")
+        if _is_concrete(t) and not bool(jnp.isfinite(t)):
+            raise ValueError(
+                f"ntk_weights: trace of block {n!r} is {float(t)}; weights need finite traces "
+                "(non-finite residuals or gradients upstream?)"
+            )
+    vals = jnp.stack([T[n] for n in names])
+    if rule == "jaxpi" and sizes is not None:
+        vals = vals / jnp.asarray([float(sizes[n]) for n in names], vals.dtype)
+    top = jnp.max(vals)
+    if _is_concrete(top) and not bool(top > 0):
+        raise ValueError(
+            f"ntk_weights: every trace is <= 0 ({ {n: float(T[n]) for n in names} }); there is no "
+            "scale to weight against (an all-zero Jacobian, or a very poor estimate)"
+        )
+    floored = jnp.maximum(vals, eps * top)
+    if rule == "wang2022":
+        w = jnp.sum(floored) / floored
+    else:
+        w = jnp.mean(floored) / floored
+    if cap is not None:
+        w = jnp.minimum(w, cap)
+    ok = jnp.all(jnp.isfinite(vals)) & (top > 0)
+    w = jnp.where(ok, w, jnp.asarray(fallback, w.dtype))
+    return {n: w[i] for i, n in enumerate(names)}

@@ -1,0 +1,75 @@
+"""One-dimensional Poisson problem of Wang, Yu and Perdikaris (2022)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from .._blocks import ResidualBlocks
+from ._mlp import mlp_apply, mlp_init
+from ._problem import Problem
+
+
+def poisson1d(*, a=4.0, layers=(1, 32, 32, 1), n_res=128, n_bc=1, reduction="mean", learning_rate=1e-3, dtype=None):
+    """``u_xx = f`` on ``(0, 1)`` with ``u(0) = u(1) = 0`` and exact ``u = sin(a pi x)``.
+
+    ``f(x) = -(a pi)^2 sin(a pi x)``. Blocks: ``"bc"`` (``u`` at ``x = 0`` and
+    ``x = 1``, ``n_bc`` copies of each end point) and ``"res"`` (``u_xx - f`` at
+    ``n_res`` uniform random points, redrawn by ``sample_batch``). Wang et al. use
+    ``a = 4`` to show the imbalance of the two NTK blocks.
+
+    References
+    ----------
+    S. Wang, X. Yu, P. Perdikaris, "When and why PINNs fail to train: a neural tangent
+    kernel perspective", J. Comput. Phys. 449 (2022). doi:10.1016/j.jcp.2021.110768
+    """
+    layers = tuple(layers)
+    if layers[0] != 1 or layers[-1] != 1:
+        raise ValueError(f"layers must start and end with width 1 for poisson1d; got {layers}")
+    k = a * math.pi
+
+    def exact(x):
+        return jnp.sin(k * jnp.asarray(x))
+
+    def u(params, x):  # scalar x
+        return mlp_apply(params, jnp.reshape(x, (1,)))[0]
+
+    def res(params, pts):
+        uxx = jax.vmap(jax.grad(jax.grad(u, argnums=1), argnums=1), (None, 0))(params, pts[:, 0])
+        return uxx + k**2 * jnp.sin(k * pts[:, 0])
+
+    def bc(params, pts):
+        return jax.vmap(u, (None, 0))(params, pts[:, 0]) - exact(pts[:, 0])
+
+    blocks = ResidualBlocks({"res": res, "bc": bc}, reduction=reduction)
+    ends = None
+
+    def sample_batch(key):
+        dt = dtype or jnp.result_type(float)
+        x = jax.random.uniform(key, (n_res, 1), dt)
+        e = jnp.repeat(jnp.asarray([[0.0], [1.0]], dt), n_bc, axis=0)
+        return {"res": x, "bc": e}
+
+    grid = jnp.linspace(0.0, 1.0, 1001)[:, None]
+
+    def relative_l2(params):
+        pred = jax.vmap(lambda x: mlp_apply(params, x)[0])(grid.astype(jax.tree.leaves(params)[0].dtype))
+        ref = exact(grid[:, 0])
+        return jnp.linalg.norm(pred - ref) / jnp.linalg.norm(ref)
+
+    del ends
+    return Problem(
+        name="poisson1d",
+        blocks=blocks,
+        layers=layers,
+        init_params=lambda key: mlp_init(key, layers, dtype),
+        apply=mlp_apply,
+        sample_batch=sample_batch,
+        batch_sizes={"res": n_res, "bc": 2 * n_bc},
+        exact_solution=exact,
+        relative_l2=relative_l2,
+        learning_rate=learning_rate,
+        info={"a": a},
+    )
