@@ -1,0 +1,194 @@
+"""Operators: every accepted input type, Jacobians over pytrees, Gram products, blocks."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from jax.flatten_util import ravel_pytree
+from scipy.sparse.linalg import aslinearoperator
+
+import sketchtrace as st
+
+
+def _rect(m=5, n=4, seed=0):
+    return np.random.default_rng(seed).standard_normal((m, n))
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [
+        np.asarray,
+        jnp.asarray,
+        sp.csr_matrix,
+        sp.csc_matrix,
+        sp.coo_matrix,
+        sp.csr_array,
+        aslinearoperator,
+    ],
+    ids=["numpy", "jax", "csr", "csc", "coo", "csr_array", "scipy-linop"],
+)
+def test_as_operator_products_match_dense(convert):
+    A = _rect()
+    op = st.as_operator(convert(A))
+    assert op.shape == (5, 4) and op.dtype == np.float64
+    V = np.random.default_rng(1).standard_normal((3, 4))
+    U = np.random.default_rng(2).standard_normal((3, 5))
+    np.testing.assert_allclose(op.matmat(jnp.asarray(V)), V @ A.T, rtol=1e-12)
+    np.testing.assert_allclose(op.rmatmat(jnp.asarray(U)), U @ A, rtol=1e-12)
+    np.testing.assert_allclose(op @ jnp.asarray(V[0]), A @ V[0], rtol=1e-12)
+
+
+def test_integer_matrix_is_converted_to_float():
+    op = st.as_operator(np.eye(3, dtype=int))
+    assert np.issubdtype(op.dtype, np.floating)
+
+
+def test_function_operator_with_and_without_rmatvec():
+    A = jnp.asarray(_rect())
+    op = st.FunctionOperator(lambda v: A @ v, (5, 4), jnp.float64)
+    U = jnp.ones((2, 5))
+    np.testing.assert_allclose(op.rmatmat(U), U @ A, rtol=1e-12)  # via jax.linear_transpose
+    op2 = st.FunctionOperator(lambda v: A @ v, (5, 4), jnp.float64, rmatvec=lambda u: A.T @ u)
+    np.testing.assert_allclose(op2.rmatmat(U), U @ A, rtol=1e-12)
+
+
+def test_lineax_operator_is_accepted():
+    lx = pytest.importorskip("lineax")
+    A = jnp.asarray(_rect(4, 4))
+    op = st.as_operator(lx.MatrixLinearOperator(A))
+    assert op.shape == (4, 4)
+    np.testing.assert_allclose(op.matmat(jnp.eye(4)), A.T, rtol=1e-12)
+    est = st.hutchinson(jax.random.key(0), op, num_matvecs=4)
+    np.testing.assert_allclose(float(est.value), float(jnp.trace(A)), rtol=1e-12)
+
+
+def test_lineax_duck_typing_without_lineax():
+    class Duck:  # the three methods lineax operators have
+        def __init__(self, a):
+            self.a = a
+
+        def mv(self, x):
+            return {"top": self.a[:2] @ x, "bottom": self.a[2:] @ x}
+
+        def in_structure(self):
+            return jax.ShapeDtypeStruct((3,), jnp.float64)
+
+        def out_structure(self):
+            return {"top": jax.ShapeDtypeStruct((2,), jnp.float64), "bottom": jax.ShapeDtypeStruct((1,), jnp.float64)}
+
+    a = jnp.asarray(_rect(3, 3))
+    op = st.as_operator(Duck(a))
+    assert op.block_names == ("bottom", "top")  # jax flattens dicts in sorted key order
+    exact = st.block_traces(jax.random.key(0), op, num_matvecs=3)
+    # output rows are (bottom, top) = (a[2], a[0], a[1]); block traces are diagonals in that order
+    perm = a[jnp.array([2, 0, 1])]
+    np.testing.assert_allclose(float(exact["bottom"].value), float(perm[0, 0]), rtol=1e-12)
+    np.testing.assert_allclose(float(exact["top"].value), float(perm[1, 1] + perm[2, 2]), rtol=1e-12)
+
+
+def _pytree_f(params, x, scale):
+    h = jnp.tanh(params["layer"]["w"] @ x + params["layer"]["b"])
+    return {"u": scale * h, "v": jnp.stack([jnp.sum(h**2), params["c"] ** 2])}
+
+
+@pytest.fixture
+def pytree_case():
+    rng = np.random.default_rng(0)
+    params = {"layer": {"w": jnp.asarray(rng.standard_normal((3, 2))), "b": jnp.asarray(rng.standard_normal(3))}, "c": jnp.asarray(0.7)}
+    x = jnp.asarray([0.3, -0.2])
+    flat, unravel = ravel_pytree(params)
+    jac = jax.jacfwd(lambda p: ravel_pytree(_pytree_f(unravel(p), x, 2.0))[0])(flat)
+    return params, x, np.asarray(jac)
+
+
+@pytest.mark.parametrize("mode", ["fwd", "bwd"])
+def test_jacobian_operator_over_pytrees(mode, pytree_case):
+    params, x, jac = pytree_case
+    J = st.JacobianOperator(_pytree_f, params, x, 2.0, mode=mode)
+    assert J.shape == jac.shape == (5, 10)
+    assert J.blocks == (("u", 0, 3), ("v", 3, 5))
+    V = jnp.asarray(np.random.default_rng(3).standard_normal((4, 10)))
+    U = jnp.asarray(np.random.default_rng(4).standard_normal((4, 5)))
+    np.testing.assert_allclose(J.matmat(V), V @ jac.T, rtol=1e-12)
+    np.testing.assert_allclose(J.rmatmat(U), U @ jac, rtol=1e-12)
+    tree = J.unravel_input(V[0])
+    assert jax.tree.structure(tree) == jax.tree.structure(params)
+    assert set(J.value) == {"u", "v"}
+
+
+def test_jacobian_is_linearized_once(pytree_case):
+    params, x, _ = pytree_case
+    calls = []
+
+    def f(p, x, s):
+        calls.append(1)
+        return _pytree_f(p, x, s)
+
+    J = st.JacobianOperator(f, params, x, 2.0)
+    n_after_linearize = len(calls)
+    J.matmat(jnp.ones((3, 10)))
+    st.hutchinson(jax.random.key(0), st.gram(J), num_matvecs=4)
+    assert len(calls) == n_after_linearize == 1
+
+
+@pytest.mark.parametrize("side", ["input", "output"])
+def test_gram_products_and_trace(side, pytree_case):
+    params, x, jac = pytree_case
+    G = st.gram(st.JacobianOperator(_pytree_f, params, x, 2.0), side=side)
+    dense = jac.T @ jac if side == "input" else jac @ jac.T
+    assert G.shape == dense.shape
+    V = jnp.asarray(np.random.default_rng(5).standard_normal((2, dense.shape[0])))
+    np.testing.assert_allclose(G.matmat(V), V @ dense, rtol=1e-10)
+    est = st.hutchinson(jax.random.key(0), G, num_matvecs=dense.shape[0])
+    np.testing.assert_allclose(float(est.value), np.sum(jac**2), rtol=1e-10)
+
+
+def test_gram_auto_picks_smaller_side(pytree_case):
+    params, x, _ = pytree_case
+    J = st.JacobianOperator(_pytree_f, params, x, 2.0)  # 5 x 10
+    assert st.gram(J).side == "output" and st.gram(J).probe_dim == 5
+    assert st.gram(J.T).side == "input" and st.gram(J.T).probe_dim == 5
+
+
+def test_gram_of_dense_matrix():
+    A = _rect(6, 3)
+    G = st.gram(A, side="auto")
+    est = st.hutchinson(jax.random.key(0), G, num_matvecs=3)
+    np.testing.assert_allclose(float(est.value), np.sum(A**2), rtol=1e-12)
+
+
+def test_dense_operator_is_a_pytree():
+    op = st.as_operator(jnp.eye(3), blocks={"a": 1, "b": 2})
+    leaves, tree = jax.tree.flatten(op)
+    assert len(leaves) == 1
+    op2 = jax.tree.unflatten(tree, leaves)
+    assert op2.blocks == op.blocks
+
+
+def test_blocks_spec_forms():
+    A = np.eye(6)
+    a = st.as_operator(A, blocks={"x": 2, "y": 4})
+    b = st.as_operator(A, blocks={"x": slice(0, 2), "y": (2, 6)})
+    assert a.blocks == b.blocks == (("x", 0, 2), ("y", 2, 6))
+
+
+def test_samplers_moments_and_sphere_norm():
+    k = jax.random.key(0)
+    for name, fn in [("rademacher", st.sampler_rademacher), ("gaussian", st.sampler_gaussian), ("sphere", st.sampler_sphere)]:
+        V = np.asarray(fn(k, (20000, 6), jnp.float64))
+        cov = V.T @ V / V.shape[0]
+        np.testing.assert_allclose(cov, np.eye(6), atol=0.06, err_msg=name)
+    S = np.asarray(st.sampler_sphere(k, (10, 7), jnp.float64))
+    np.testing.assert_allclose(np.linalg.norm(S, axis=1), np.sqrt(7), rtol=1e-12)
+    R = np.asarray(st.sampler_rademacher(k, (10, 7), jnp.float32))
+    assert R.dtype == np.float32 and set(np.unique(R)) == {-1.0, 1.0}
+
+
+def test_sample_like_keeps_structure_and_dtypes():
+    tree = {"w": jnp.zeros((2, 3), jnp.float32), "b": [jnp.zeros(4, jnp.float32)]}
+    v = st.sample_like(jax.random.key(0), tree, sampler="sphere")
+    assert jax.tree.structure(v) == jax.tree.structure(tree)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(v))
+    flat = ravel_pytree(v)[0]
+    np.testing.assert_allclose(float(jnp.linalg.norm(flat)), np.sqrt(10), rtol=1e-5)
