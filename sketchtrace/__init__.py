@@ -6,7 +6,11 @@ Public names live here; everything else is internal.
 from ._dynamic import DynamicState, moving_average, optimal_gamma, predictor_corrector
 from ._estimate import Estimate
 from ._finite_difference import FiniteDifferenceGram, default_step, finite_difference_bias, finite_difference_jvp
+from ._adaptive import trace
+from ._diagonal import diagonal
 from ._hutchinson import block_traces, hutchinson
+from ._hutchpp import hutchpp, na_hutchpp
+from ._xtrace import xnystrace, xtrace
 from ._operators import (
     DenseOperator,
     FunctionOperator,
@@ -48,6 +52,12 @@ __all__ = [
     "gram",
     "hutchinson",
     "block_traces",
+    "hutchpp",
+    "na_hutchpp",
+    "xtrace",
+    "xnystrace",
+    "diagonal",
+    "trace",
     "sample_like",
     "sampler_rademacher",
     "sampler_gaussian",

@@ -1,0 +1,214 @@
+"""Adaptive trace estimation: grow the sketch until the confidence interval meets a tolerance."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import numpy as np
+from scipy import stats
+
+from ._backend import _is_concrete
+from ._estimate import Estimate
+from ._hutchinson import summarize
+from ._hutchpp import check_minimum, exact_estimate, probe_dtype, setup
+from ._operators import GramOperator
+from ._validate import check_choice, check_num_matvecs
+from ._xtrace import (
+    _check_psd,
+    default_psd_rtol,
+    nys_state,
+    resolve_test_vectors,
+    xnystrace_samples,
+    xsketch,
+    xtrace_samples,
+)
+
+METHODS = ("auto", "hutchinson", "xtrace", "xnystrace")
+# matvecs per test vector, smallest first batch
+_PER_VECTOR = {"hutchinson": 1, "xtrace": 2, "xnystrace": 1}
+_MINIMUM = {"hutchinson": 2, "xtrace": 4, "xnystrace": 2}
+
+
+def _check_real(x, name, *, positive=False, nonnegative=False):
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a real number; got {type(x).__name__} {x!r}")
+    x = float(x)
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be finite; got {x}")
+    if positive and not x > 0:
+        raise ValueError(f"{name} must be > 0; got {x}")
+    if nonnegative and not x >= 0:
+        raise ValueError(f"{name} must be >= 0; got {x}")
+    return x
+
+
+def resolve_method(method, op):
+    """``method="auto"``: ``"xnystrace"`` for Gram operators (PSD by construction), else ``"xtrace"``."""
+    check_choice(method, METHODS, name="method")
+    if method != "auto":
+        return method
+    return "xnystrace" if isinstance(op, GramOperator) else "xtrace"
+
+
+def trace(
+    key,
+    op,
+    *,
+    rtol,
+    atol=0.0,
+    confidence=0.95,
+    max_matvecs,
+    method="auto",
+    first_matvecs=16,
+    test_vectors="improved",
+    sampler="rademacher",
+    check_psd=False,
+    chunk_size=None,
+    backend=None,
+):
+    """Adaptive trace estimate: spend matvecs until the confidence interval is tight enough.
+
+    Stopping rule: after each round, with ``k`` the number of samples behind the
+    standard error (probes for Hutchinson, test vectors for the X-family), stop when
+
+    ``t_{(1 + confidence)/2, k - 1} * sem <= max(atol, rtol * |value|)``
+
+    (Student-t quantile). Rounds: the X-family **doubles** its test vectors and
+    re-uses every product already computed (XTrace extends its basis by block
+    Gram-Schmidt, XNysTrace appends columns), so the total cost is that of the
+    final sketch; Hutchinson adds **batches** of fresh probes, sized from the
+    current standard error (``sem ~ 1/sqrt(k)``) to reach the tolerance, at least
+    ``first_matvecs`` and at most tripling the total. A round that would reach the
+    dimension ``n`` is replaced by the exact trace (``n`` more matvecs, ``sem = 0``).
+    If the next round would exceed ``max_matvecs``, a final round uses what is left
+    of the budget; if the tolerance is still not met a ``RuntimeWarning`` is issued
+    and the last estimate returned.
+
+    ``method="auto"`` picks XNysTrace for Gram operators (``sketchtrace.gram``,
+    PSD by construction: NTK blocks, ``J^T J``) and XTrace for everything else
+    (XTrace needs no symmetry; both are orders of magnitude more accurate than
+    Hutchinson when the spectrum decays and no worse than about 2x when it is flat).
+
+    Not jit-able: the loop reads the standard error after each round. Everything
+    inside a round is the same code as the fixed-budget estimators.
+
+    Parameters
+    ----------
+    key : jax.random key or numpy.random.Generator
+    op : operator
+        Square (PSD for ``"xnystrace"``).
+    rtol : float
+        Relative tolerance (> 0) on the confidence half-width.
+    atol : float
+        Absolute tolerance (>= 0); the interval must meet ``max(atol, rtol |value|)``.
+    confidence : float
+        Confidence level of the interval, in (0, 1).
+    max_matvecs : int
+        Hard budget; never exceeded (``num_matvecs`` of the result is the total spent).
+    method : {"auto", "hutchinson", "xtrace", "xnystrace"}
+    first_matvecs : int
+        Matvecs of the first round (XTrace: ``first_matvecs // 2`` test vectors).
+    test_vectors : str
+        X-family test vectors (see :func:`sketchtrace.xtrace`).
+    sampler : str
+        Hutchinson probe distribution.
+    check_psd : bool
+        XNysTrace debug check on the first round (see :func:`sketchtrace.xnystrace`).
+    chunk_size : int, optional
+    backend : {"jax", "numba"}, optional
+
+    Returns
+    -------
+    Estimate
+        ``num_matvecs`` is the total number of matvecs spent over all rounds.
+
+    References
+    ----------
+    E. N. Epperly, J. A. Tropp, R. J. Webber, "XTrace: Making the most of every
+    sample in stochastic trace estimation", SIAM J. Matrix Anal. Appl. 45(1), 2024.
+    doi:10.1137/23M1548323, arXiv:2301.07825
+    M. F. Hutchinson, Commun. Stat. Simul. Comput. 19 (1990). doi:10.1080/03610919008812866
+    """
+    rtol = _check_real(rtol, "rtol", positive=True)
+    atol = _check_real(atol, "atol", nonnegative=True)
+    confidence = _check_real(confidence, "confidence")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1); got {confidence}")
+    first = check_num_matvecs(first_matvecs, name="first_matvecs")
+    max_matvecs = check_num_matvecs(max_matvecs, name="max_matvecs")
+    bk, op, n, max_matvecs, chunk_size = setup(key, op, max_matvecs, chunk_size, backend)
+    method = resolve_method(method, op)
+    if method != "hutchinson":
+        vec_sampler, improved = resolve_test_vectors(test_vectors)
+    if first >= n:
+        if n > max_matvecs:
+            raise ValueError(f"max_matvecs={max_matvecs} is below the first batch (the exact trace, {n} matvecs)")
+        return exact_estimate(bk, op, chunk_size, n)
+    check_minimum(first, _MINIMUM[method], f"trace(method={method!r}) first_matvecs", "its first batch")
+    if max_matvecs < first:
+        raise ValueError(
+            f"max_matvecs={max_matvecs} is below the first batch (first_matvecs={first}); "
+            f"raise max_matvecs or lower first_matvecs (>= {_MINIMUM[method]} for {method})"
+        )
+    per = _PER_VECTOR[method]
+    xp = bk.xp
+    dt = probe_dtype(bk, op)
+    q = (1.0 + confidence) / 2.0
+
+    spent, k, state, samples = 0, 0, None, None
+    k_next = first // per
+    while True:
+        # a round that would reach the dimension: the exact trace is cheaper
+        if per * k_next >= n and spent + n <= max_matvecs:
+            exact = exact_estimate(bk, op, chunk_size, n)
+            return Estimate(exact.value, exact.sem, spent + n)
+        new = k_next - k
+        key, rk = bk.split(key, 2)
+        if method == "hutchinson":
+            Qn = bk.quad_forms(rk, op, new, sampler, chunk_size).sum(axis=1)
+            bk.check_finite("op", Qn)
+            samples = Qn if samples is None else xp.concatenate([samples, Qn])
+            t = samples
+        else:
+            Om = bk.probes(rk, new, n, dt, vec_sampler)
+            if method == "xtrace":
+                state = xsketch(bk, op, Om, chunk_size, prev=state)
+                t = xtrace_samples(xp, state, n, improved)
+            else:
+                state = nys_state(bk, op, Om, chunk_size, prev=state)
+                if check_psd and k == 0:
+                    _check_psd(bk, state["Om"], state["Y"], default_psd_rtol(bk, state["Y"].dtype, None))
+                t = xnystrace_samples(xp, state, n, improved)
+        spent += per * new
+        k = k_next
+        value, sem = summarize(xp, t[:, None], exact=False)
+        value, sem = value[0], sem[0]
+        if not (_is_concrete(value) and _is_concrete(sem)):
+            raise TypeError("trace() is adaptive (it reads the standard error between rounds) and cannot run under jax.jit/vmap; use xtrace/xnystrace/hutchinson with a fixed num_matvecs inside jit")
+        bk.check_finite("op", value)
+        v, s = float(np.asarray(value)), float(np.asarray(sem))
+        half = float(stats.t.ppf(q, k - 1)) * s
+        tol = max(atol, rtol * abs(v))
+        if half <= tol:
+            return Estimate(value, sem, spent)
+        # size the next round
+        if method == "hutchinson":
+            want = math.ceil(1.2 * k * (half / tol) ** 2) if tol > 0 else 3 * k
+            k_want = min(max(k + first, want), 3 * k)
+        else:
+            k_want = 2 * k
+        room = (max_matvecs - spent) // per  # vectors still affordable
+        if per * k_want >= n and spent + n <= max_matvecs:
+            k_next = k_want  # the exact branch at the top of the loop
+            continue
+        k_next = min(k_want, k + room, (n - 1) // per)
+        if k_next <= k:
+            warnings.warn(
+                f"trace(): tolerance not met within max_matvecs={max_matvecs} (half-width {half:.3g} > "
+                f"{tol:.3g} after {spent} matvecs); returning the last estimate",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return Estimate(value, sem, spent)

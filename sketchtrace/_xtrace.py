@@ -1,0 +1,357 @@
+"""XTrace, XNysTrace and XDiag: exchangeable (leave-one-out) randomized estimators.
+
+Each test vector ``omega_i`` is used twice: as part of a low-rank sketch built
+from the OTHER test vectors, and as a Hutchinson probe of what that sketch
+misses. Averaging the ``m`` leave-one-out estimates gives the estimator, their
+spread gives the standard error. All downdating is done on ``k x k`` matrices
+(``k`` = number of test vectors), so the overhead beyond the matvecs is
+``O(n k^2 + k^3)``.
+
+Written once against the backend interface (``bk.probes``, ``bk.matmat``);
+JAX: jit-able and vmap-able over keys.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ._estimate import Estimate
+from ._hutchinson import summarize
+from ._hutchpp import check_minimum, exact_estimate, probe_dtype, setup
+from ._validate import check_choice
+
+# test-vector name -> (sampler, re-sphering correction)
+TEST_VECTORS = {
+    "improved": ("sphere", True),
+    "sphere": ("sphere", False),
+    "signs": ("rademacher", False),
+    "rademacher": ("rademacher", False),
+    "gaussian": ("gaussian", False),
+}
+
+
+def resolve_test_vectors(test_vectors):
+    check_choice(test_vectors, TEST_VECTORS, name="test_vectors")
+    return TEST_VECTORS[test_vectors]
+
+
+def _eye(xp, k, dtype):
+    return xp.eye(k, dtype=dtype)
+
+
+def _guarded_inv_t(xp, R):
+    """``R^{-T}`` for upper-triangular ``R``, with (near-)zero pivots lifted to
+    ``eps * max|R_jj|``; the columns are only used after normalisation, for which
+    a backward-stable solve is accurate even when ``R`` is numerically singular."""
+    d = xp.diagonal(R)
+    a = xp.abs(d)
+    eps = xp.finfo(R.dtype).eps
+    big = xp.max(a)
+    floor = xp.where(big > 0, eps * big, xp.ones((), R.dtype))
+    sign = xp.where(d < 0, -1.0, 1.0).astype(R.dtype)
+    newd = xp.where(a < floor, sign * floor, d)
+    Rg = R + xp.diag(newd - d)
+    return xp.linalg.solve(Rg.T, _eye(xp, R.shape[0], R.dtype))
+
+
+def _normalize_cols(xp, M):
+    nrm = xp.sqrt(xp.sum(M * M, axis=0))
+    return M / xp.where(nrm > 0, nrm, 1.0)
+
+
+# ----------------------------------------------------------------------------- sketch state
+
+
+def xsketch(bk, op, Om, chunk_size, prev=None):
+    """Sketch state for test vectors ``Om`` (rows), optionally extending ``prev``.
+
+    Returns a dict with ``Om`` and ``Y = A Om`` (columns, ``(n, k)``), the QR
+    factors ``Q, R`` of ``Y`` and ``Z = A Q``. Extending re-uses the previous
+    products: ``Q`` grows by block Gram-Schmidt (two passes), so only the new
+    test vectors and the new basis columns are multiplied by ``A``. Cost:
+    ``2 k_new`` matvecs.
+    """
+    xp = bk.xp
+    Ynew = bk.matmat(op, Om, chunk_size).T
+    bk.check_finite("op", Ynew)
+    if prev is None:
+        Q, R = xp.linalg.qr(Ynew)
+        Z = bk.matmat(op, Q.T, chunk_size).T
+        return {"Om": Om.T, "Y": Ynew, "Q": Q, "R": R, "Z": Z}
+    Q0, R0 = prev["Q"], prev["R"]
+    C1 = Q0.T @ Ynew
+    Wn = Ynew - Q0 @ C1
+    C2 = Q0.T @ Wn
+    Wn = Wn - Q0 @ C2
+    Q2, R2 = xp.linalg.qr(Wn)
+    k0, k2 = R0.shape[0], R2.shape[0]
+    top = xp.concatenate([R0, C1 + C2], axis=1)
+    bot = xp.concatenate([xp.zeros((k2, k0), R0.dtype), R2], axis=1)
+    Z2 = bk.matmat(op, Q2.T, chunk_size).T
+    return {
+        "Om": xp.concatenate([prev["Om"], Om.T], axis=1),
+        "Y": xp.concatenate([prev["Y"], Ynew], axis=1),
+        "Q": xp.concatenate([Q0, Q2], axis=1),
+        "R": xp.concatenate([top, bot], axis=0),
+        "Z": xp.concatenate([prev["Z"], Z2], axis=1),
+    }
+
+
+def xtrace_samples(xp, st, n, improved):
+    """The ``k`` leave-one-out XTrace estimates ``t_i`` from a sketch state.
+
+    With ``Y = QR``, the basis of ``A Om_{-i}`` is ``Q (I - s_i s_i^T)`` where
+    ``s_i`` is the normalised ``i``-th column of ``R^{-T}``. Then
+    ``t_i = tr(Q^T A Q) - s_i^T (Q^T A Q) s_i + u_i^T A u_i`` with
+    ``u_i = (I - Pi_i) omega_i = omega_i - Q W_i + c_i Q s_i``, ``W = Q^T Om``,
+    ``c_i = s_i^T W_i``, and ``A u_i = Y_i - Z W_i + c_i Z s_i``. The improved
+    (re-sphered) variant rescales the last term by ``(n - k + 1) / ||u_i||^2``:
+    ``u_i`` is then a uniform vector of radius ``sqrt(n - k + 1)`` on the
+    complement of the leave-one-out range.
+    """
+    Om, Y, Q, R, Z = st["Om"], st["Y"], st["Q"], st["R"], st["Z"]
+    k = Om.shape[1]
+    H = Q.T @ Z
+    W = Q.T @ Om
+    S = _normalize_cols(xp, _guarded_inv_t(xp, R))
+    c = xp.sum(S * W, axis=0)
+    Sc = S * c
+    U = Om - Q @ W + Q @ Sc
+    AU = Y - Z @ W + Z @ Sc
+    quad = xp.sum(U * AU, axis=0)
+    if improved:
+        unorm2 = xp.sum(U * U, axis=0)
+        quad = quad * ((n - k + 1) / xp.where(unorm2 > 0, unorm2, 1.0))
+    hss = xp.sum(S * (H @ S), axis=0)
+    return xp.trace(H) - hss + quad
+
+
+def xtrace(key, op, *, num_matvecs, test_vectors="improved", chunk_size=None, backend=None):
+    """XTrace estimate of ``tr(op)`` with a leave-one-out standard error.
+
+    Uses ``k = num_matvecs // 2`` test vectors ``omega_i`` and spends ``2k``
+    matvecs (``A Omega``, then ``A Q`` for an orthonormal basis ``Q`` of
+    ``A Omega``; an odd budget leaves one matvec unspent and ``num_matvecs`` of
+    the result says so). For each ``i``, ``Q_(i)`` spans ``A Omega_{-i}`` and
+
+    ``t_i = tr(Q_(i)^T A Q_(i)) + omega_i^T (I - P_(i)) A (I - P_(i)) omega_i``;
+
+    the estimate is the mean of the ``t_i`` and the standard error
+    ``std(t_i) / sqrt(k)`` (the paper's error estimate). Unbiased for any square
+    ``A``; exact when ``rank(A) <= k - 1`` and when ``num_matvecs >= n``.
+
+    Parameters
+    ----------
+    key : jax.random key or numpy.random.Generator
+    op : operator
+        Square operator (symmetry not required).
+    num_matvecs : int
+        Budget (static, >= 4: two test vectors are the least leave-one-out can use).
+    test_vectors : {"improved", "sphere", "signs", "gaussian"}
+        ``"improved"`` (default): uniform on the sphere of radius ``sqrt(n)`` with
+        the re-sphering correction of Epperly's thesis; ``"signs"``: Rademacher.
+    chunk_size : int, optional
+    backend : {"jax", "numba"}, optional
+
+    Returns
+    -------
+    Estimate
+
+    References
+    ----------
+    E. N. Epperly, J. A. Tropp, R. J. Webber, "XTrace: Making the most of every
+    sample in stochastic trace estimation", SIAM J. Matrix Anal. Appl. 45(1), 2024.
+    doi:10.1137/23M1548323, arXiv:2301.07825
+    E. N. Epperly, "Make the most of what you have: Resource-efficient randomized
+    algorithms for matrix computations", PhD thesis, Caltech, 2025 (improved test vectors).
+    """
+    sampler, improved = resolve_test_vectors(test_vectors)
+    bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend)
+    if m >= n:
+        return exact_estimate(bk, op, chunk_size, n)
+    check_minimum(m, 4, "xtrace", "two test vectors, each applied with its basis vector")
+    k = m // 2
+    Om = bk.probes(key, k, n, probe_dtype(bk, op), sampler)
+    st = xsketch(bk, op, Om, chunk_size)
+    t = xtrace_samples(bk.xp, st, n, improved)
+    bk.check_finite("op", t)
+    value, sem = summarize(bk.xp, t[:, None], exact=False)
+    return Estimate(value[0], sem[0], 2 * k)
+
+
+# ----------------------------------------------------------------------------- XNysTrace
+
+
+def nys_state(bk, op, Om, chunk_size, prev=None):
+    """``{"Om": (n, k), "Y": (n, k)}`` with ``Y = A Om``; extending re-uses ``prev``."""
+    xp = bk.xp
+    Ynew = bk.matmat(op, Om, chunk_size).T
+    bk.check_finite("op", Ynew)
+    if prev is None:
+        return {"Om": Om.T, "Y": Ynew}
+    return {"Om": xp.concatenate([prev["Om"], Om.T], axis=1), "Y": xp.concatenate([prev["Y"], Ynew], axis=1)}
+
+
+def psd_violation(xp, Om, Y):
+    """Relative asymmetry and most negative relative eigenvalue of ``Om^T A Om``."""
+    H = Om.T @ Y
+    scale = xp.max(xp.abs(H))
+    scale = xp.where(scale > 0, scale, 1.0)
+    asym = xp.max(xp.abs(H - H.T)) / scale
+    lam = xp.linalg.eigvalsh(0.5 * (H + H.T))
+    return asym, lam[0] / xp.max(xp.abs(lam))
+
+
+def _check_psd(bk, Om, Y, psd_rtol):
+    import numpy as np
+
+    from ._backend import _is_concrete
+
+    if not (_is_concrete(Om) and _is_concrete(Y)):
+        raise TypeError(
+            "xnystrace(check_psd=True) inspects values and must run eagerly (outside jax.jit/vmap); "
+            "call it once eagerly to validate the operator, then use check_psd=False under jit"
+        )
+    asym, neg = (float(np.asarray(v)) for v in psd_violation(bk.xp, Om, Y))
+    if asym > psd_rtol:
+        raise ValueError(
+            f"op does not look symmetric: Omega^T A Omega is asymmetric by {asym:.3g} (relative; "
+            f"tolerance psd_rtol={psd_rtol:.3g}); xnystrace needs a symmetric positive semidefinite "
+            "operator, use xtrace instead"
+        )
+    if neg < -psd_rtol:
+        raise ValueError(
+            f"op is not positive semidefinite: Omega^T A Omega has an eigenvalue {neg:.3g} times its "
+            f"largest (tolerance psd_rtol={psd_rtol:.3g}); xnystrace needs a PSD operator, use xtrace"
+        )
+
+
+def xnystrace_samples(xp, st, n, improved):
+    """The ``k`` leave-one-out XNysTrace estimates from ``Om`` and ``Y = A Om``.
+
+    A small shift ``nu`` (``Y_nu = Y + nu Om``) keeps the core matrix
+    ``H = Om^T Y_nu`` positive definite; ``H^{-1} = F F^T`` from an eigendecomposition
+    (eigenvalues floored at ``k eps lambda_max``). With ``Y_nu = QR``, the Nystrom
+    approximation ``Ahat = Y_nu H^{-1} Y_nu^T`` has ``tr(Ahat) = ||R F||_F^2``, and
+    dropping column ``i`` is the rank-one downdate
+    ``Ahat_(i) = Ahat - (Y_nu H^{-1} e_i)(Y_nu H^{-1} e_i)^T / (H^{-1})_ii``, while
+    ``omega_i^T (A_nu - Ahat_(i)) omega_i = 1 / (H^{-1})_ii``. Hence
+    ``t_i = ||RF||_F^2 - ||R H^{-1} e_i||^2 / (H^{-1})_ii + scale_i / (H^{-1})_ii - nu n``
+    with ``scale_i = (n - k + 1) ((Om^T Om)^{-1})_ii`` for the improved vectors
+    (re-sphering on the complement of ``range(Om_{-i})``, where the residual lives).
+    """
+    Om, Y = st["Om"], st["Y"]
+    k = Om.shape[1]
+    dt = Y.dtype
+    eps = xp.finfo(dt).eps
+    nu = math.sqrt(n / k) * eps * xp.sqrt(xp.sum(Y * Y))
+    Ynu = Y + nu * Om
+    H = Om.T @ Ynu
+    H = 0.5 * (H + H.T)
+    lam, V = xp.linalg.eigh(H)
+    lmax = xp.max(xp.abs(lam))
+    floor = xp.where(lmax > 0, k * eps * lmax, xp.ones((), dt))
+    lam = xp.maximum(lam, floor)
+    F = V / xp.sqrt(lam)
+    _, R = xp.linalg.qr(Ynu)
+    G = R @ F
+    Hinv = F @ F.T
+    d = xp.diagonal(Hinv)
+    M = R @ Hinv
+    if improved:
+        Ginv = xp.linalg.solve(Om.T @ Om, _eye(xp, k, dt))
+        scale = (n - k + 1) * xp.diagonal(Ginv)
+    else:
+        scale = 1.0
+    return xp.sum(G * G) - xp.sum(M * M, axis=0) / d + scale / d - nu * n
+
+
+def xnystrace(
+    key, op, *, num_matvecs, test_vectors="improved", check_psd=False, psd_rtol=None, chunk_size=None, backend=None
+):
+    """XNysTrace estimate of ``tr(op)`` for symmetric positive semidefinite ``op``.
+
+    All ``k = num_matvecs`` test vectors are used in one pass (``Y = A Omega``,
+    no second round of products). For each ``i`` the Nystrom approximation built
+    from the other test vectors, ``Ahat_(i) = Y_{-i} (Omega_{-i}^T Y_{-i})^+ Y_{-i}^T``,
+    gives ``t_i = tr(Ahat_(i)) + omega_i^T (A - Ahat_(i)) omega_i``; the estimate
+    is their mean and the standard error ``std(t_i)/sqrt(k)``. Unbiased for PSD
+    ``A``, exact when ``rank(A) <= k - 1`` (up to a shift of order
+    ``n eps ||A||``) and when ``num_matvecs >= n``.
+
+    **The operator must be PSD** (covariances, Gram operators ``J^T J`` / ``J J^T``,
+    NTK blocks). For an indefinite operator the estimate is meaningless (and not
+    flagged by default). ``check_psd=True`` is a debug mode: it inspects the core
+    matrix ``Omega^T A Omega`` eagerly and raises ``ValueError`` when it is
+    asymmetric or has an eigenvalue below ``-psd_rtol`` times the largest
+    (default ``psd_rtol = sqrt(eps)``); it sees only what the test vectors see.
+
+    Parameters
+    ----------
+    key : jax.random key or numpy.random.Generator
+    op : operator
+        Square, symmetric positive semidefinite.
+    num_matvecs : int
+        Budget = number of test vectors (static, >= 2).
+    test_vectors : {"improved", "sphere", "signs", "gaussian"}
+    check_psd : bool
+        Debug check (eager only; raises ``TypeError`` under ``jax.jit``).
+    psd_rtol : float, optional
+    chunk_size : int, optional
+    backend : {"jax", "numba"}, optional
+
+    Returns
+    -------
+    Estimate
+
+    References
+    ----------
+    E. N. Epperly, J. A. Tropp, R. J. Webber, "XTrace: Making the most of every
+    sample in stochastic trace estimation", SIAM J. Matrix Anal. Appl. 45(1), 2024.
+    doi:10.1137/23M1548323, arXiv:2301.07825
+    J. A. Tropp, A. Yurtsever, M. Udell, V. Cevher, "Fixed-rank approximation of a
+    positive-semidefinite matrix from streaming data", NeurIPS 2017, arXiv:1706.05736
+    (the shifted Nystrom approximation).
+    """
+    sampler, improved = resolve_test_vectors(test_vectors)
+    bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend)
+    if m >= n:
+        return exact_estimate(bk, op, chunk_size, n)
+    check_minimum(m, 2, "xnystrace", "two test vectors for the leave-one-out")
+    Om = bk.probes(key, m, n, probe_dtype(bk, op), sampler)
+    st = nys_state(bk, op, Om, chunk_size)
+    if check_psd:
+        _check_psd(bk, st["Om"], st["Y"], default_psd_rtol(bk, st["Y"].dtype, psd_rtol))
+    t = xnystrace_samples(bk.xp, st, n, improved)
+    bk.check_finite("op", t)
+    value, sem = summarize(bk.xp, t[:, None], exact=False)
+    return Estimate(value[0], sem[0], m)
+
+
+def default_psd_rtol(bk, dtype, psd_rtol):
+    if psd_rtol is not None:
+        if not psd_rtol > 0:
+            raise ValueError(f"psd_rtol must be > 0; got {psd_rtol!r}")
+        return float(psd_rtol)
+    return math.sqrt(float(bk.xp.finfo(dtype).eps))
+
+
+# ----------------------------------------------------------------------------- XDiag
+
+
+def xdiag_samples(xp, st):
+    """``(k, n)`` leave-one-out diagonal estimates (symmetric ``A``).
+
+    ``d_i = diag(P_(i) A) + omega_i * ((I - P_(i)) A omega_i)`` with
+    ``P_(i) = Q (I - s_i s_i^T) Q^T``: ``diag(P_(i) A) = diag(Q Z^T) - (Q s_i) * (Z s_i)``
+    (``Q^T A = Z^T`` by symmetry) and
+    ``(I - P_(i)) Y_i = Y_i - Q R_i + (s_i^T R_i) Q s_i``. Each ``d_i`` is unbiased.
+    """
+    Om, Y, Q, R, Z = st["Om"], st["Y"], st["Q"], st["R"], st["Z"]
+    S = _normalize_cols(xp, _guarded_inv_t(xp, R))
+    QS, ZS = Q @ S, Z @ S
+    base = xp.sum(Q * Z, axis=1)  # diag(Q Z^T)
+    cR = xp.sum(S * R, axis=0)  # s_i^T R_i
+    resid = Y - Q @ R + QS * cR
+    D = base[:, None] - QS * ZS + Om * resid
+    return D.T
