@@ -2,7 +2,7 @@
 
 :class:`NumbaBackend` has the interface of :class:`sketchtrace._backend.JaxBackend`
 (``name``, ``xp``, ``prepare``, ``probes``, ``quad_forms``, ``exact_quad_forms``,
-``matmat``, ``check_finite``, ``split``), so every estimator is written once and runs on
+``matmat``, ``quad_forms_of``, ``check_finite``, ``split``), so every estimator is written once and runs on
 either backend. What differs is done here:
 
 * operators: dense NumPy matrices go through BLAS; ``scipy.sparse`` matrices
@@ -125,6 +125,16 @@ def _prepare(op) -> NumbaOperator:
     if isinstance(op, NumbaOperator):
         return op
     op = as_operator(op)
+    cached = op.__dict__.get("_numba_prepared")
+    if cached is not None:  # prepared once per sketchtrace operator (e.g. CSC -> CSR, dtype casts)
+        return cached
+    prepared = _prepare_new(op)
+    if isinstance(op, (DenseOperator, SparseOperator)):
+        object.__setattr__(op, "_numba_prepared", prepared)
+    return prepared
+
+
+def _prepare_new(op) -> NumbaOperator:
     blocks = op.blocks
     if isinstance(op, DenseOperator):
         A = np.asarray(op.A)
@@ -311,7 +321,7 @@ class NumbaBackend:
     @staticmethod
     def split(rng, num):
         """``num`` independent child Generators (``Generator.spawn``), deterministic given ``rng``."""
-        return rng.spawn(num)
+        return list(rng.spawn(num))
 
     @staticmethod
     def probes(rng, num, dim, dtype, sampler="rademacher"):
@@ -360,6 +370,14 @@ class NumbaBackend:
         op = _prepare(op)
         V = _as_probe_rows(V, op)
         parts = [_matmat_rows(op, V[lo:hi]) for lo, hi in _chunks(V.shape[0], chunk_size)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
+    @staticmethod
+    def quad_forms_of(op, V, chunk_size=None):
+        """Per-block quadratic forms ``(k, B)`` of the given probe rows ``V`` (k, n); one matvec per row."""
+        op = _prepare(op)
+        V = _as_probe_rows(V, op)
+        parts = [_quad_rows(op, V[lo:hi]) for lo, hi in _chunks(V.shape[0], chunk_size)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
     @staticmethod

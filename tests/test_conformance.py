@@ -1,0 +1,274 @@
+"""One conformance suite, run over every backend (JAX and numba).
+
+Each test takes the ``bk`` fixture (parametrized over the backends), which knows
+how to make that backend's randomness, a matrix-free operator it accepts, and
+many independent estimates quickly (``jit(vmap)`` on JAX, a loop of seeded
+Generators on numba). The checks are the same for both backends: unbiasedness
+with tolerances from the analytic variance, error bars, exactness, budgets and
+bad input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import sketchtrace as st
+from sketchtrace.testing import check_unbiased
+
+from _stats import assert_mean_within, qform_variance, variance_ratio_bounds
+
+numba = pytest.importorskip("numba")
+
+N = 12
+
+
+def _sym(n, seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((n, n))
+    return a + a.T + np.diag(rng.uniform(1, 3, n))
+
+
+A = _sym(N)
+A_JAX = jnp.asarray(A)
+
+
+@numba.njit(cache=True)
+def _numba_matvec_A(v):
+    # explicit loops over the module matrix (numba freezes it as a constant)
+    out = np.empty(v.shape[0])
+    for i in range(v.shape[0]):
+        s = 0.0
+        for j in range(v.shape[0]):
+            s += _A_CONST[i, j] * v[j]
+        out[i] = s
+    return out
+
+
+_A_CONST = A
+
+
+class _Jax:
+    name = "jax"
+
+    @staticmethod
+    def key(seed):
+        return jax.random.key(seed)
+
+    @staticmethod
+    def function_op(blocks=None):
+        return st.FunctionOperator(lambda v: A_JAX @ v, N, np.float64, blocks=blocks)
+
+    @staticmethod
+    def scaled_sampler(scale):
+        return lambda key, shape, dtype: scale * jax.random.rademacher(key, shape, dtype=dtype)
+
+    @staticmethod
+    def estimates(op, *, sampler, trials, m, fn=st.hutchinson, seed=1234):
+        keys = jax.random.split(jax.random.key(seed), trials)
+        est = jax.jit(jax.vmap(lambda k: fn(k, op, num_matvecs=m, sampler=sampler)))(keys)
+        return np.asarray(est.value), np.asarray(est.sem)
+
+
+class _Numba:
+    name = "numba"
+
+    @staticmethod
+    def key(seed):
+        return np.random.default_rng(seed)
+
+    @staticmethod
+    def function_op(blocks=None):
+        return st.FunctionOperator(_numba_matvec_A, N, np.float64, blocks=blocks)
+
+    @staticmethod
+    def scaled_sampler(scale):
+        def sampler(rng, shape, dtype):
+            return (scale * (1 - 2 * rng.integers(0, 2, shape))).astype(dtype)
+
+        return sampler
+
+    @staticmethod
+    def estimates(op, *, sampler, trials, m, fn=st.hutchinson, seed=1234):
+        op = st.as_operator(op)
+        rngs = np.random.default_rng(seed).spawn(trials)
+        out = [fn(r, op, num_matvecs=m, sampler=sampler) for r in rngs]
+        return np.array([float(e.value) for e in out]), np.array([float(e.sem) for e in out])
+
+
+@pytest.fixture(params=[_Jax, _Numba], ids=["jax", "numba"])
+def bk(request):
+    return request.param
+
+
+OPS = {
+    "dense": lambda bk, blocks=None: st.as_operator(A, blocks=blocks),
+    "sparse": lambda bk, blocks=None: st.as_operator(sp.csr_matrix(A), blocks=blocks),
+    "function": lambda bk, blocks=None: bk.function_op(blocks),
+}
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize("sampler", ["rademacher", "gaussian"])
+@pytest.mark.parametrize("kind", list(OPS))
+def test_unbiased_with_analytic_variance(bk, kind, sampler):
+    m, trials = 3, 1000
+    values, _ = bk.estimates(OPS[kind](bk), sampler=sampler, trials=trials, m=m)
+    var1 = qform_variance(A, sampler) / m
+    assert_mean_within(values, float(np.trace(A)), var1, what=f"{bk.name}/{kind}/{sampler}")
+    lo, hi = variance_ratio_bounds(trials)
+    ratio = float(np.var(values, ddof=1)) / var1
+    assert lo <= ratio <= hi, f"variance ratio {ratio:.3f} outside [{lo:.3f}, {hi:.3f}]"
+
+
+@pytest.mark.parametrize("sampler", ["rademacher", "gaussian", "sphere"])
+def test_reported_sem_matches_spread(bk, sampler):
+    trials, m = 1500, 8
+    values, sems = bk.estimates(st.as_operator(A), sampler=sampler, trials=trials, m=m)
+    spread = float(np.std(values, ddof=1))
+    reported = float(np.sqrt(np.mean(sems**2)))  # E[sem^2] = Var(value)
+    lo, hi = variance_ratio_bounds(trials)
+    assert lo <= (reported / spread) ** 2 <= hi
+    assert lo <= spread**2 / (qform_variance(A, sampler) / m) <= hi
+
+
+def test_statistical_check_fails_on_a_biased_variant(bk):
+    """The check used above accepts honest probes and rejects probes scaled by 1.1 (bias +21%)."""
+    trials, m = 400, 3
+    truth = float(np.trace(A))
+    honest, _ = bk.estimates(st.as_operator(A), sampler=bk.scaled_sampler(1.0), trials=trials, m=m)
+    biased, _ = bk.estimates(st.as_operator(A), sampler=bk.scaled_sampler(1.1), trials=trials, m=m)
+    assert check_unbiased(honest, truth).passed
+    report = check_unbiased(biased, truth)
+    assert not report.passed, report.describe(truth)
+    with pytest.raises(AssertionError):
+        assert_mean_within(biased, truth, qform_variance(A, "rademacher") / m)
+
+
+def test_block_traces_unbiased_and_sum_to_total(bk):
+    blocks = {"top": 5, "bottom": N - 5}
+    op = OPS["sparse"](bk, blocks)
+    m, trials = 4, 600
+    vals = {"top": [], "bottom": []}
+    for s in range(trials):
+        key = bk.key(s)
+        per = st.block_traces(key, op, num_matvecs=m)
+        total = st.hutchinson(bk.key(s), op, num_matvecs=m)
+        np.testing.assert_allclose(float(per["top"].value) + float(per["bottom"].value), float(total.value), rtol=1e-12, atol=1e-12)
+        for b in vals:
+            vals[b].append(float(per[b].value))
+    for b, sl in (("top", slice(0, 5)), ("bottom", slice(5, N))):
+        # block b's quadratic form is v_b^T A_bb v_b + v_b^T A_b,rest v_rest; its variance:
+        G = np.zeros_like(A)
+        G[sl, :] = A[sl, :]
+        var1 = qform_variance(0.5 * (G + G.T), "rademacher") / m
+        assert_mean_within(np.array(vals[b]), float(np.trace(A[sl, sl])), var1, what=f"block {b}")
+
+
+# ----------------------------------------------------------------------------- exactness and budgets
+
+
+@pytest.mark.parametrize("kind", list(OPS))
+@pytest.mark.parametrize("extra", [0, 7])
+def test_exact_when_budget_reaches_dimension(bk, kind, extra):
+    est = st.hutchinson(bk.key(0), OPS[kind](bk), num_matvecs=N + extra)
+    assert est.num_matvecs == N
+    assert float(est.sem) == 0.0
+    np.testing.assert_allclose(float(est.value), np.trace(A), rtol=1e-12)
+    per = st.block_traces(bk.key(0), OPS[kind](bk, {"a": 4, "b": N - 4}), num_matvecs=N)
+    np.testing.assert_allclose(float(per["a"].value), np.trace(A[:4, :4]), rtol=1e-12)
+    np.testing.assert_allclose(float(per["b"].value), np.trace(A[4:, 4:]), rtol=1e-12)
+
+
+@pytest.mark.parametrize("m", [1, 2, 5, N - 1])
+def test_budget_is_spent_and_reported(bk, m):
+    est = st.hutchinson(bk.key(3), A, num_matvecs=m)
+    assert est.num_matvecs == m
+    assert math.isfinite(float(est.value))
+    assert (float(est.sem) == math.inf) == (m == 1)
+
+
+@pytest.mark.parametrize("kind", list(OPS))
+def test_same_key_same_result_and_chunking_invariant(bk, kind):
+    op = OPS[kind](bk)
+    a = st.hutchinson(bk.key(11), op, num_matvecs=7)
+    b = st.hutchinson(bk.key(11), op, num_matvecs=7)
+    c = st.hutchinson(bk.key(11), op, num_matvecs=7, chunk_size=3)
+    assert float(a.value) == float(b.value) and float(a.sem) == float(b.sem)
+    np.testing.assert_allclose([float(c.value), float(c.sem)], [float(a.value), float(a.sem)], rtol=1e-12)
+    assert float(st.hutchinson(bk.key(12), op, num_matvecs=7).value) != float(a.value)
+
+
+def test_float32_operator_stays_float32(bk):
+    est = st.hutchinson(bk.key(0), A.astype(np.float32), num_matvecs=4)
+    assert np.asarray(est.value).dtype == np.float32
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("bad", [0, -3])
+def test_budget_must_be_positive(bk, bad):
+    with pytest.raises(ValueError, match="num_matvecs must be >= 1"):
+        st.hutchinson(bk.key(0), A, num_matvecs=bad)
+
+
+@pytest.mark.parametrize("bad", [2.5, "10", None, True])
+def test_budget_must_be_a_python_integer(bk, bad):
+    with pytest.raises(TypeError, match="num_matvecs must be a Python integer"):
+        st.hutchinson(bk.key(0), A, num_matvecs=bad)
+
+
+def test_chunk_size_checked(bk):
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        st.hutchinson(bk.key(0), A, num_matvecs=2, chunk_size=0)
+
+
+def test_non_square_refused(bk):
+    with pytest.raises(ValueError, match="op must be square"):
+        st.hutchinson(bk.key(0), np.ones((3, 4)), num_matvecs=2)
+
+
+def test_unknown_sampler(bk):
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        st.hutchinson(bk.key(0), A, num_matvecs=2, sampler="uniform")
+
+
+@pytest.mark.parametrize("bad_key", [None, 0, "seed", np.random.RandomState(0)])
+def test_randomness_must_be_explicit(bk, bad_key):
+    with pytest.raises(TypeError, match="key must be"):
+        st.hutchinson(bad_key, A, num_matvecs=2, backend=bk.name)
+
+
+def test_key_must_match_forced_backend(bk):
+    other = "numba" if bk.name == "jax" else "jax"
+    with pytest.raises(TypeError, match=f"when backend='{other}'"):
+        st.hutchinson(bk.key(0), A, num_matvecs=2, backend=other)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        st.hutchinson(bk.key(0), A, num_matvecs=2, backend="torch")
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_non_finite_operator_refused(bk, kind):
+    B = A.copy()
+    B[2, 3] = np.nan
+    op = st.as_operator(B if kind == "dense" else sp.csr_matrix(B))
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        st.hutchinson(bk.key(0), op, num_matvecs=3)
+
+
+def test_block_traces_needs_blocks(bk):
+    with pytest.raises(ValueError, match="op has no blocks"):
+        st.block_traces(bk.key(0), A, num_matvecs=2)
+
+
+def test_complex_matrix_refused(bk):
+    with pytest.raises(TypeError, match="complex"):
+        st.hutchinson(bk.key(0), A + 1j, num_matvecs=2)
