@@ -13,7 +13,7 @@ from sketchtrace._validate import check_choice, check_num_matvecs
 from ._blocks import ResidualBlocks
 from ._ntk import ntk_traces, ntk_weights, residual_rows
 
-ESTIMATORS = ("pc", "exact", "hutchinson", "none")
+ESTIMATORS = ("pc", "exact", "hutchinson", "moving_average", "none")
 FD_SCHEMES = ("jvp", "forward", "central")
 
 
@@ -155,13 +155,13 @@ def ntk_weighting(
     num_probes = check_num_matvecs(num_probes, name="num_probes")
     if ema is not None and not (isinstance(ema, (int, float)) and 0 <= ema < 1):
         raise ValueError(f"ema must be None or a float in [0, 1); got {ema!r}")
-    if not (isinstance(gamma, (int, float)) and 0 < gamma <= 1):
-        raise ValueError(f"gamma must be a float in (0, 1]; got {gamma!r}")
+    if gamma != "auto" and not (isinstance(gamma, (int, float)) and 0 < gamma <= 1):
+        raise ValueError(f"gamma must be a float in (0, 1] or 'auto'; got {gamma!r}")
     if rule == "jaxpi" and normalize == "mean":
         raise ValueError("rule='jaxpi' divides by the block sizes itself; use normalize='sum' with it")
     ntk_weights({"_": 1.0}, rule=rule, cap=cap, eps=eps)  # validates rule, cap, eps
     normalize = normalize or blocks.reduction
-    sampler = sampler or ("gaussian" if estimator == "pc" else "rademacher")
+    sampler = sampler or ("gaussian" if estimator in ("pc", "moving_average") else "rademacher")
     if init_matvecs is None:
         init_matvecs = max(8, num_probes)
     config = dict(
@@ -172,12 +172,15 @@ def ntk_weighting(
     names = blocks.names
 
     pc = None
+    dynamic = estimator in ("pc", "moving_average")
+    # with an exact first estimate the core's own (Hutchinson) init is overwritten: spend 1 probe on it
+    core_init = num_probes if init_method == "exact" else init_matvecs
     if estimator == "pc":
-        if not hasattr(st, "predictor_corrector"):  # pragma: no cover - depends on the core
-            raise ValueError("estimator='pc' needs sketchtrace.predictor_corrector, which this sketchtrace lacks")
-        pc = st.predictor_corrector(
-            num_probes=num_probes, gamma=gamma, sampler=sampler, init_matvecs=init_matvecs
-        )
+        pc = st.predictor_corrector(num_probes=num_probes, gamma=gamma, sampler=sampler, init_matvecs=core_init)
+    elif estimator == "moving_average":
+        if gamma == "auto":
+            raise ValueError("gamma='auto' is for estimator='pc'; give the moving average a float beta as gamma")
+        pc = st.moving_average(num_probes=num_probes, beta=gamma, sampler=sampler, init_matvecs=core_init)
 
     def scale(traces, rows):
         if normalize == "mean":
@@ -208,18 +211,19 @@ def ntk_weighting(
             traces = {n: jnp.ones((), dtype) for n in names}
             weights = {n: jnp.ones((), dtype) for n in names}
             return WeightingState(weights, traces, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), (), ())
-        if estimator == "exact" or (estimator == "pc" and init_method == "exact"):
+        if estimator == "exact" or (dynamic and init_method == "exact"):
             raw = exact_traces(params, batch)
         else:
             m = num_probes if estimator == "hutchinson" else init_matvecs
             est = ntk_traces(key, blocks, params, batch, method="hutchinson", num_matvecs=m, side=side,
                              sampler=sampler, normalize="sum")
             raw = {n: est[n].value for n in names}
-        if estimator == "pc":
+        if dynamic:
             op0 = gram_op(params, batch, None)
             pc_state = pc.init(key, op0)
-            pc_state = _set_pc_traces(pc_state, raw, names, exact=init_method == "exact")
-            if every > 1:
+            if init_method == "exact":
+                pc_state = _set_exact(pc_state, raw, op0)
+            if every > 1 and estimator == "pc":
                 anchor = params
         traces = scale(raw, rows)
         ones = {n: jnp.ones((), dtype) for n in names}
@@ -238,6 +242,9 @@ def ntk_weighting(
             est = ntk_traces(key, blocks, params, batch, method="hutchinson", num_matvecs=num_probes,
                              side=side, sampler=sampler, normalize="sum")
             raw = {n: est[n].value for n in names}
+        elif estimator == "moving_average":
+            est, pc_state = pc.update(key, state.pc, None, gram_op(params, batch, residuals))
+            raw = {n: est[n].value for n in names}
         else:
             if every > 1:
                 params_prev, residuals_prev = anchor, None
@@ -252,7 +259,7 @@ def ntk_weighting(
             new_w = {n: ema * state.weights[n] + (1 - ema) * new_w[n] for n in names}
         dtype = state.weights[names[0]].dtype
         traces = {n: jnp.where(ok, traces[n], state.traces[n]) for n in names}
-        if estimator == "pc":
+        if dynamic:
             # a rejected correction must not poison the recursion: keep the old pc state
             pc_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), pc_state, state.pc)
         return WeightingState(
@@ -278,16 +285,10 @@ def ntk_weighting(
     return NTKWeighting(init, update, blocks, config)
 
 
-def _set_pc_traces(pc_state, traces, names, *, exact):
-    """Start the predictor-corrector from given (exact) traces when its state allows it."""
-    if not exact:
-        return pc_state
-    est = getattr(pc_state, "estimate", None)
-    if isinstance(est, dict) and set(est) == set(names):
-        new_est = {
-            n: st.Estimate(jnp.asarray(traces[n], jnp.result_type(est[n].value)), jnp.zeros_like(est[n].sem),
-                           est[n].num_matvecs)
-            for n in names
-        }
-        return pc_state._replace(estimate=new_est)
-    return pc_state
+def _set_exact(pc_state, traces, op):
+    """Start a dynamic estimator from exact traces: every replica holds them, variance 0."""
+    order = op.block_names
+    T = jnp.stack([jnp.asarray(traces[n], pc_state.estimate.dtype) for n in order])
+    return pc_state._replace(
+        estimate=jnp.broadcast_to(T, pc_state.estimate.shape), variance=jnp.zeros_like(pc_state.variance)
+    )
