@@ -233,6 +233,11 @@ def _check_numba_fn(op, V):
         )
 
 
+def _parallel_calls(V) -> bool:
+    """Call a numba matvec over the probes in parallel unless the work is tiny (k * n small)."""
+    return V.shape[0] > 1 and V.size * 16 >= K.SERIAL_WORK
+
+
 def _py_apply(op, v):
     y = op.data(v)
     return check_output(y, (op.shape[0],), op.dtype, what=f"matvec (declared shape {op.shape})")
@@ -255,7 +260,7 @@ def _matmat_rows(op, V) -> np.ndarray:
         _check_numba_fn(op, V)
         out = np.empty((V.shape[0], m), op.dtype)
         status = np.empty(V.shape[0], np.int64)
-        K.func_matmat(op.data, V, out, status)
+        K.func_matmat(op.data, V, out, status, parallel=_parallel_calls(V))
         _raise_bad_length(status, op)
         return out
     return np.stack([_py_apply(op, v) for v in V])
@@ -274,7 +279,7 @@ def _quad_rows(op, V) -> np.ndarray:
         _check_numba_fn(op, V)
         out = np.empty((k, op.num_blocks), op.dtype)
         status = np.empty(k, np.int64)
-        K.func_quad(op.data, V, op.shape[0], op.block_bounds, out, status)
+        K.func_quad(op.data, V, op.shape[0], op.block_bounds, out, status, parallel=_parallel_calls(V))
         _raise_bad_length(status, op)
         return out
     return _block_sums(V * _matmat_rows(op, V), op)

@@ -98,137 +98,234 @@ def _transpose64(A):
         m ^= m << np.uint64(j)
 
 
-@njit(parallel=True, nogil=True, cache=True)
-def bit_transpose(words, dim, WT):
-    """Probe-major bits ``words`` (num, ceil(dim/64)) -> entry-major bits ``WT`` (dim, ceil(num/64))."""
-    num, nwn = words.shape
-    ng = WT.shape[1]
-    for c in prange(nwn):
-        A = np.empty(64, np.uint64)
-        j0 = c * 64
-        jmax = min(64, dim - j0)
-        for g in range(ng):
-            for r in range(64):
-                p = g * 64 + r
-                A[r] = words[p, c] if p < num else np.uint64(0)
-            _transpose64(A)
-            for b in range(jmax):
-                WT[j0 + b, g] = A[b]
+# Each kernel is written once as a per-work-item function (``*_item``: one row chunk,
+# one 64-row group or one probe) and driven by a parallel loop (``prange``) or, for
+# small problems where starting threads costs more than the work, a serial loop.
+# Both drivers run the same items with the same arithmetic, so they agree bit for bit.
+
+_JIT = dict(nogil=True, cache=True)
+_PJIT = dict(nogil=True, cache=True, parallel=True)
+
+#: Below this many multiply-adds a kernel runs serially (thread start-up dominates).
+SERIAL_WORK = 1 << 21
+
+
+@njit(**_JIT)
+def _bit_transpose_item(c, words, dim, WT):
+    num = words.shape[0]
+    A = np.empty(64, np.uint64)
+    j0 = c * 64
+    jmax = min(64, dim - j0)
+    for g in range(WT.shape[1]):
+        for r in range(64):
+            p = g * 64 + r
+            A[r] = words[p, c] if p < num else np.uint64(0)
+        _transpose64(A)
+        for b in range(jmax):
+            WT[j0 + b, g] = A[b]
+
+
+@njit(**_PJIT)
+def _bit_transpose_par(words, dim, WT):
+    for c in prange(words.shape[1]):
+        _bit_transpose_item(c, words, dim, WT)
+
+
+@njit(**_JIT)
+def _bit_transpose_ser(words, dim, WT):
+    for c in range(words.shape[1]):
+        _bit_transpose_item(c, words, dim, WT)
 
 
 def rademacher_bits_T(words: np.ndarray, dim: int) -> np.ndarray:
+    """Probe-major bits ``words`` (num, ceil(dim/64)) -> entry-major bits ``WT`` (dim, ceil(num/64))."""
     WT = np.empty((dim, -(-words.shape[0] // 64)), np.uint64)
-    bit_transpose(words, dim, WT)
+    run = _bit_transpose_par if dim * WT.shape[1] * 64 >= SERIAL_WORK else _bit_transpose_ser
+    run(words, dim, WT)
     return WT
 
 
 # ----------------------------------------------------------------------------- CSR kernels
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(**_JIT)
+def _csr_quad_bits_item(c, indptr, indices, data, WT, starts, k, partials):
+    ng = WT.shape[1]
+    part = np.zeros(ng * 64, data.dtype)
+    acc = np.empty(ng * 64, data.dtype)
+    for i in range(starts[c], starts[c + 1]):
+        acc[:] = 0.0
+        for jj in range(indptr[i], indptr[i + 1]):
+            a = data[jj]
+            na = -a
+            col = indices[jj]
+            for g in range(ng):
+                x = WT[col, g]
+                base = g * 64
+                for q in range(64):
+                    acc[base + q] += na if (x >> np.uint64(q)) & np.uint64(1) else a
+        for g in range(ng):
+            x = WT[i, g]
+            base = g * 64
+            for q in range(64):
+                v = acc[base + q]
+                part[base + q] += -v if (x >> np.uint64(q)) & np.uint64(1) else v
+    for p in range(k):
+        partials[c, p] = part[p]
+
+
+@njit(**_PJIT)
+def _csr_quad_bits_par(indptr, indices, data, WT, starts, k, partials):
+    for c in prange(starts.size - 1):
+        _csr_quad_bits_item(c, indptr, indices, data, WT, starts, k, partials)
+
+
+@njit(**_JIT)
+def _csr_quad_bits_ser(indptr, indices, data, WT, starts, k, partials):
+    for c in range(starts.size - 1):
+        _csr_quad_bits_item(c, indptr, indices, data, WT, starts, k, partials)
+
+
 def csr_quad_bits(indptr, indices, data, WT, starts, k, partials):
     """Fused ``v_p . (A v_p)`` per row chunk for Rademacher bit probes; ``A v`` is never stored.
 
     ``partials[c, p]`` receives chunk ``c``'s share of probe ``p``'s quadratic form.
     """
-    C = starts.size - 1
-    ng = WT.shape[1]
-    for c in prange(C):
-        part = np.zeros(ng * 64, data.dtype)
-        acc = np.empty(ng * 64, data.dtype)
-        for i in range(starts[c], starts[c + 1]):
-            acc[:] = 0.0
-            for jj in range(indptr[i], indptr[i + 1]):
-                a = data[jj]
-                na = -a
-                col = indices[jj]
-                for g in range(ng):
-                    x = WT[col, g]
-                    base = g * 64
-                    for q in range(64):
-                        acc[base + q] += na if (x >> np.uint64(q)) & np.uint64(1) else a
-            for g in range(ng):
-                x = WT[i, g]
-                base = g * 64
-                for q in range(64):
-                    v = acc[base + q]
-                    part[base + q] += -v if (x >> np.uint64(q)) & np.uint64(1) else v
+    run = _csr_quad_bits_par if data.size * WT.shape[1] * 64 >= SERIAL_WORK else _csr_quad_bits_ser
+    run(indptr, indices, data, WT, starts, k, partials)
+
+
+@njit(**_JIT)
+def _csr_quad_dense_item(c, indptr, indices, data, VT, starts, partials):
+    k = VT.shape[1]
+    part = np.zeros(k, data.dtype)
+    acc = np.empty(k, data.dtype)
+    for i in range(starts[c], starts[c + 1]):
+        acc[:] = 0.0
+        for jj in range(indptr[i], indptr[i + 1]):
+            a = data[jj]
+            col = indices[jj]
+            for p in range(k):
+                acc[p] += a * VT[col, p]
         for p in range(k):
-            partials[c, p] = part[p]
+            part[p] += VT[i, p] * acc[p]
+    for p in range(k):
+        partials[c, p] = part[p]
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(**_PJIT)
+def _csr_quad_dense_par(indptr, indices, data, VT, starts, partials):
+    for c in prange(starts.size - 1):
+        _csr_quad_dense_item(c, indptr, indices, data, VT, starts, partials)
+
+
+@njit(**_JIT)
+def _csr_quad_dense_ser(indptr, indices, data, VT, starts, partials):
+    for c in range(starts.size - 1):
+        _csr_quad_dense_item(c, indptr, indices, data, VT, starts, partials)
+
+
 def csr_quad_dense(indptr, indices, data, VT, starts, partials):
     """Fused ``v_p . (A v_p)`` per row chunk for probes stored entry-major ``VT`` (n, k)."""
-    C = starts.size - 1
+    run = _csr_quad_dense_par if data.size * VT.shape[1] >= SERIAL_WORK else _csr_quad_dense_ser
+    run(indptr, indices, data, VT, starts, partials)
+
+
+@njit(**_JIT)
+def _csr_matmat_item(c, indptr, indices, data, VT, starts, out):
     k = VT.shape[1]
-    for c in prange(C):
-        part = np.zeros(k, data.dtype)
-        acc = np.empty(k, data.dtype)
-        for i in range(starts[c], starts[c + 1]):
-            acc[:] = 0.0
-            for jj in range(indptr[i], indptr[i + 1]):
-                a = data[jj]
-                col = indices[jj]
-                for p in range(k):
-                    acc[p] += a * VT[col, p]
-            for p in range(k):
-                part[p] += VT[i, p] * acc[p]
+    for i in range(starts[c], starts[c + 1]):
         for p in range(k):
-            partials[c, p] = part[p]
+            out[i, p] = 0.0
+        for jj in range(indptr[i], indptr[i + 1]):
+            a = data[jj]
+            col = indices[jj]
+            for p in range(k):
+                out[i, p] += a * VT[col, p]
 
 
-@njit(parallel=True, nogil=True, cache=True)
+@njit(**_PJIT)
+def _csr_matmat_par(indptr, indices, data, VT, starts, out):
+    for c in prange(starts.size - 1):
+        _csr_matmat_item(c, indptr, indices, data, VT, starts, out)
+
+
+@njit(**_JIT)
+def _csr_matmat_ser(indptr, indices, data, VT, starts, out):
+    for c in range(starts.size - 1):
+        _csr_matmat_item(c, indptr, indices, data, VT, starts, out)
+
+
 def csr_matmat(indptr, indices, data, VT, starts, out):
     """``out = A @ VT`` for entry-major probes ``VT`` (n, k); ``out`` is (m, k)."""
-    C = starts.size - 1
-    k = VT.shape[1]
-    for c in prange(C):
-        for i in range(starts[c], starts[c + 1]):
-            for p in range(k):
-                out[i, p] = 0.0
-            for jj in range(indptr[i], indptr[i + 1]):
-                a = data[jj]
-                col = indices[jj]
-                for p in range(k):
-                    out[i, p] += a * VT[col, p]
+    run = _csr_matmat_par if data.size * VT.shape[1] >= SERIAL_WORK else _csr_matmat_ser
+    run(indptr, indices, data, VT, starts, out)
 
 
 # ----------------------------------------------------------------------------- user numba matvecs
+# These take the user's dispatcher as an argument, so they compile once per matvec
+# (and are not cached on disk).
 
 
-@njit(parallel=True, nogil=True)
-def func_quad(fn, V, m, bounds, out, status):
-    """Call the numba matvec ``fn`` on each probe row of ``V`` in parallel; per-block quad forms.
+@njit(nogil=True)
+def _func_quad_item(p, fn, V, m, bounds, out, status):
+    y = fn(V[p])
+    if y.shape[0] != m:
+        status[p] = y.shape[0]
+        return
+    status[p] = -1
+    for b in range(bounds.size - 1):
+        s = 0.0
+        for i in range(bounds[b], bounds[b + 1]):
+            s += V[p, i] * y[i]
+        out[p, b] = s
+
+
+@njit(nogil=True, parallel=True)
+def _func_quad_par(fn, V, m, bounds, out, status):
+    for p in prange(V.shape[0]):
+        _func_quad_item(p, fn, V, m, bounds, out, status)
+
+
+@njit(nogil=True)
+def _func_quad_ser(fn, V, m, bounds, out, status):
+    for p in range(V.shape[0]):
+        _func_quad_item(p, fn, V, m, bounds, out, status)
+
+
+def func_quad(fn, V, m, bounds, out, status, *, parallel):
+    """Call the numba matvec ``fn`` on each probe row of ``V``; per-block quad forms into ``out``.
 
     ``bounds`` holds the ``B + 1`` block boundaries over the output rows. A probe
     whose output length is not ``m`` sets ``status[p]`` to that length (else -1).
     """
-    k = V.shape[0]
-    B = bounds.size - 1
-    for p in prange(k):
-        y = fn(V[p])
-        if y.shape[0] != m:
-            status[p] = y.shape[0]
-            continue
-        status[p] = -1
-        for b in range(B):
-            s = 0.0
-            for i in range(bounds[b], bounds[b + 1]):
-                s += V[p, i] * y[i]
-            out[p, b] = s
+    (_func_quad_par if parallel else _func_quad_ser)(fn, V, m, bounds, out, status)
 
 
-@njit(parallel=True, nogil=True)
-def func_matmat(fn, V, out, status):
-    """``out[p] = fn(V[p])`` in parallel, with the same output-length check as :func:`func_quad`."""
-    k = V.shape[0]
+@njit(nogil=True)
+def _func_matmat_item(p, fn, V, out, status):
+    y = fn(V[p])
     m = out.shape[1]
-    for p in prange(k):
-        y = fn(V[p])
-        if y.shape[0] != m:
-            status[p] = y.shape[0]
-            continue
-        status[p] = -1
-        for i in range(m):
-            out[p, i] = y[i]
+    if y.shape[0] != m:
+        status[p] = y.shape[0]
+        return
+    status[p] = -1
+    for i in range(m):
+        out[p, i] = y[i]
+
+
+@njit(nogil=True, parallel=True)
+def _func_matmat_par(fn, V, out, status):
+    for p in prange(V.shape[0]):
+        _func_matmat_item(p, fn, V, out, status)
+
+
+@njit(nogil=True)
+def _func_matmat_ser(fn, V, out, status):
+    for p in range(V.shape[0]):
+        _func_matmat_item(p, fn, V, out, status)
+
+
+def func_matmat(fn, V, out, status, *, parallel):
+    """``out[p] = fn(V[p])`` over the probe rows, with the output-length check of :func:`func_quad`."""
+    (_func_matmat_par if parallel else _func_matmat_ser)(fn, V, out, status)

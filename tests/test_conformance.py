@@ -155,13 +155,13 @@ def test_statistical_check_fails_on_a_biased_variant(bk):
 def test_block_traces_unbiased_and_sum_to_total(bk):
     blocks = {"top": 5, "bottom": N - 5}
     op = OPS["sparse"](bk, blocks)
-    m, trials = 4, 600
+    m, trials = 4, 300
     vals = {"top": [], "bottom": []}
     for s in range(trials):
-        key = bk.key(s)
-        per = st.block_traces(key, op, num_matvecs=m)
-        total = st.hutchinson(bk.key(s), op, num_matvecs=m)
-        np.testing.assert_allclose(float(per["top"].value) + float(per["bottom"].value), float(total.value), rtol=1e-12, atol=1e-12)
+        per = st.block_traces(bk.key(s), op, num_matvecs=m)
+        if s < 5:  # same probes: the blocks add up to the total
+            total = st.hutchinson(bk.key(s), op, num_matvecs=m)
+            np.testing.assert_allclose(float(per["top"].value) + float(per["bottom"].value), float(total.value), rtol=1e-12, atol=1e-12)
         for b in vals:
             vals[b].append(float(per[b].value))
     for b, sl in (("top", slice(0, 5)), ("bottom", slice(5, N))):
