@@ -355,14 +355,21 @@ class DynamicTraceEstimator:
         return self._report(new_state, nxt.names, spent, xp), new_state
 
     def estimate(self, state, block_names=None):
-        """The current estimate held in ``state`` (``num_matvecs`` = total spent so far)."""
+        """The current estimate held in ``state`` (``num_matvecs`` = total spent so far).
+
+        With ``block_names`` a dict ``name -> Estimate``; without them a single
+        ``Estimate`` (whose ``value`` and ``sem`` are per-block arrays when the
+        state holds several blocks).
+        """
         xp = np if isinstance(state.estimate, np.ndarray) else jnp
         return self._report(state, None if block_names is None else tuple(block_names), state.matvecs, xp)
 
     def _report(self, state, names, spent, xp):
         value, sem = _value_sem(self, state, xp)
         if names is None:
-            return Estimate(value[0], sem[0], spent)
+            if value.shape[0] == 1:
+                return Estimate(value[0], sem[0], spent)
+            return Estimate(value, sem, spent)  # per-block arrays (no names given)
         return {name: Estimate(value[i], sem[i], spent) for i, name in enumerate(names)}
 
 
