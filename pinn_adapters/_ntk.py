@@ -120,7 +120,8 @@ def ntk_traces(
     if not isinstance(blocks, ResidualBlocks):
         raise TypeError(f"blocks must be a pinn_adapters.ResidualBlocks; got {type(blocks).__name__}")
     check_choice(method, METHODS, name="method")
-    check_choice(normalize, ("sum", "mean", None), name="normalize")
+    if normalize not in ("sum", "mean", None):
+        raise ValueError(f"normalize must be 'sum', 'mean' or None; got {normalize!r}")
     normalize = normalize or blocks.reduction
     blocks._check_batch(batch)
     rows = residual_rows(blocks, params, batch)
@@ -145,7 +146,7 @@ def ntk_traces(
         )
         if method == "hutchinson":
             J = blocks.jacobian(params, batch, mode="fwd" if s == "input" else "bwd")
-            check_finite_residuals(J.value, where="ntk_traces")
+            check_finite_residuals(J.unravel_output(J.value_flat), where="ntk_traces")
             out = st.block_traces(key, st.gram(J, side=s), num_matvecs=num_matvecs, sampler=sampler)
             out = {n: out[n] for n in blocks.names}
         else:
@@ -161,7 +162,7 @@ def ntk_traces(
                     batch[name],
                     mode="fwd" if s == "input" else "bwd",
                 )
-                check_finite_residuals({name: J.value}, where="ntk_traces")
+                check_finite_residuals({name: J.value_flat}, where="ntk_traces")
                 out[name] = fn(k, st.gram(J, side=s), num_matvecs=num_matvecs)
     if normalize == "mean":
         out = {

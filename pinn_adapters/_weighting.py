@@ -150,7 +150,8 @@ def ntk_weighting(
     check_choice(estimator, ESTIMATORS, name="estimator")
     check_choice(fd, FD_SCHEMES, name="fd")
     check_choice(init_method, ("exact", "hutchinson"), name="init_method")
-    check_choice(normalize, ("sum", "mean", None), name="normalize")
+    if normalize not in ("sum", "mean", None):
+        raise ValueError(f"normalize must be 'sum', 'mean' or None; got {normalize!r}")
     every = check_num_matvecs(every, name="every")
     num_probes = check_num_matvecs(num_probes, name="num_probes")
     if ema is not None and not (isinstance(ema, (int, float)) and 0 <= ema < 1):

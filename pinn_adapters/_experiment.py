@@ -1,0 +1,274 @@
+"""The main job: the wave experiment of Hirsch and Pichi (2025) end to end.
+
+``sketchtrace pinn wave`` trains the Wang et al. wave PINN with no weights, exact NTK
+weights, fresh Hutchinson weights or predictor-corrector weights; writes ``results.json``
+and PNG figures; ``--compare`` runs the methods side by side with the same seed;
+``--fd-bias`` measures the finite-difference sketch's bias against its step size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+WEIGHTS = ("none", "exact", "hutchinson", "pc")
+
+
+@dataclasses.dataclass
+class WaveConfig:
+    """Configuration of one wave run (``--config FILE`` takes these keys as JSON).
+
+    The defaults are the quick CPU configuration; ``docs/configs/wave_full.json`` is
+    the Wang et al. one (``width=500``, 80k steps), for a GPU.
+    """
+
+    weights: str = "pc"
+    steps: int = 3000
+    width: int = 64
+    depth: int = 3
+    seed: int = 0
+    n_res: int = 300
+    n_bc: int = 100
+    learning_rate: float = 1e-3
+    decay_steps: int = 1000
+    decay_rate: float = 0.9
+    exact_every: int = 100
+    num_probes: int = 1
+    gamma: float = 0.1
+    fd: str = "forward"
+    h: float | None = None
+    log_every: int = 100
+    track_weight_error: bool = True
+    x64: bool = False
+
+    def validate(self):
+        if self.weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {WEIGHTS}; got {self.weights!r}")
+        for name in ("steps", "width", "depth", "n_res", "n_bc", "exact_every", "num_probes", "log_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer; got {v!r}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1]; got {self.gamma}")
+        if self.fd not in ("forward", "central", "jvp"):
+            raise ValueError(f"fd must be 'forward', 'central' or 'jvp'; got {self.fd!r}")
+        return self
+
+    @classmethod
+    def from_file(cls, path, **overrides):
+        data = json.loads(Path(path).read_text())
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"--config {path}: unknown keys {sorted(unknown)}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data).validate()
+
+
+def _versions():
+    import jax
+
+    import sketchtrace
+
+    out = {"python": platform.python_version(), "jax": jax.__version__, "sketchtrace": sketchtrace.__version__,
+           "numpy": np.__version__, "platform": platform.platform(), "devices": [str(d) for d in jax.devices()]}
+    try:
+        import optax
+
+        out["optax"] = optax.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return out
+
+
+def make_problem(cfg: WaveConfig):
+    from . import problems
+
+    layers = (2,) + (cfg.width,) * cfg.depth + (1,)
+    prob = problems.wave1d(layers=layers, n_res=cfg.n_res, n_bc=cfg.n_bc, learning_rate=cfg.learning_rate)
+    return dataclasses.replace(prob, decay_steps=cfg.decay_steps, decay_rate=cfg.decay_rate)
+
+
+def make_weighting(cfg: WaveConfig, blocks):
+    from ._weighting import ntk_weighting
+
+    if cfg.weights == "none":
+        return ntk_weighting(blocks, estimator="none")
+    if cfg.weights == "exact":
+        return ntk_weighting(blocks, estimator="exact", every=cfg.exact_every)
+    if cfg.weights == "hutchinson":
+        return ntk_weighting(blocks, estimator="hutchinson", num_probes=cfg.num_probes)
+    return ntk_weighting(blocks, estimator="pc", num_probes=cfg.num_probes, gamma=cfg.gamma, fd=cfg.fd, h=cfg.h)
+
+
+def run_wave(cfg: WaveConfig, out=None, *, progress=True, label=None, figures=True) -> dict:
+    """Train once; return (and write to ``out``) the results dictionary."""
+    import jax
+
+    from ._train import train
+
+    cfg.validate()
+    if cfg.x64:
+        jax.config.update("jax_enable_x64", True)
+    prob = make_problem(cfg)
+    weighting = make_weighting(cfg, prob.blocks)
+    t0 = time.perf_counter()
+    res = train(
+        prob, weighting=weighting, steps=cfg.steps, seed=cfg.seed, log_every=cfg.log_every,
+        track_weight_error=cfg.track_weight_error and cfg.weights in ("hutchinson", "pc"), progress=progress,
+    )
+    wall = time.perf_counter() - t0
+    hist = res.history
+    errs = [e for e in hist["weight_error"] if e is not None]
+    result = {
+        "label": label or cfg.weights,
+        "config": dataclasses.asdict(cfg),
+        "metrics": {
+            "relative_l2": hist["relative_l2"][-1],
+            "wall_time_s": wall,
+            "time_per_step_s": res.time_per_step,
+            "median_weight_rel_error": float(np.median(errs)) if errs else None,
+            "final_weights": hist["weights"][-1],
+            "avg_res_sq": hist["avg_res_sq"][-1],
+            "avg_grad_sq": hist["avg_grad_sq"][-1],
+            "min_weight": hist["min_weight"][-1],
+            "max_weight": hist["max_weight"][-1],
+            "num_params": int(sum(np.size(x) for x in jax.tree.leaves(res.params))),
+        },
+        "history": {k: v for k, v in hist.items() if k != "loss_per_step"},
+        "versions": _versions(),
+    }
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(result, indent=1))
+        if figures:
+            write_figures(out, prob, res.params, hist, result["label"])
+    return result
+
+
+def solution_grid(prob, params, n=101):
+    import jax
+    import jax.numpy as jnp
+
+    xs, ts = np.linspace(0, 1, n), np.linspace(0, 1, n)
+    X, T = np.meshgrid(xs, ts, indexing="ij")
+    dt = jax.tree.leaves(params)[0].dtype
+    pts = jnp.asarray(np.stack([X.ravel(), T.ravel()], axis=1), dtype=dt)
+    pred = np.asarray(jax.vmap(lambda p: prob.apply(params, p)[0])(pts)).reshape(n, n)
+    exact = np.asarray(prob.exact_solution(pts[:, 0], pts[:, 1])).reshape(n, n)
+    return xs, ts, pred, exact
+
+
+def write_figures(out: Path, prob, params, hist, label):
+    from . import _plots
+
+    xs, ts, pred, exact = solution_grid(prob, params)
+    _plots.solution_figures(out, xs, ts, pred, exact)
+    _plots.training_figures(out, hist, label)
+
+
+COMPARE_RUNS = (
+    ("none", {"weights": "none"}),
+    ("exact (every 100)", {"weights": "exact", "exact_every": 100}),
+    ("exact (every step)", {"weights": "exact", "exact_every": 1}),
+    ("pc (every step)", {"weights": "pc"}),
+)
+
+
+def compare(cfg: WaveConfig, out, *, progress=True) -> dict:
+    """Run none / exact every 100 / exact every step / pc every step with the same seed."""
+    out = Path(out)
+    runs = {}
+    for label, change in COMPARE_RUNS:
+        sub = dataclasses.replace(cfg, **change)
+        slug = label.split(" (")[0] + ("" if "(" not in label else "_" + label.split("every ")[1].rstrip(")").replace(" ", ""))
+        print(f"--- {label}", flush=True)
+        runs[label] = run_wave(sub, out / slug, progress=progress, label=label)
+    base = runs["none"]["metrics"]["time_per_step_s"]
+    rows = []
+    for label, r in runs.items():
+        m = r["metrics"]
+        rows.append({
+            "run": label,
+            "relative_l2": m["relative_l2"],
+            "wall_time_s": m["wall_time_s"],
+            "time_per_step_ms": 1e3 * m["time_per_step_s"],
+            "step_time_vs_none": m["time_per_step_s"] / base,
+            "median_weight_rel_error": m["median_weight_rel_error"],
+        })
+    table = format_table(rows, cfg)
+    print(table)
+    summary = {"config": dataclasses.asdict(cfg), "table": rows, "versions": _versions()}
+    (out / "compare.json").write_text(json.dumps(summary, indent=1))
+    (out / "compare.md").write_text(table + "\n")
+    from . import _plots
+
+    _plots.compare_figure(out, {k: v["history"] for k, v in runs.items()})
+    return summary
+
+
+def format_table(rows, cfg) -> str:
+    head = (
+        f"wave equation, MLP [2, {', '.join([str(cfg.width)] * cfg.depth)}, 1], {cfg.steps} Adam steps, "
+        f"seed {cfg.seed}, batch {cfg.n_res} interior + 4 x {cfg.n_bc} boundary/initial points\n\n"
+        "| run | relative L2 | wall time (s) | time/step (ms) | step time vs none | median weight rel. error vs exact |\n"
+        "|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for r in rows:
+        err = "-" if r["median_weight_rel_error"] is None else f"{r['median_weight_rel_error']:.3f}"
+        lines.append(
+            f"| {r['run']} | {r['relative_l2']:.3e} | {r['wall_time_s']:.1f} | {r['time_per_step_ms']:.2f} | "
+            f"{r['step_time_vs_none']:.2f} | {err} |"
+        )
+    return "\n".join(lines)
+
+
+def fd_bias(out, *, width=64, depth=3, seed=0, num_probes=16, hs=None) -> list:
+    """Relative bias of the finite-difference ``||J_b v||^2`` (summed over blocks) vs ``h``.
+
+    Runs in float32 and float64 (JAX x64 is switched on for the float64 rows) on the
+    wave network at its initialisation, for forward and central differences.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    import sketchtrace as st
+
+    from . import problems
+
+    jax.config.update("jax_enable_x64", True)
+    hs = list(np.logspace(-1, -8, 15)) if hs is None else list(hs)
+    rows = []
+    layers = (2,) + (width,) * depth + (1,)
+    for dtype in (jnp.float32, jnp.float64):
+        prob = problems.wave1d(layers=layers, dtype=dtype)
+        key = jax.random.key(seed)
+        params = prob.init_params(key)
+        batch = prob.sample_batch(jax.random.fold_in(key, 1))
+        for scheme in ("forward", "central"):
+            r = st.finite_difference_bias(
+                jax.random.fold_in(key, 2), prob.blocks.residuals, params, batch, h=hs, scheme=scheme,
+                num_probes=num_probes,
+            )
+            exact_total = np.asarray(r.exact).sum(axis=1)
+            fd_total = np.asarray(r.fd).sum(axis=2)
+            rel = (fd_total.mean(axis=1) - exact_total.mean()) / exact_total.mean()
+            rows.append({"dtype": jnp.dtype(dtype).name, "scheme": scheme, "h": hs, "relative_bias": rel.tolist(),
+                         "default_h": st.default_step(dtype, scheme) if hasattr(st, "default_step") else None})
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fd_bias.json").write_text(json.dumps(rows, indent=1))
+    from . import _plots
+
+    _plots.fd_bias_figure(out, rows)
+    print("relative bias of finite-difference ||J v||^2 (wave network, summed over blocks)")
+    print("h         " + "  ".join(f"{r['dtype'][-2:]}/{r['scheme'][:3]:>3}" for r in rows))
+    for i, h in enumerate(hs):
+        print(f"{h:8.1e}  " + "  ".join(f"{r['relative_bias'][i]:+9.1e}" for r in rows))
+    return rows

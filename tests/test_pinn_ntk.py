@@ -1,0 +1,238 @@
+"""pinn_adapters: residual blocks, exact and sketched NTK traces, NTK weights and their guards."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import pinn_adapters as pa
+import sketchtrace as st
+from sketchtrace.testing import check_unbiased
+
+# ---------------------------------------------------------------------------- a small network
+
+
+def init(key, widths=(2, 6, 5, 2)):
+    ks = jax.random.split(key, len(widths))
+    return {
+        f"l{i}": {"W": jax.random.normal(k, (a, b)) / math.sqrt(a), "b": 0.1 * jax.random.normal(k, (b,))}
+        for i, (k, a, b) in enumerate(zip(ks, widths[:-1], widths[1:]))
+    }
+
+
+def net(p, x):  # x: (2,) -> (2,)
+    h = x
+    n = len(p)
+    for i in range(n):
+        h = h @ p[f"l{i}"]["W"] + p[f"l{i}"]["b"]
+        if i < n - 1:
+            h = jnp.tanh(h)
+    return h
+
+
+def lap(p, x):  # u_xx + u_y of the first output
+    u = lambda a, b: net(p, jnp.stack([a, b]))[0]
+    return jax.grad(jax.grad(u))(x[0], x[1]) + jax.grad(u, argnums=1)(x[0], x[1])
+
+
+def make_blocks():
+    return pa.ResidualBlocks(
+        {
+            "res": lambda p, pts: jax.vmap(lambda x: lap(p, x) - jnp.sin(x[0]))(pts),
+            "bc": lambda p, pts: jax.vmap(lambda x: net(p, x))(pts),  # 2 components per point
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def setup():
+    key = jax.random.key(3)
+    k1, k2, k3 = jax.random.split(key, 3)
+    params = init(k1)
+    batch = {"res": jax.random.uniform(k2, (7, 2)), "bc": jax.random.uniform(k3, (4, 2))}
+    blocks = make_blocks()
+    J = jax.jit(jax.jacobian(lambda p: blocks.residuals(p, batch)))(params)
+    truth = {n: sum(float(jnp.sum(l**2)) for l in jax.tree.leaves(J[n])) for n in blocks.names}
+    return blocks, params, batch, truth
+
+
+# ---------------------------------------------------------------------------- exact traces
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 7, 100])
+def test_exact_traces_equal_full_jacobian(setup, chunk_size):
+    blocks, params, batch, truth = setup
+    tr = pa.ntk_traces(None, blocks, params, batch, method="exact", chunk_size=chunk_size)
+    for n in blocks.names:
+        np.testing.assert_allclose(float(tr[n].value), truth[n], rtol=1e-12)
+        assert float(tr[n].sem) == 0.0
+    assert tr["bc"].num_matvecs == 8 and tr["res"].num_matvecs == 7  # residual rows
+
+
+def test_exact_traces_mean_normalisation_and_jit(setup):
+    blocks, params, batch, truth = setup
+    tr = jax.jit(lambda p, b: pa.ntk_traces(None, blocks, p, b, normalize="mean"))(params, batch)
+    np.testing.assert_allclose(float(tr["bc"].value), truth["bc"] / 8, rtol=1e-12)
+    np.testing.assert_allclose(float(tr["res"].value), truth["res"] / 7, rtol=1e-12)
+
+
+def test_point_norms_are_per_point_ntk_diagonal(setup):
+    blocks, params, batch, _ = setup
+    d = jax.jit(lambda p, b: blocks.point_grad_sq_norms(p, b, chunk_size=2))(params, batch)
+    J = jax.jit(jax.jacobian(lambda p: blocks.residuals(p, batch)["res"]))(params)
+    Jf = jnp.concatenate([l.reshape(7, -1) for l in jax.tree.leaves(J)], axis=1)
+    np.testing.assert_allclose(np.asarray(d["res"]), np.sum(np.asarray(Jf) ** 2, axis=1), rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------- sketched traces
+
+
+def _samples(blocks, params, batch, *, side, num, trials=1500, sampler="rademacher"):
+    def one(k):
+        tr = pa.ntk_traces(k, blocks, params, batch, method="hutchinson", num_matvecs=num, side=side, sampler=sampler)
+        return {n: tr[n].value for n in blocks.names}
+
+    return jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(11), trials))
+
+
+@pytest.mark.parametrize("side", ["params", "residuals"])
+def test_hutchinson_traces_unbiased_per_block(setup, side):
+    blocks, params, batch, truth = setup
+    S = _samples(blocks, params, batch, side=side, num=2)
+    for n in blocks.names:
+        rep = check_unbiased(np.asarray(S[n]), truth[n], false_alarm=1e-6)
+        assert rep.passed, rep.describe(truth[n])
+        assert rep.detectable_bias < 0.2 * truth[n]  # the check detects a 20% bias
+
+
+def test_unbiasedness_check_catches_finite_difference_bias(setup):
+    """The same check fails on a deliberately biased variant: forward differences with h = 0.3."""
+    blocks, params, batch, truth = setup
+    flat, unravel = ravel_pytree(params)
+
+    def one(k):
+        v = jax.random.rademacher(k, flat.shape, flat.dtype)
+        r0 = blocks.residuals(params, batch)
+        r1 = blocks.residuals(unravel(flat + 0.3 * v), batch)
+        return {n: jnp.sum(((r1[n] - r0[n]) / 0.3) ** 2) for n in blocks.names}
+
+    S = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(11), 1500))
+    reports = [check_unbiased(np.asarray(S[n]), truth[n], false_alarm=1e-6) for n in blocks.names]
+    assert not all(r.passed for r in reports), [r.describe(truth[n]) for r, n in zip(reports, blocks.names)]
+
+
+def test_hutchinson_budget_at_dimension_is_exact(setup):
+    blocks, params, batch, truth = setup
+    p = ravel_pytree(params)[0].size
+    tr = pa.ntk_traces(jax.random.key(0), blocks, params, batch, method="hutchinson", num_matvecs=p, side="params")
+    for n in blocks.names:
+        np.testing.assert_allclose(float(tr[n].value), truth[n], rtol=1e-10)
+        assert float(tr[n].sem) == 0.0
+
+
+@pytest.mark.parametrize("method", ["hutchpp", "xtrace"])
+def test_deflated_methods_exact_on_small_blocks_and_finite(setup, method):
+    blocks, params, batch, truth = setup
+    # residual side: the bc block has 8 rows and res 7, so 8 matvecs... are not always enough for
+    # the deflated methods' exactness rules; a budget of 30 (> every row count) makes them exact
+    tr = pa.ntk_traces(jax.random.key(1), blocks, params, batch, method=method, num_matvecs=30, side="residuals")
+    for n in blocks.names:
+        np.testing.assert_allclose(float(tr[n].value), truth[n], rtol=1e-8)
+    tr = pa.ntk_traces(jax.random.key(1), blocks, params, batch, method=method, num_matvecs=6, side="params")
+    for n in blocks.names:
+        assert np.isfinite(float(tr[n].value)) and float(tr[n].value) > 0
+
+
+def test_side_auto_picks_the_cheaper():
+    from pinn_adapters._ntk import resolve_side
+
+    assert resolve_side("auto", num_matvecs=4, num_params=1000, num_rows=500, num_blocks=3) == "input"
+    # small batch: the residual side is exact after n rows, cheaper than many parameter-side probes
+    assert resolve_side("auto", num_matvecs=400, num_params=1000, num_rows=20, num_blocks=3) == "output"
+    with pytest.raises(ValueError, match="side"):
+        resolve_side("left", num_matvecs=1, num_params=1, num_rows=1, num_blocks=1)
+
+
+# ---------------------------------------------------------------------------- weights
+
+
+def test_weight_rules():
+    tr = {"a": st.Estimate(2.0, 0.0, 1), "b": 6.0, "c": 12.0}
+    w = pa.ntk_weights(tr)
+    np.testing.assert_allclose([float(w[n]) for n in "abc"], [20 / 2, 20 / 6, 20 / 12])
+    sizes = {"a": 1, "b": 3, "c": 2}
+    wj = pa.ntk_weights(tr, rule="jaxpi", sizes=sizes)
+    m = np.array([2.0, 2.0, 6.0])
+    np.testing.assert_allclose([float(wj[n]) for n in "abc"], m.mean() / m)
+    # without sizes, jaxpi takes the traces as per-point means
+    wj2 = pa.ntk_weights({"a": 2.0, "b": 2.0, "c": 6.0}, rule="jaxpi")
+    np.testing.assert_allclose([float(wj2[n]) for n in "abc"], m.mean() / m)
+    wc = pa.ntk_weights(tr, cap=5.0)
+    assert float(wc["a"]) == 5.0 and float(wc["c"]) == pytest.approx(20 / 12)
+
+
+def test_weights_from_full_traces_rule_matches_paper(setup):
+    blocks, params, batch, truth = setup
+    tr = pa.ntk_traces(None, blocks, params, batch)
+    w = pa.ntk_weights(tr)
+    total = sum(truth.values())
+    for n in blocks.names:
+        np.testing.assert_allclose(float(w[n]), total / truth[n], rtol=1e-12)
+
+
+def test_weight_guards():
+    # zero / negative estimates are floored at eps * max: large but finite and positive
+    w = pa.ntk_weights({"a": -3.0, "b": 0.0, "c": 10.0}, eps=1e-4)
+    vals = np.array([float(w[n]) for n in "abc"])
+    assert np.all(np.isfinite(vals)) and np.all(vals >= 1.0) and np.all(vals <= 3 / 1e-4 + 1)
+    with pytest.raises(ValueError, match="block 'b'"):
+        pa.ntk_weights({"a": 1.0, "b": float("nan")})
+    with pytest.raises(ValueError, match="every trace is <= 0"):
+        pa.ntk_weights({"a": 0.0, "b": -1.0})
+    # under jit nothing can be raised: unusable traces give the documented fallback, never NaN
+    f = jax.jit(lambda t: pa.ntk_weights(t, fallback=1.0))
+    out = f({"a": jnp.asarray(1.0), "b": jnp.asarray(jnp.inf)})
+    assert float(out["a"]) == 1.0 and float(out["b"]) == 1.0
+    with pytest.raises(ValueError, match="rule"):
+        pa.ntk_weights({"a": 1.0}, rule="mean")
+    with pytest.raises(ValueError, match="cap"):
+        pa.ntk_weights({"a": 1.0}, cap=-1.0)
+    with pytest.raises(ValueError, match="eps"):
+        pa.ntk_weights({"a": 1.0}, eps=0.0)
+    with pytest.raises(TypeError, match="traces"):
+        pa.ntk_weights([1.0, 2.0])
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def test_non_finite_residuals_refused(setup):
+    blocks, params, batch, _ = setup
+    bad = pa.ResidualBlocks({"res": lambda p, x: jnp.log(-jnp.abs(x[:, 0]) - 1.0) + net(p, x)[:, 0],
+                             "bc": blocks.fns["bc"]})
+    for method, kw in [("exact", {}), ("hutchinson", {"num_matvecs": 3})]:
+        with pytest.raises(ValueError, match="block 'res' has .* non-finite"):
+            pa.ntk_traces(jax.random.key(0), bad, params, batch, method=method, **kw)
+
+
+def test_bad_arguments(setup):
+    blocks, params, batch, _ = setup
+    with pytest.raises(TypeError, match="mapping"):
+        pa.ResidualBlocks([lambda p, x: x])
+    with pytest.raises(TypeError, match="callable"):
+        pa.ResidualBlocks({"a": 3})
+    with pytest.raises(ValueError, match="reduction"):
+        pa.ResidualBlocks({"a": lambda p, x: x}, reduction="max")
+    with pytest.raises(ValueError, match="no points for block"):
+        blocks.residuals(params, {"res": batch["res"]})
+    with pytest.raises(ValueError, match="method"):
+        pa.ntk_traces(None, blocks, params, batch, method="lanczos")
+    with pytest.raises(ValueError, match="num_matvecs is required"):
+        pa.ntk_traces(jax.random.key(0), blocks, params, batch, method="hutchinson")
+    with pytest.raises(ValueError, match="normalize"):
+        pa.ntk_traces(None, blocks, params, batch, normalize="max")
+    with pytest.raises(TypeError, match="ResidualBlocks"):
+        pa.ntk_traces(None, {"a": 1}, params, batch)
