@@ -97,9 +97,17 @@ def block_traces(key, op, *, num_matvecs, method="hutchinson", sampler="rademach
     the block values sum to :func:`hutchinson`'s total for the same key. Blocks
     come from a dict-valued operator output (Jacobians) or ``as_operator(..., blocks=)``.
     For a Gram operator ``J J^T`` block ``b``'s trace is ``||J_b||_F^2``.
+    ``method="hutchpp"``: Hutch++ per block from a shared sketch (see
+    :func:`sketchtrace.hutchpp`; each block's estimate is unbiased).
     """
+    if method == "hutchpp":
+        from ._hutchpp import hutchpp_blocks
+
+        return hutchpp_blocks(
+            key, op, num_matvecs=num_matvecs, sampler=sampler, chunk_size=chunk_size, backend=backend
+        )
     if method != "hutchinson":
-        raise ValueError(f"method must be 'hutchinson' for block_traces; got {method!r}")
+        raise ValueError(f"method must be 'hutchinson' or 'hutchpp' for block_traces; got {method!r}")
     bk, op, Q, exact, spent = hutchinson_samples(
         key, op, num_matvecs=num_matvecs, sampler=sampler, chunk_size=chunk_size, backend=backend
     )
