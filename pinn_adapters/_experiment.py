@@ -27,6 +27,7 @@ class WaveConfig:
     the Wang et al. one (``width=500``, 80k steps), for a GPU.
     """
 
+    problem: str = "wave"
     weights: str = "pc"
     steps: int = 3000
     width: int = 64
@@ -47,6 +48,8 @@ class WaveConfig:
     x64: bool = False
 
     def validate(self):
+        if self.problem not in PROBLEMS:
+            raise ValueError(f"problem must be one of {sorted(PROBLEMS)}; got {self.problem!r}")
         if self.weights not in WEIGHTS:
             raise ValueError(f"weights must be one of {WEIGHTS}; got {self.weights!r}")
         for name in ("steps", "width", "depth", "n_res", "n_bc", "exact_every", "num_probes", "log_every"):
@@ -85,11 +88,26 @@ def _versions():
     return out
 
 
-def make_problem(cfg: WaveConfig):
+def _make_wave(cfg: WaveConfig):
     from . import problems
 
     layers = (2,) + (cfg.width,) * cfg.depth + (1,)
-    prob = problems.wave1d(layers=layers, n_res=cfg.n_res, n_bc=cfg.n_bc, learning_rate=cfg.learning_rate)
+    return problems.wave1d(layers=layers, n_res=cfg.n_res, n_bc=cfg.n_bc, learning_rate=cfg.learning_rate)
+
+
+def _wave_figures(out: Path, prob, params, hist, label):
+    from . import _plots
+
+    xs, ts, pred, exact = solution_grid(prob, params)
+    _plots.solution_figures(out, xs, ts, pred, exact)
+
+
+# problem name -> (builder from the config, solution figures); other experiments register here
+PROBLEMS = {"wave": (_make_wave, _wave_figures)}
+
+
+def make_problem(cfg: WaveConfig):
+    prob = PROBLEMS[cfg.problem][0](cfg)
     return dataclasses.replace(prob, decay_steps=cfg.decay_steps, decay_rate=cfg.decay_rate)
 
 
@@ -147,7 +165,7 @@ def run_wave(cfg: WaveConfig, out=None, *, progress=True, label=None, figures=Tr
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(result, indent=1))
         if figures:
-            write_figures(out, prob, res.params, hist, result["label"])
+            write_figures(out, prob, res.params, hist, result["label"], cfg.problem)
     return result
 
 
@@ -164,11 +182,10 @@ def solution_grid(prob, params, n=101):
     return xs, ts, pred, exact
 
 
-def write_figures(out: Path, prob, params, hist, label):
+def write_figures(out: Path, prob, params, hist, label, problem="wave"):
     from . import _plots
 
-    xs, ts, pred, exact = solution_grid(prob, params)
-    _plots.solution_figures(out, xs, ts, pred, exact)
+    PROBLEMS[problem][1](out, prob, params, hist, label)
     _plots.training_figures(out, hist, label)
 
 
@@ -214,7 +231,7 @@ def compare(cfg: WaveConfig, out, *, progress=True) -> dict:
 
 def format_table(rows, cfg) -> str:
     head = (
-        f"wave equation, MLP [2, {', '.join([str(cfg.width)] * cfg.depth)}, 1], {cfg.steps} Adam steps, "
+        f"{cfg.problem} equation, MLP [2, {', '.join([str(cfg.width)] * cfg.depth)}, 1], {cfg.steps} Adam steps, "
         f"seed {cfg.seed}, batch {cfg.n_res} interior + 4 x {cfg.n_bc} boundary/initial points\n\n"
         "| run | relative L2 | wall time (s) | time/step (ms) | step time vs none | median weight rel. error vs exact |\n"
         "|---|---|---|---|---|---|"

@@ -80,7 +80,7 @@ def compare_figure(out: Path, runs: dict):
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
     for label, hist in runs.items():
         ax.semilogy(hist["step"], hist["relative_l2"], label=label)
-    ax.set_xlabel("step"), ax.set_ylabel("relative L2 error"), ax.set_title("wave equation: weighting compared")
+    ax.set_xlabel("step"), ax.set_ylabel("relative L2 error"), ax.set_title("weighting compared")
     ax.legend()
     fig.savefig(out / "compare.png", dpi=110)
     plt.close(fig)
