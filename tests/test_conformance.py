@@ -272,3 +272,94 @@ def test_block_traces_needs_blocks(bk):
 def test_complex_matrix_refused(bk):
     with pytest.raises(TypeError, match="complex"):
         st.hutchinson(bk.key(0), A + 1j, num_matvecs=2)
+
+
+# ----------------------------------------------------------------------------- the other estimators
+# hutchpp, na_hutchpp, xtrace, xnystrace, diagonal and the adaptive trace are written
+# once against the backend interface; the same checks run on both backends.
+
+
+def _psd(n, decay, seed=1):
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, n)))
+    return (q * decay ** np.arange(n)) @ q.T
+
+
+P = _psd(20, 0.85)
+_q, _ = np.linalg.qr(np.random.default_rng(5).standard_normal((20, 3)))
+LOWRANK = (_q * np.array([3.0, 2.0, 1.0])) @ _q.T  # rank 3, PSD
+
+ESTIMATORS = {
+    "hutchpp": lambda key, op, m: st.hutchpp(key, op, num_matvecs=m),
+    "na_hutchpp": lambda key, op, m: st.na_hutchpp(key, op, num_matvecs=m),
+    "xtrace": lambda key, op, m: st.xtrace(key, op, num_matvecs=m),
+    "xnystrace": lambda key, op, m: st.xnystrace(key, op, num_matvecs=m),
+}
+
+
+def _many(bk, fn, trials, seed=77):
+    if bk.name == "jax":
+        keys = jax.random.split(jax.random.key(seed), trials)
+        est = jax.jit(jax.vmap(fn))(keys)
+        return np.asarray(est.value), np.asarray(est.sem)
+    out = [fn(r) for r in np.random.default_rng(seed).spawn(trials)]
+    return np.array([float(e.value) for e in out]), np.array([float(e.sem) for e in out])
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_estimators_unbiased(bk, name):
+    op = st.as_operator(sp.csr_matrix(P)) if bk.name == "numba" else st.as_operator(P)
+    values, sems = _many(bk, lambda key: ESTIMATORS[name](key, op, 9), 400)
+    report = check_unbiased(values, float(np.trace(P)))
+    assert report.passed, f"{bk.name}/{name}: " + report.describe(np.trace(P))
+    # reported standard errors are of the size of the observed spread (factor 3 either way)
+    ratio = float(np.sqrt(np.mean(sems**2))) / float(np.std(values, ddof=1))
+    assert 1 / 3 <= ratio <= 3, f"{bk.name}/{name}: sem / spread = {ratio:.2f}"
+
+
+@pytest.mark.parametrize("name", list(ESTIMATORS))
+def test_estimators_exact_cases_and_budgets(bk, name):
+    est = ESTIMATORS[name]
+    if bk.name == "jax":  # compiled once per budget (eager JAX dispatch of many small ops is slow)
+
+        def fn(key, A, m):
+            return jax.jit(lambda k: est(k, A, m))(key)
+    else:
+        fn = est
+    full = fn(bk.key(0), P, 20)  # budget reaches the dimension: exact
+    assert full.num_matvecs == 20 and float(full.sem) == 0.0
+    np.testing.assert_allclose(float(full.value), np.trace(P), rtol=1e-10)
+    low = fn(bk.key(0), LOWRANK, 19)  # rank 3 below every method's sketch size at this budget
+    np.testing.assert_allclose(float(low.value), np.trace(LOWRANK), rtol=1e-8)
+    assert 0 < fn(bk.key(7), P, 7).num_matvecs <= 7  # odd budgets: never overspent
+
+
+def test_diagonal_exact_and_unbiased(bk):
+    exact = st.diagonal(bk.key(0), P, num_matvecs=20)
+    np.testing.assert_allclose(np.asarray(exact.value), np.diag(P), rtol=1e-10, atol=1e-14)
+    xd = st.diagonal(bk.key(0), LOWRANK, num_matvecs=12, method="xdiag")
+    np.testing.assert_allclose(np.asarray(xd.value), np.diag(LOWRANK), atol=1e-8)
+    # Hutchinson diagonal: every entry unbiased; test the first entry over trials
+    values, _ = _many(bk, lambda key: st.Estimate(st.diagonal(key, P, num_matvecs=6).value[0], 0.0, 6), 400)
+    report = check_unbiased(values, P[0, 0])
+    assert report.passed, report.describe(P[0, 0])
+
+
+def test_adaptive_trace_meets_its_tolerance(bk):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "tolerance not met" would be a failure here
+        est = st.trace(bk.key(0), P, rtol=1e-2, max_matvecs=40)
+    assert est.num_matvecs <= 40
+    # the stopping rule is a 95% interval; allow 3 half-widths before calling it a failure
+    assert abs(float(est.value) - np.trace(P)) <= 3e-2 * np.trace(P)
+
+
+@pytest.mark.parametrize("name", ["hutchinson"] + list(ESTIMATORS))
+def test_backends_agree_in_distribution(name):
+    """Welch t-test (two-sided, false alarm 1e-6) of the numba and JAX means on the same problem."""
+    fn = ESTIMATORS.get(name, lambda key, op, m: st.hutchinson(key, op, num_matvecs=m))
+    nb, _ = _many(_Numba, lambda key: fn(key, sp.csr_matrix(P), 9), 300, seed=5)
+    jx, _ = _many(_Jax, lambda key: fn(key, P, 9), 300, seed=5)
+    t, p = __import__("scipy.stats", fromlist=["ttest_ind"]).ttest_ind(nb, jx, equal_var=False)
+    assert p > 1e-6, f"{name}: backends disagree (t = {t:.2f})"
