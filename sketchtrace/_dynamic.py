@@ -39,7 +39,6 @@ from ._validate import check_chunk_size, check_choice, check_num_matvecs
 _KIND = {"predictor_corrector": 1, "moving_average": 2}
 _SAMPLER_CODE = {"rademacher": 0, "gaussian": 1, "sphere": 2}
 _SEM_METHODS = ("auto", "replicas", "recursion")
-AUTO_GAMMA_START = 0.5
 AUTO_GAMMA_MIN = 1e-4
 AUTO_GAMMA_WARMUP = 5  # observations before gamma='auto' leaves its start value
 
@@ -309,7 +308,12 @@ class DynamicTraceEstimator:
             else:  # one sample: E[q^2] = tr^2 + Var q >= Var q (conservative)
                 var0 = Q[0] ** 2
             spent = m0 * R
-        g0 = AUTO_GAMMA_START if self.gamma == "auto" else self.gamma
+        if self.gamma == "auto":
+            # until the data say otherwise, keep the memory that matches the first estimate:
+            # Hutchinson with m probes has the stationary variance of gamma = 2 / (m + 1)
+            g0 = 2.0 / (min(m0, n) + 1.0) if m0 * R < n else 2.0 / (n + 1.0)
+        else:
+            g0 = self.gamma
         return DynamicState(
             estimate=T0,
             variance=var0,
@@ -489,10 +493,14 @@ def predictor_corrector(
     gamma : float in (0, 1] or "auto"
         Damping. ``"auto"`` chooses it per block before every update from
         exponential averages (weight ``moment_decay``) of the observed quadratic
-        forms, with :func:`optimal_gamma`: it needs no extra matvecs, starts at
-        0.5, and because gamma then depends (weakly) on past probes the estimate
-        is unbiased only up to ``O(moment_decay)`` correlation effects
-        (a fixed gamma is exactly unbiased).
+        forms, with :func:`optimal_gamma`: it needs no extra matvecs. Until five
+        observations are in, it keeps the damping whose stationary variance
+        matches the initial estimate, ``2 / (m + 1)`` for an initial Hutchinson
+        estimate with ``m`` probes per replica (``2 / (n + 1)`` after an exact
+        one). Because gamma then depends (weakly) on past probes the estimate is
+        unbiased only up to ``O(moment_decay)`` correlation effects (a fixed
+        gamma is exactly unbiased); a test checks that no bias is detectable
+        with 1000 seeds.
     sampler : {"gaussian", "rademacher", "sphere"} or callable
     init_matvecs : int, optional
         Probes for the first estimate (split over the replicas). Default:
