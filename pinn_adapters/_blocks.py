@@ -121,8 +121,18 @@ class ResidualBlocks:
         return r.reshape(-1)
 
     def residuals(self, params, batch) -> dict:
-        """All blocks' flattened residuals: dict name -> ``(rows_b,)``."""
+        """All blocks' flattened residuals: dict name -> ``(rows_b,)``.
+
+        Compiled once per :class:`ResidualBlocks` (``jax.jit``; inside another
+        transformation it is simply inlined).
+        """
         self._check_batch(batch)
+        fn = self.__dict__.get("_residuals_jit")
+        if fn is None:
+            fn = self.__dict__["_residuals_jit"] = jax.jit(self._residuals)
+        return fn(params, {n: batch[n] for n in self.names})
+
+    def _residuals(self, params, batch):
         return {n: self.block_residuals(n, params, batch[n]) for n in self.names}
 
     __call__ = residuals
@@ -170,6 +180,12 @@ class ResidualBlocks:
         chunk_size = int(chunk_size)
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer; got {chunk_size}")
+        fn = self.__dict__.get("_norms_jit")
+        if fn is None:
+            fn = self.__dict__["_norms_jit"] = jax.jit(self._point_grad_sq_norms, static_argnames="chunk_size")
+        return fn(params, {n: batch[n] for n in self.names}, chunk_size=chunk_size)
+
+    def _point_grad_sq_norms(self, params, batch, *, chunk_size):
         out = {}
         for name in self.names:
             pts = batch[name]

@@ -89,6 +89,85 @@ def _make_weighting(weighting, blocks):
     raise TypeError(f"weighting must be None, an estimator name or pa.ntk_weighting(...); got {weighting!r}")
 
 
+def _keys_at(raw_key, step):
+    k = jax.random.fold_in(jax.random.wrap_key_data(raw_key), step)
+    return jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)
+
+
+_CACHE: list = []  # [(objects, compiled)]: reuse compiled steps across train() calls (resume, sweeps)
+
+
+def _cached(objects, build):
+    for objs, fns in _CACHE:
+        if len(objs) == len(objects) and all(a is b for a, b in zip(objs, objects)):
+            return fns
+    fns = build()
+    _CACHE.append((objects, fns))
+    del _CACHE[:-8]
+    return fns
+
+
+def _jitted_rel_l2(problem):
+    if not hasattr(problem, "relative_l2"):
+        return None
+    return _cached((problem, "rel_l2"), lambda: jax.jit(problem.relative_l2))
+
+
+def _compiled(problem, w, optimizer, resample, reuse_residuals):
+    return _cached((problem, w, optimizer, resample, reuse_residuals),
+                   lambda: _build(problem, w, optimizer, resample, reuse_residuals))
+
+
+def _build(problem, w, optimizer, resample, reuse_residuals):
+    import optax
+
+    blocks = problem.blocks
+    names = blocks.names
+    mean = blocks.reduction == "mean"
+    cfg = w.config
+
+    @jax.jit
+    def step_fn(state, batch0):
+        kb, kw = _keys_at(state.key, state.step)
+        batch = problem.sample_batch(kb) if resample else batch0
+        R, vjp = jax.vjp(lambda p: blocks.residuals(p, batch), state.params)
+        extra = {}
+        if reuse_residuals:
+            extra["residuals"] = R
+            if not resample:  # same batch as the previous step: its residuals are R(params_prev)
+                first = state.step == 0
+                extra["residuals_prev"] = {n: jnp.where(first, R[n], state.residuals[n]) for n in names}
+        weights, ws = w.update(kw, state.weighting, state.params_prev, state.params, batch, **extra)
+        losses = blocks.losses(R)
+        loss = sum(weights[n] * losses[n] for n in names)
+        cot = {n: weights[n] * 2.0 * R[n] / (R[n].shape[0] if mean else 1) for n in names}
+        (grads,) = vjp(cot)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        gsq = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
+        wv = jnp.stack([weights[n] for n in names])
+        new = TrainState(
+            state.step + 1, new_params, state.params, opt_state, ws, state.key,
+            state.sum_res_sq + sum(losses.values()), state.sum_grad_sq + gsq,
+            jnp.minimum(state.min_weight, jnp.min(wv)), jnp.maximum(state.max_weight, jnp.max(wv)), R,
+        )
+        return new, loss, losses, weights
+
+    @jax.jit
+    def exact_weight_error(params, batch, traces):
+        rows = residual_rows(blocks, params, batch)
+        tr = ntk_traces(None, blocks, params, batch, method="exact", chunk_size=cfg.get("chunk_size", 256))
+        sizes = rows if cfg.get("rule", "wang2022") == "jaxpi" else None
+        kw = dict(rule=cfg.get("rule", "wang2022"), eps=cfg.get("eps", 1e-6), sizes=sizes)
+        exact_w = ntk_weights({n: tr[n].value for n in names}, **kw)
+        if cfg.get("normalize") == "mean":
+            traces = {n: traces[n] * rows[n] for n in names}
+        est_w = ntk_weights(traces, **kw)
+        return jnp.max(jnp.stack([jnp.abs(est_w[n] - exact_w[n]) / exact_w[n] for n in names]))
+
+    return step_fn, exact_weight_error
+
+
 def train(
     problem,
     *,
@@ -169,7 +248,6 @@ def train(
         raise ValueError(f"steps must be a non-negative int; got {steps!r}")
     if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
         raise ValueError(f"log_every must be a positive int; got {log_every!r}")
-    mean = blocks.reduction == "mean"
     names = blocks.names
     base = jax.random.key(seed)
     batch0 = problem.sample_batch(jax.random.fold_in(base, 0))
@@ -180,7 +258,7 @@ def train(
     else:
         k_init, k_w = jax.random.split(jax.random.fold_in(base, 10**9))
         p0 = problem.init_params(k_init) if params is None else params
-        ws = w.init(k_w, p0, batch0)
+        ws = _cached((w, "init"), lambda: jax.jit(w.init))(k_w, p0, batch0)
         dtype = ravel_pytree(p0)[0].dtype
         wv = jnp.stack([ws.weights[n] for n in names])
         r0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(blocks.residuals, p0, batch0))
@@ -189,53 +267,11 @@ def train(
             jnp.zeros((), dtype), jnp.zeros((), dtype), jnp.min(wv), jnp.max(wv), r0,
         )
 
-    def keys_at(raw_key, step):
-        k = jax.random.fold_in(jax.random.wrap_key_data(raw_key), step)
-        return jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)
+    step_fn, exact_weight_error = _compiled(problem, w, optimizer, resample, reuse_residuals)
+    rel_l2 = _jitted_rel_l2(problem)
 
     def batch_at(raw_key, step):
-        return problem.sample_batch(keys_at(raw_key, step)[0]) if resample else batch0
-
-    @jax.jit
-    def step_fn(state):
-        kb, kw = keys_at(state.key, state.step)
-        batch = problem.sample_batch(kb) if resample else batch0
-        R, vjp = jax.vjp(lambda p: blocks.residuals(p, batch), state.params)
-        extra = {}
-        if reuse_residuals:
-            extra["residuals"] = R
-            if not resample:  # same batch as the previous step: its residuals are R(params_prev)
-                first = state.step == 0
-                extra["residuals_prev"] = {n: jnp.where(first, R[n], state.residuals[n]) for n in names}
-        weights, ws = w.update(kw, state.weighting, state.params_prev, state.params, batch, **extra)
-        losses = blocks.losses(R)
-        loss = sum(weights[n] * losses[n] for n in names)
-        cot = {n: weights[n] * 2.0 * R[n] / (R[n].shape[0] if mean else 1) for n in names}
-        (grads,) = vjp(cot)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-        gsq = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
-        wv = jnp.stack([weights[n] for n in names])
-        new = TrainState(
-            state.step + 1, new_params, state.params, opt_state, ws, state.key,
-            state.sum_res_sq + sum(losses.values()), state.sum_grad_sq + gsq,
-            jnp.minimum(state.min_weight, jnp.min(wv)), jnp.maximum(state.max_weight, jnp.max(wv)), R,
-        )
-        return new, loss, losses, weights
-
-    rows = residual_rows(blocks, state.params, batch0)
-    cfg = w.config
-
-    @jax.jit
-    def exact_weight_error(params, batch, traces):
-        tr = ntk_traces(None, blocks, params, batch, method="exact", chunk_size=cfg.get("chunk_size", 256))
-        sizes = rows if cfg.get("rule", "wang2022") == "jaxpi" else None
-        kw = dict(rule=cfg.get("rule", "wang2022"), eps=cfg.get("eps", 1e-6), sizes=sizes)
-        exact_w = ntk_weights({n: tr[n].value for n in names}, **kw)
-        if cfg.get("normalize") == "mean":
-            traces = {n: traces[n] * rows[n] for n in names}
-        est_w = ntk_weights(traces, **kw)
-        return jnp.max(jnp.stack([jnp.abs(est_w[n] - exact_w[n]) / exact_w[n] for n in names]))
+        return problem.sample_batch(_keys_at(raw_key, step)[0]) if resample else batch0
 
     history = {k: [] for k in ("step", "loss", "block_loss", "weights", "weight_error", "avg_res_sq",
                                "avg_grad_sq", "min_weight", "max_weight", "relative_l2", "time")}
@@ -250,7 +286,7 @@ def train(
     losses_dev = []
     while int(state.step) < steps:
         t0 = time.perf_counter()
-        state, loss, losses, weights = step_fn(state)
+        state, loss, losses, weights = step_fn(state, batch0)
         losses_dev.append(loss)
         t = int(state.step)
         if t % log_every == 0 or t == steps:
@@ -265,7 +301,7 @@ def train(
             history["block_loss"].append({n: float(losses[n]) for n in names})
             history["weights"].append({n: float(weights[n]) for n in names})
             err = None
-            if track_weight_error and cfg.get("estimator", "none") not in ("none", "exact"):
+            if track_weight_error and w.config.get("estimator", "none") not in ("none", "exact"):
                 batch = batch_at(state.key, t - 1)
                 err = float(exact_weight_error(state.params_prev, batch, state.weighting.traces))
             history["weight_error"].append(err)
@@ -273,7 +309,7 @@ def train(
             history["avg_grad_sq"].append(float(state.sum_grad_sq) / t)
             history["min_weight"].append(float(state.min_weight))
             history["max_weight"].append(float(state.max_weight))
-            rel = float(problem.relative_l2(state.params)) if hasattr(problem, "relative_l2") else None
+            rel = float(rel_l2(state.params)) if rel_l2 is not None else None
             history["relative_l2"].append(rel)
             history["time"].append(time.perf_counter() - start)
             if bar is not None:

@@ -72,7 +72,7 @@ def ntk_weighting(
     side="auto",
     h=None,
     fd="forward",
-    gamma=0.1,
+    gamma=0.02,
     init_method="exact",
     init_matvecs=None,
     chunk_size=256,
@@ -122,8 +122,15 @@ def ntk_weighting(
     h : float, optional
         Finite-difference step (default: sketchtrace's per-dtype step scaled by the
         parameter RMS).
-    gamma : float
-        pc damping in ``(0, 1]``; ``1`` is fresh one-probe Hutchinson.
+    gamma : float or "auto"
+        pc damping in ``(0, 1]``; ``1`` is fresh one-probe Hutchinson. The best value
+        is about the relative change of the NTK per step (sketchtrace's
+        :func:`~sketchtrace.optimal_gamma`); the default 0.02 suits Adam at
+        learning rates around 1e-3 (docs/pinn.md has measurements: 0.1 doubles the
+        weight error there). ``"auto"`` lets sketchtrace choose it online; in our
+        PINN runs it sometimes collapsed to tiny values after the large early
+        changes and then kept an early error, so it is not the default.
+        For ``estimator="moving_average"`` this is the average's ``beta`` (a float).
     init_method : {"exact", "hutchinson"}
         First pc estimate: exact traces (zero variance; a one-off cost) or
         ``init_matvecs`` Hutchinson probes.
