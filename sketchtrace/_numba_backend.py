@@ -60,6 +60,10 @@ _SAMPLER_NAMES = {fn: name for name, fn in SAMPLERS.items()}
 #: through a matvec (bounds memory at ``_EXACT_CHUNK * n``).
 _EXACT_CHUNK = 256
 
+#: With fewer probes per chunk than this, the CSR kernel on float probes is faster
+#: than the bit kernel (which always works on 64 lanes).
+_MIN_BIT_PROBES = 4
+
 
 def _compute_dtype(dtype) -> np.dtype:
     """float64 stays float64; float32 and float16 compute in float32."""
@@ -288,7 +292,8 @@ def _quad_rows(op, V) -> np.ndarray:
 def _quad_bits(op, words) -> np.ndarray:
     """Quadratic forms of Rademacher probes given as bit words (fused kernel for CSR)."""
     n = op.shape[1]
-    if op.kind != "csr":
+    if op.kind != "csr" or words.shape[0] < _MIN_BIT_PROBES:
+        # (for CSR the generic kernel does the same additions in the same order: same bits)
         return _quad_rows(op, K.words_to_rows(words, n, op.dtype))
     indptr, indices, data = op.data
     starts, owner = op.row_chunks
