@@ -135,9 +135,18 @@ class JaxBackend:
             )
 
 
-def get_backend(key, op, backend=None):
-    """Return ``(backend, prepared_op)`` for an estimator call."""
+def get_backend(key, op, backend=None, mesh=None):
+    """Return ``(backend, prepared_op)`` for an estimator call.
+
+    ``mesh`` (a :class:`jax.sharding.Mesh`) selects the JAX backend with probe
+    blocks sharded across the mesh's devices (see :mod:`sketchtrace._sharding`).
+    """
     name = resolve_backend(key, backend)
+    if mesh is not None:
+        from ._sharding import sharded_backend
+
+        bk = sharded_backend(mesh, name, key)
+        return bk, bk.prepare(op)
     if name == "jax":
         return JaxBackend, JaxBackend.prepare(op)
     from ._numba_backend import NumbaBackend  # raises a clear ImportError without numba

@@ -25,11 +25,11 @@ def summarize(xp, Q, *, exact: bool):
     return value, Q.std(axis=0, ddof=1) / math.sqrt(k)
 
 
-def hutchinson_samples(key, op, *, num_matvecs, sampler, chunk_size, backend):
+def hutchinson_samples(key, op, *, num_matvecs, sampler, chunk_size, backend, mesh=None):
     """Per-probe, per-block quadratic forms: ``(bk, op, Q, exact, spent)``."""
     num_matvecs = check_num_matvecs(num_matvecs)
     chunk_size = check_chunk_size(chunk_size)
-    bk, op = get_backend(key, op, backend)
+    bk, op = get_backend(key, op, backend, mesh)
     check_square(op)
     n = op.probe_dim
     if num_matvecs >= n:
@@ -42,7 +42,7 @@ def hutchinson_samples(key, op, *, num_matvecs, sampler, chunk_size, backend):
     return bk, op, Q, exact, spent
 
 
-def hutchinson(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, backend=None):
+def hutchinson(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, backend=None, mesh=None):
     """Girard-Hutchinson estimate of ``tr(op)``.
 
     ``tr(A) ~ (1/m) sum_i v_i^T A v_i`` over ``m = num_matvecs`` independent
@@ -67,6 +67,9 @@ def hutchinson(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, b
         ``i`` is always drawn from the ``i``-th split of ``key``.
     backend : {"jax", "numba"}, optional
         Force a backend.
+    mesh : jax.sharding.Mesh, optional
+        Split the probes across the mesh's devices (JAX backend; see
+        :func:`sketchtrace.make_mesh`). Same probes, same result up to summation order.
 
     Returns
     -------
@@ -84,13 +87,15 @@ def hutchinson(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, b
     doi:10.1080/03610919008812866
     """
     bk, _, Q, exact, spent = hutchinson_samples(
-        key, op, num_matvecs=num_matvecs, sampler=sampler, chunk_size=chunk_size, backend=backend
+        key, op, num_matvecs=num_matvecs, sampler=sampler, chunk_size=chunk_size, backend=backend, mesh=mesh
     )
     value, sem = summarize(bk.xp, Q.sum(axis=1, keepdims=True), exact=exact)
     return Estimate(value[0], sem[0], spent)
 
 
-def block_traces(key, op, *, num_matvecs, method="hutchinson", sampler="rademacher", chunk_size=None, backend=None):
+def block_traces(
+    key, op, *, num_matvecs, method="hutchinson", sampler="rademacher", chunk_size=None, backend=None, mesh=None
+):
     """Per-block traces of a block operator, all from the same probes.
 
     Returns a dict ``name -> Estimate``; each block's estimate is unbiased, and
@@ -99,6 +104,7 @@ def block_traces(key, op, *, num_matvecs, method="hutchinson", sampler="rademach
     For a Gram operator ``J J^T`` block ``b``'s trace is ``||J_b||_F^2``.
     ``method="hutchpp"``: Hutch++ per block from a shared sketch (see
     :func:`sketchtrace.hutchpp`; each block's estimate is unbiased).
+    ``mesh``: split the probes across devices (see :func:`hutchinson`).
     """
     if method == "hutchpp":
         from ._hutchpp import hutchpp_blocks
@@ -109,7 +115,7 @@ def block_traces(key, op, *, num_matvecs, method="hutchinson", sampler="rademach
     if method != "hutchinson":
         raise ValueError(f"method must be 'hutchinson' or 'hutchpp' for block_traces; got {method!r}")
     bk, op, Q, exact, spent = hutchinson_samples(
-        key, op, num_matvecs=num_matvecs, sampler=sampler, chunk_size=chunk_size, backend=backend
+        key, op, num_matvecs=num_matvecs, sampler=sampler, chunk_size=chunk_size, backend=backend, mesh=mesh
     )
     if op.blocks is None:
         raise ValueError(
