@@ -57,6 +57,7 @@ def ntk_traces(
     normalize="sum",
     sampler="rademacher",
     chunk_size=256,
+    mesh=None,
 ):
     """Traces of the diagonal NTK blocks ``tr(K_bb) = ||J_b||_F^2``, one per residual block.
 
@@ -96,6 +97,11 @@ def ntk_traces(
         Probe distribution for the sketched methods.
     chunk_size : int
         Points per chunk for the exact method.
+    mesh : jax.sharding.Mesh, optional
+        Spread the work over the mesh's devices (see :func:`sketchtrace.make_mesh`):
+        ``"exact"`` shards the collocation points of every block (per-device partial
+        sums of the per-point gradient norms, combined with a ``psum``); the sketched
+        methods shard the probes. Same result as without ``mesh`` up to summation order.
 
     Returns
     -------
@@ -123,16 +129,19 @@ def ntk_traces(
     if normalize not in ("sum", "mean", None):
         raise ValueError(f"normalize must be 'sum', 'mean' or None; got {normalize!r}")
     normalize = normalize or blocks.reduction
+    batch = blocks.coerce_batch(batch)
     blocks._check_batch(batch)
     rows = residual_rows(blocks, params, batch)
 
     if method == "exact":
         chunk_size = check_num_matvecs(chunk_size, name="chunk_size")
         check_finite_residuals(blocks.residuals(params, batch), where="ntk_traces")
-        norms = blocks.point_grad_sq_norms(params, batch, chunk_size=chunk_size)
+        if mesh is None:
+            norms = {n: jnp.sum(v) for n, v in blocks.point_grad_sq_norms(params, batch, chunk_size=chunk_size).items()}
+        else:
+            norms = _sharded_exact_traces(blocks, params, batch, mesh, chunk_size)
         out = {}
-        for name, v in norms.items():
-            tr = jnp.sum(v)
+        for name, tr in norms.items():
             if _is_concrete(tr) and not bool(jnp.isfinite(tr)):
                 raise ValueError(f"ntk_traces: block {name!r} has non-finite per-point gradients")
             out[name] = st.Estimate(tr, jnp.zeros_like(tr), rows[name])
@@ -147,7 +156,7 @@ def ntk_traces(
         if method == "hutchinson":
             J = blocks.jacobian(params, batch, mode="fwd" if s == "input" else "bwd")
             check_finite_residuals(J.unravel_output(J.value_flat), where="ntk_traces")
-            out = st.block_traces(key, st.gram(J, side=s), num_matvecs=num_matvecs, sampler=sampler)
+            out = st.block_traces(key, st.gram(J, side=s), num_matvecs=num_matvecs, sampler=sampler, mesh=mesh)
             out = {n: out[n] for n in blocks.names}
         else:
             fn = getattr(st, method, None)
@@ -163,12 +172,24 @@ def ntk_traces(
                     mode="fwd" if s == "input" else "bwd",
                 )
                 check_finite_residuals({name: J.value_flat}, where="ntk_traces")
-                out[name] = fn(k, st.gram(J, side=s), num_matvecs=num_matvecs)
+                extra = {} if mesh is None else {"mesh": mesh}
+                out[name] = fn(k, st.gram(J, side=s), num_matvecs=num_matvecs, **extra)
     if normalize == "mean":
         out = {
             n: st.Estimate(e.value / rows[n], e.sem / rows[n], e.num_matvecs) for n, e in out.items()
         }
     return out
+
+
+def _sharded_exact_traces(blocks, params, batch, mesh, chunk_size):
+    """Exact block traces with every block's points split across ``mesh`` (psum of partial sums)."""
+    from sketchtrace._sharding import check_mesh, sharded_row_sums
+
+    def partial(p, pts, valid):
+        norms = blocks.point_grad_sq_norms(p, pts, chunk_size=chunk_size)
+        return {n: jnp.sum(jnp.where(valid[n], norms[n], 0)) for n in blocks.names}
+
+    return sharded_row_sums(partial, check_mesh(mesh), params, {n: batch[n] for n in blocks.names})
 
 
 def _values(traces) -> dict:

@@ -175,7 +175,10 @@ def shard_rows(fn, xs, mesh: Mesh, *, gather: bool = False):
             out = jax.lax.all_gather(out, axes, axis=0, tiled=True)
         return out
 
-    return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=PartitionSpec() if gather else spec)(xs)
+    # check_vma=False: the operator may close over values linearized outside the shard_map
+    # (JacobianOperator), which JAX's replication typing would reject as "invariant" primals.
+    out_specs = PartitionSpec() if gather else spec
+    return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=out_specs, check_vma=False)(xs)
 
 
 def sharded_row_sums(fn, mesh: Mesh, replicated, groups):
@@ -218,7 +221,8 @@ def sharded_row_sums(fn, mesh: Mesh, replicated, groups):
         jax.tree.map(lambda _: spec, padded),
         jax.tree.map(lambda _: spec, valid),
     )
-    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=PartitionSpec())(replicated, padded, valid)
+    run = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=PartitionSpec(), check_vma=False)
+    return run(replicated, padded, valid)
 
 
 # ----------------------------------------------------------------------------- backend
