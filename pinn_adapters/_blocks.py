@@ -71,6 +71,12 @@ class ResidualBlocks:
     reduction : {"mean", "sum"}
         How the host's loss reduces each block: ``mean(r_b**2)`` or ``sum(r_b**2)``.
         Used by the training loop and by ``normalize=None`` in :func:`ntk_traces`.
+    pointwise : bool
+        ``True`` (default): the residual at a point depends on that point only, and
+        a block's points can be sliced (exact traces then take one per-point gradient
+        per point). ``False``: the block's points are an opaque batch (e.g. a host
+        library's batch object); exact traces then take one VJP of the whole block per
+        residual row, in chunks (same memory bound, more FLOPs).
 
     Notes
     -----
@@ -79,7 +85,7 @@ class ResidualBlocks:
     in which JAX flattens dicts.
     """
 
-    def __init__(self, fns: Mapping[str, Callable], *, reduction: str = "mean"):
+    def __init__(self, fns: Mapping[str, Callable], *, reduction: str = "mean", pointwise: bool = True):
         if not isinstance(fns, Mapping):
             raise TypeError(f"fns must be a mapping block name -> fn(params, points); got {type(fns).__name__}")
         if not fns:
@@ -91,6 +97,9 @@ class ResidualBlocks:
                 raise TypeError(f"fns[{name!r}] must be callable fn(params, points); got {type(fn).__name__}")
         self.fns = {k: fns[k] for k in sorted(fns)}
         self.reduction = check_choice(reduction, REDUCTIONS, name="reduction")
+        if not isinstance(pointwise, bool):
+            raise TypeError(f"pointwise must be True or False; got {pointwise!r}")
+        self.pointwise = pointwise
 
     # ------------------------------------------------------------------ basics
     @property
@@ -99,6 +108,10 @@ class ResidualBlocks:
 
     def __repr__(self):
         return f"ResidualBlocks({list(self.names)}, reduction={self.reduction!r})"
+
+    def coerce_batch(self, batch):
+        """The batch as a mapping block name -> points (adapters override this)."""
+        return batch
 
     def _check_batch(self, batch):
         if not isinstance(batch, Mapping):
@@ -109,6 +122,7 @@ class ResidualBlocks:
 
     def sizes(self, batch) -> dict[str, int]:
         """Number of points per block in ``batch`` (static Python ints)."""
+        batch = self.coerce_batch(batch)
         self._check_batch(batch)
         return {n: num_points(batch[n]) for n in self.names}
 
@@ -126,6 +140,7 @@ class ResidualBlocks:
         Compiled once per :class:`ResidualBlocks` (``jax.jit``; inside another
         transformation it is simply inlined).
         """
+        batch = self.coerce_batch(batch)
         self._check_batch(batch)
         fn = self.__dict__.get("_residuals_jit")
         if fn is None:
@@ -156,6 +171,7 @@ class ResidualBlocks:
         Linearized once; ``mode="fwd"`` makes JVPs the primitive (one JVP gives every
         block), ``"bwd"`` VJPs. ``.value`` holds the residual dict.
         """
+        batch = self.coerce_batch(batch)
         self._check_batch(batch)
         return st.JacobianOperator(lambda p, b: self.residuals(p, b), params, batch, mode=mode)
 
@@ -176,6 +192,7 @@ class ResidualBlocks:
         residual components per point the norms are summed over the components.
         Returns dict name -> ``(n_b,)``; the block trace ``||J_b||_F^2`` is its sum.
         """
+        batch = self.coerce_batch(batch)
         self._check_batch(batch)
         chunk_size = int(chunk_size)
         if chunk_size < 1:
@@ -186,6 +203,8 @@ class ResidualBlocks:
         return fn(params, {n: batch[n] for n in self.names}, chunk_size=chunk_size)
 
     def _point_grad_sq_norms(self, params, batch, *, chunk_size):
+        if not self.pointwise:
+            return self._row_grad_sq_norms(params, batch, chunk_size=chunk_size)
         out = {}
         for name in self.names:
             pts = batch[name]
@@ -209,4 +228,21 @@ class ResidualBlocks:
             chunks = jax.tree.map(lambda a: a.reshape((nchunks, c) + a.shape[1:]), padded)
             vals = jax.lax.map(jax.vmap(one), chunks).reshape(-1)[:n]
             out[name] = vals
+        return out
+
+    def _row_grad_sq_norms(self, params, batch, *, chunk_size):
+        """Squared gradient norm of every residual row by one-hot VJPs, ``chunk_size`` rows at a time."""
+        out = {}
+        for name in self.names:
+            r, vjp = jax.vjp(lambda p, name=name: self.block_residuals(name, p, batch[name]), params)
+            m = r.shape[0]
+            c = min(chunk_size, m)
+            nchunks = -(-m // c)
+            rows = jnp.minimum(jnp.arange(nchunks * c), m - 1).reshape(nchunks, c)
+
+            def one(i, r=r, vjp=vjp):
+                (g,) = vjp(jax.nn.one_hot(i, r.shape[0], dtype=r.dtype))
+                return sum(jnp.sum(jnp.square(leaf)) for leaf in jax.tree_util.tree_leaves(g))
+
+            out[name] = jax.lax.map(jax.vmap(one), rows).reshape(-1)[:m]
         return out

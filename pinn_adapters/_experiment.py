@@ -106,6 +106,21 @@ def _wave_figures(out: Path, prob, params, hist, label):
 PROBLEMS = {"wave": (_make_wave, _wave_figures)}
 
 
+def _make_qtensor(cfg: WaveConfig):
+    from .problems._qtensor2d import from_config
+
+    return from_config(cfg)
+
+
+def _qtensor_figures(out: Path, prob, params, hist, label):
+    from .problems._qtensor2d import write_figures
+
+    write_figures(out, prob, params, hist, label)
+
+
+PROBLEMS["qtensor"] = (_make_qtensor, _qtensor_figures)
+
+
 def make_problem(cfg: WaveConfig):
     prob = PROBLEMS[cfg.problem][0](cfg)
     return dataclasses.replace(prob, decay_steps=cfg.decay_steps, decay_rate=cfg.decay_rate)
@@ -160,6 +175,9 @@ def run_wave(cfg: WaveConfig, out=None, *, progress=True, label=None, figures=Tr
         "history": {k: v for k, v in hist.items() if k != "loss_per_step"},
         "versions": _versions(),
     }
+    extra = prob.info.get("metrics") if isinstance(prob.info, dict) else None
+    if callable(extra):  # problem-specific metrics, e.g. qtensor's relative L2 of q1 and q2
+        result["metrics"].update(extra(res.params))
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -217,6 +235,7 @@ def compare(cfg: WaveConfig, out, *, progress=True) -> dict:
             "time_per_step_ms": 1e3 * m["time_per_step_s"],
             "step_time_vs_none": m["time_per_step_s"] / base,
             "median_weight_rel_error": m["median_weight_rel_error"],
+            **{k: v for k, v in m.items() if k.startswith("relative_l2_")},
         })
     table = format_table(rows, cfg)
     print(table)
@@ -230,18 +249,23 @@ def compare(cfg: WaveConfig, out, *, progress=True) -> dict:
 
 
 def format_table(rows, cfg) -> str:
+    d_in, d_out, pts = (2, 1, f"4 x {cfg.n_bc} boundary/initial")
+    if cfg.problem == "qtensor":
+        d_in, d_out, pts = (3, 2, f"{cfg.n_bc} initial + 4 x {cfg.n_bc} boundary")
+    extra = [k for k in (rows[0] if rows else {}) if k.startswith("relative_l2_")]
     head = (
-        f"{cfg.problem} equation, MLP [2, {', '.join([str(cfg.width)] * cfg.depth)}, 1], {cfg.steps} Adam steps, "
-        f"seed {cfg.seed}, batch {cfg.n_res} interior + 4 x {cfg.n_bc} boundary/initial points\n\n"
-        "| run | relative L2 | wall time (s) | time/step (ms) | step time vs none | median weight rel. error vs exact |\n"
-        "|---|---|---|---|---|---|"
+        f"{cfg.problem} equation, MLP [{d_in}, {', '.join([str(cfg.width)] * cfg.depth)}, {d_out}], "
+        f"{cfg.steps} Adam steps, seed {cfg.seed}, batch {cfg.n_res} interior + {pts} points\n\n"
+        "| run | relative L2 | " + "".join(f"rel. L2 {k[12:]} | " for k in extra)
+        + "wall time (s) | time/step (ms) | step time vs none | median weight rel. error vs exact |\n"
+        "|---|---|---|---|---|---|" + "---|" * len(extra)
     )
     lines = [head]
     for r in rows:
         err = "-" if r["median_weight_rel_error"] is None else f"{r['median_weight_rel_error']:.3f}"
         lines.append(
-            f"| {r['run']} | {r['relative_l2']:.3e} | {r['wall_time_s']:.1f} | {r['time_per_step_ms']:.2f} | "
-            f"{r['step_time_vs_none']:.2f} | {err} |"
+            f"| {r['run']} | {r['relative_l2']:.3e} | " + "".join(f"{r[k]:.3e} | " for k in extra)
+            + f"{r['wall_time_s']:.1f} | {r['time_per_step_ms']:.2f} | {r['step_time_vs_none']:.2f} | {err} |"
         )
     return "\n".join(lines)
 

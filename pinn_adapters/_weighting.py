@@ -212,6 +212,7 @@ def ntk_weighting(
         return {n: est[n].value for n in names}
 
     def init(key, params, batch):
+        batch = blocks.coerce_batch(batch)
         rows = residual_rows(blocks, params, batch)
         dtype = jax.flatten_util.ravel_pytree(params)[0].dtype
         pc_state, anchor = (), ()
@@ -276,6 +277,7 @@ def ntk_weighting(
         )
 
     def update(key, state, params_prev, params, batch, *, residuals=None, residuals_prev=None):
+        batch = blocks.coerce_batch(batch)
         if estimator == "none":
             return state.weights, state._replace(count=state.count + 1)
         if every == 1:

@@ -1,0 +1,28 @@
+"""Adapters from host libraries to :class:`pinn_adapters.ResidualBlocks`.
+
+Each adapter imports its host library only when called, never at package import.
+
+* :func:`from_equinox` -- an Equinox module (its inexact array leaves are the parameters);
+* :func:`from_linen` and :func:`from_nnx` -- Flax models;
+* :func:`from_jinns` and :func:`jinns_ntk_weights` -- a jinns loss (per-sample residual terms
+  in, NTK weights written into its ``loss_weights``);
+* :func:`compute_diag_ntk` -- a drop-in with the signature of jaxpi's ``compute_diag_ntk``.
+
+For Equinox and Flax, residual functions take the host's callable model:
+``fn(u, points)`` where ``u(x)`` evaluates the network at one input ``x``.
+"""
+
+from ._equinox import from_equinox
+from ._flax import from_linen, from_nnx
+from ._jaxpi import compute_diag_ntk, jaxpi_ntk_method
+from ._jinns import from_jinns, jinns_ntk_weights
+
+__all__ = [
+    "from_equinox",
+    "from_linen",
+    "from_nnx",
+    "from_jinns",
+    "jinns_ntk_weights",
+    "compute_diag_ntk",
+    "jaxpi_ntk_method",
+]
