@@ -79,6 +79,7 @@ def main():
 
     C = symmetric_csr(n)
     op = st.as_operator(C)
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (timings scale with it; ratios less so)")
     print(f"matrix: n = {n:,}, nnz = {C.nnz:,} ({C.nnz / n:.1f} per row), indices {C.indices.dtype}, "
           f"{k} Rademacher probes, NUMBA_NUM_THREADS = {numba.get_num_threads()}")
 
@@ -154,6 +155,7 @@ def main():
     print(f"  ours / bandwidth bound (bits)          {ours / t_bw:6.2f}   (target <= 1.1)")
     print(f"  ours / bandwidth bound (float64 V)     {ours / t_bw_f64:6.2f}")
     print(f"  fused kernel / bandwidth bound (bits)  {med['ours: fused CSR quad-form kernel'] / t_bw:6.2f}")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
     flops = 2 * C.nnz * k
     print(f"\narithmetic: {C.nnz:,} nonzeros x {k} probes = {flops / 1e9:.2f} Gflop per pass; "
           f"fused kernel runs at {flops / med['ours: fused CSR quad-form kernel'] / 1e9:.1f} Gflop/s")
