@@ -221,15 +221,25 @@ def _raise_bad_length(status, op):
 
 
 def _check_numba_fn(op, V):
-    """Check (by numba type inference, no call) that the matvec returns a 1-D float array."""
-    sig = (numba.typeof(V[0]),)
+    """Check (by numba type inference, no call) that the matvec returns a 1-D float array.
+
+    Works for lazily compiled functions and for functions declared with explicit
+    signatures (numba resolves the probe type against them).
+    """
+    from numba.core.registry import cpu_target
+
+    argty = numba.typeof(V[0])
+    ctx = cpu_target.typing_context
     try:
-        op.data.compile(sig)
-        rt = op.data.overloads[sig].signature.return_type
+        sig = ctx.resolve_function_type(ctx.resolve_value_type(op.data), (argty,), {})
     except Exception as exc:  # numba typing errors have many classes
+        raise TypeError(f"matvec (a numba function) cannot take a probe of type {argty}: {exc}") from exc
+    if sig is None:
         raise TypeError(
-            f"matvec (a numba function) cannot take a probe of type {sig[0]}: {exc}"
-        ) from exc
+            f"matvec (a numba function) has no signature accepting a probe of type {argty} "
+            f"(probes have the operator's declared dtype, {op.dtype})"
+        )
+    rt = sig.return_type
     if not (isinstance(rt, numba.types.Array) and rt.ndim == 1 and isinstance(rt.dtype, numba.types.Float)):
         raise ValueError(
             f"matvec must return a 1-D float array of shape ({op.shape[0]},) (declared shape {op.shape}); "

@@ -289,6 +289,23 @@ def test_numba_matvec_returning_a_matrix():
         st.hutchinson(np.random.default_rng(0), op, num_matvecs=5)
 
 
+def test_numba_matvec_with_explicit_signatures():
+    @numba.njit("float64[:](float64[:])")
+    def double(v):
+        return 2.0 * v
+
+    est = st.hutchinson(np.random.default_rng(0), st.FunctionOperator(double, 10, np.float64), num_matvecs=10)
+    assert float(est.value) == 20.0 and float(est.sem) == 0.0
+    # declared float64 but compiled for float32 only: refused before any call
+    with pytest.raises(TypeError, match=r"no signature accepting a probe of type array\(float64"):
+        st.hutchinson(np.random.default_rng(0), st.FunctionOperator(_f32_only, 10, np.float64), num_matvecs=3)
+
+
+@numba.njit("float32[:](float32[:])")
+def _f32_only(v):
+    return v * np.float32(2)
+
+
 def test_python_matvec_with_wrong_output_shape():
     op = st.FunctionOperator(lambda v: np.ones(N + 1), N, np.float64)
     with pytest.raises(ValueError, match=r"returned shape \(151,\); expected \(150,\)"):
