@@ -67,6 +67,7 @@ def trace(
     check_psd=False,
     chunk_size=None,
     backend=None,
+    mesh=None,
 ):
     """Adaptive trace estimate: spend matvecs until the confidence interval is tight enough.
 
@@ -118,6 +119,8 @@ def trace(
         XNysTrace debug check on the first round (see :func:`sketchtrace.xnystrace`).
     chunk_size : int, optional
     backend : {"jax", "numba"}, optional
+    mesh : jax.sharding.Mesh, optional
+        Shard each round's probe rows across the mesh's devices (see :func:`sketchtrace.make_mesh`).
 
     Returns
     -------
@@ -138,7 +141,7 @@ def trace(
         raise ValueError(f"confidence must be in (0, 1); got {confidence}")
     first = check_num_matvecs(first_matvecs, name="first_matvecs")
     max_matvecs = check_num_matvecs(max_matvecs, name="max_matvecs")
-    bk, op, n, max_matvecs, chunk_size = setup(key, op, max_matvecs, chunk_size, backend)
+    bk, op, n, max_matvecs, chunk_size = setup(key, op, max_matvecs, chunk_size, backend, mesh)
     method = resolve_method(method, op)
     if method != "hutchinson":
         vec_sampler, improved = resolve_test_vectors(test_vectors)

@@ -34,7 +34,16 @@ def _split_blocks(op, est):
 
 
 def diagonal(
-    key, op, *, num_matvecs, method="hutchinson", sampler="rademacher", by_block=False, chunk_size=None, backend=None
+    key,
+    op,
+    *,
+    num_matvecs,
+    method="hutchinson",
+    sampler="rademacher",
+    by_block=False,
+    chunk_size=None,
+    backend=None,
+    mesh=None,
 ):
     """Randomized estimate of ``diag(op)`` with a per-entry standard error.
 
@@ -66,6 +75,8 @@ def diagonal(
         Gram operators on the output side ``J J^T``).
     chunk_size : int, optional
     backend : {"jax", "numba"}, optional
+    mesh : jax.sharding.Mesh, optional
+        Shard the probe rows across the mesh's devices (see :func:`sketchtrace.make_mesh`).
 
     Returns
     -------
@@ -81,7 +92,7 @@ def diagonal(
     doi:10.1137/23M1548323, arXiv:2301.07825
     """
     check_choice(method, ("hutchinson", "xdiag"), name="method")
-    bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend)
+    bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend, mesh)
     xp = bk.xp
     if m >= n:
         d, s = _exact_diagonal(bk, op, n, chunk_size)

@@ -110,7 +110,7 @@ def block_traces(
         from ._hutchpp import hutchpp_blocks
 
         return hutchpp_blocks(
-            key, op, num_matvecs=num_matvecs, sampler=sampler, chunk_size=chunk_size, backend=backend
+            key, op, num_matvecs=num_matvecs, sampler=sampler, chunk_size=chunk_size, backend=backend, mesh=mesh
         )
     if method != "hutchinson":
         raise ValueError(f"method must be 'hutchinson' or 'hutchpp' for block_traces; got {method!r}")

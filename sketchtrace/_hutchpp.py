@@ -24,11 +24,14 @@ def probe_dtype(bk, op):
     return op.jax_dtype if bk.name == "jax" else np.dtype(op.dtype)
 
 
-def setup(key, op, num_matvecs, chunk_size, backend):
-    """Validate the common arguments: ``(bk, op, n, num_matvecs, chunk_size)``."""
+def setup(key, op, num_matvecs, chunk_size, backend, mesh=None):
+    """Validate the common arguments: ``(bk, op, n, num_matvecs, chunk_size)``.
+
+    ``mesh``: shard the probe/sketch rows across devices (see :mod:`sketchtrace._sharding`).
+    """
     num_matvecs = check_num_matvecs(num_matvecs)
     chunk_size = check_chunk_size(chunk_size)
-    bk, op = get_backend(key, op, backend)
+    bk, op = get_backend(key, op, backend, mesh)
     n = check_square(op)
     return bk, op, n, num_matvecs, chunk_size
 
@@ -96,9 +99,9 @@ def hutchpp_parts(bk, key, op, n, num_matvecs, sampler, chunk_size):
     return low, R
 
 
-def _hutchpp_run(key, op, num_matvecs, sampler, chunk_size, backend):
+def _hutchpp_run(key, op, num_matvecs, sampler, chunk_size, backend, mesh=None):
     """``(bk, op, low, R, spent)``; ``R is None`` on the exact path (``low`` exact)."""
-    bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend)
+    bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend, mesh)
     if m >= n:
         return bk, op, exact_blocks(bk, op, chunk_size), None, n
     check_minimum(m, 3, "hutchpp", "one sketch vector, one product with its basis, one Hutchinson probe")
@@ -106,7 +109,7 @@ def _hutchpp_run(key, op, num_matvecs, sampler, chunk_size, backend):
     return bk, op, low, R, m
 
 
-def hutchpp(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, backend=None):
+def hutchpp(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, backend=None, mesh=None):
     """Hutch++ estimate of ``tr(op)``: exact trace of a sketched range plus Hutchinson.
 
     With ``k = ceil(m/3)`` (at most ``(m-1)//2``) and ``g = m - 2k``:
@@ -136,6 +139,9 @@ def hutchpp(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, back
     chunk_size : int, optional
         Apply the operator to at most this many vectors at a time.
     backend : {"jax", "numba"}, optional
+    mesh : jax.sharding.Mesh, optional
+        Shard the sketch and probe rows across the mesh's devices (the small dense
+        algebra runs replicated); same result up to summation order.
 
     Returns
     -------
@@ -147,14 +153,14 @@ def hutchpp(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, back
     R. A. Meyer, C. Musco, C. Musco, D. P. Woodruff, "Hutch++: Optimal stochastic
     trace estimation", SOSA 2021. doi:10.1137/1.9781611976496.16, arXiv:2010.09649
     """
-    bk, _, low, R, spent = _hutchpp_run(key, op, num_matvecs, sampler, chunk_size, backend)
+    bk, _, low, R, spent = _hutchpp_run(key, op, num_matvecs, sampler, chunk_size, backend, mesh)
     if R is None:
         return Estimate(low.sum(), bk.xp.zeros((), low.dtype), spent)
     mean, sem = summarize(bk.xp, R.sum(axis=1, keepdims=True), exact=False)
     return Estimate(low.sum() + mean[0], sem[0], spent)
 
 
-def hutchpp_blocks(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, backend=None):
+def hutchpp_blocks(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, backend=None, mesh=None):
     """Per-block Hutch++ traces from shared sketches and probes: ``dict name -> Estimate``.
 
     Block ``b``'s trace ``tr(A_bb)`` (for a Gram operator ``||J_b||_F^2``) is
@@ -162,7 +168,7 @@ def hutchpp_blocks(key, op, *, num_matvecs, sampler="rademacher", chunk_size=Non
     ``Q`` is, so each block's estimate is unbiased. Used by
     :func:`sketchtrace.block_traces` with ``method="hutchpp"``.
     """
-    bk, op, low, R, spent = _hutchpp_run(key, op, num_matvecs, sampler, chunk_size, backend)
+    bk, op, low, R, spent = _hutchpp_run(key, op, num_matvecs, sampler, chunk_size, backend, mesh)
     if op.blocks is None:
         raise ValueError(
             "op has no blocks: give it a dict-valued output or call as_operator(op, blocks={name: size, ...})"
@@ -186,7 +192,7 @@ def _pinv(xp, M):
     return (Vt.T * inv) @ U.T
 
 
-def na_hutchpp(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, backend=None):
+def na_hutchpp(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, backend=None, mesh=None):
     """Non-adaptive Hutch++ (NA-Hutch++) estimate of ``tr(op)`` for symmetric ``op``.
 
     All matvecs are issued in one round (no product depends on another):
@@ -214,7 +220,7 @@ def na_hutchpp(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, b
     trace estimation", SOSA 2021, Algorithm 2. doi:10.1137/1.9781611976496.16,
     arXiv:2010.09649
     """
-    bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend)
+    bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend, mesh)
     if m >= n:
         return exact_estimate(bk, op, chunk_size, n)
     check_minimum(m, 3, "na_hutchpp", "one vector for each of its sketches S and R and one Hutchinson probe")
