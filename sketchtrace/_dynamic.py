@@ -22,6 +22,7 @@ forms.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 from typing import Any, NamedTuple
@@ -355,8 +356,13 @@ class DynamicTraceEstimator:
             bk.check_finite("op_prev", x)
         else:
             x = xp.zeros_like(y)
-        new_state, spent = _step(self, state, x, y, xp)
-        return self._report(new_state, nxt.names, spent, xp), new_state
+        if xp is jnp:  # one compiled kernel for the recursion (eager calls stay cheap)
+            new_state, value, sem = _step_jax(self, state, x, y)
+            spent = _spent(self)
+        else:
+            new_state, spent = _step(self, state, x, y, xp)
+            value, sem = _value_sem(self, new_state, xp)
+        return self._report_values(value, sem, nxt.names, spent), new_state
 
     def estimate(self, state, block_names=None):
         """The current estimate held in ``state`` (``num_matvecs`` = total spent so far).
@@ -370,6 +376,9 @@ class DynamicTraceEstimator:
 
     def _report(self, state, names, spent, xp):
         value, sem = _value_sem(self, state, xp)
+        return self._report_values(value, sem, names, spent)
+
+    def _report_values(self, value, sem, names, spent):
         if names is None:
             if value.shape[0] == 1:
                 return Estimate(value[0], sem[0], spent)
@@ -389,6 +398,19 @@ def _value_sem(self, state, xp):
     else:
         sem = xp.sqrt(xp.maximum(state.variance, 0.0))
     return value, sem
+
+
+def _spent(self):
+    if self.kind == "moving_average" or self.gamma == 1.0:
+        return self.num_probes
+    return 2 * self.num_probes
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _step_jax(self, state, x, y):
+    new_state, _ = _step(self, state, x, y, jnp)
+    value, sem = _value_sem(self, new_state, jnp)
+    return new_state, value, sem
 
 
 def _step(self, state, x, y, xp):
