@@ -6,9 +6,11 @@ from ._qtensor import (
     initial_director,
     initial_q,
     make_basis,
+    manufactured,
     reference,
     solve_qtensor,
 )
 
 __all__ = ["FEMSolution", "solve_qtensor", "reference", "default_cache_dir", "initial_q", "initial_director",
-           "make_basis"]
+           "make_basis",
+           "manufactured"]

@@ -304,6 +304,36 @@ def solve_qtensor(
     return sol
 
 
+def manufactured(*, amplitude=0.6, a=PARAMETERS["a"], c=PARAMETERS["c"], L=PARAMETERS["L"], M=PARAMETERS["M"]):
+    """A manufactured solution for verification: ``(exact, source, q0)``.
+
+    ``q1 = A exp(-t) sin(pi x / 2) sin(pi y / 2)``, ``q2 = A cos(2 t) x (2 - x) sin(pi y / 2)``
+    (zero on the boundary of ``(0, 2)^2``), and the source ``f = q_t - M (L lap q - a q -
+    2 c |q|^2 q)`` that makes it an exact solution. All three callables take NumPy or JAX
+    arrays: ``exact(x, y, t)``, ``source(x, y, t)``, ``q0(x, y)``, each returning ``(q1, q2)``.
+    """
+    A, k = float(amplitude), np.pi / 2
+
+    def exact(x, y, t):
+        xp = _xp(x)
+        sy = xp.sin(k * y)
+        return A * xp.exp(-t) * xp.sin(k * x) * sy, A * xp.cos(2 * t) * x * (2 - x) * sy
+
+    def source(x, y, t):
+        xp = _xp(x)
+        q1, q2 = exact(x, y, t)
+        sy = xp.sin(k * y)
+        q1_t = -q1
+        q2_t = -2 * A * xp.sin(2 * t) * x * (2 - x) * sy
+        lap1 = -2 * k * k * q1
+        lap2 = A * xp.cos(2 * t) * (-2 * sy - x * (2 - x) * k * k * sy)
+        s = q1 * q1 + q2 * q2
+        return (q1_t - M * (L * lap1 - a * q1 - 2 * c * s * q1),
+                q2_t - M * (L * lap2 - a * q2 - 2 * c * s * q2))
+
+    return exact, source, (lambda x, y: exact(x, y, 0.0 * x))
+
+
 def default_cache_dir() -> Path:
     """``$SKETCHTRACE_CACHE_DIR``, else ``$XDG_CACHE_HOME/sketchtrace``, else ``~/.cache/sketchtrace``."""
     env = os.environ.get("SKETCHTRACE_CACHE_DIR")
