@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as hst
 from scipy import stats
 
@@ -298,6 +298,40 @@ def test_gamma_one_reproduces_hutchinson_distribution():
     # the same test tells a different distribution apart (Rademacher probes have a smaller spread)
     rad = np.asarray(jax.vmap(lambda k: st.hutchinson(k, seq(5), num_matvecs=1, sampler="rademacher").value)(keys))
     assert stats.ks_2samp(vals, rad).pvalue < 1e-6
+
+
+# ----------------------------------------------------------------------------- exact identities
+
+
+@settings(max_examples=6)
+@given(
+    gamma=hst.sampled_from([0.3, 1.0, "auto"]),
+    num_probes=hst.just(2),
+    seed=hst.integers(0, 2**31 - 1),
+    scale=hst.floats(-2.0, 2.0),
+)
+def test_update_is_the_recursion_on_hutchinson_probes(gamma, num_probes, seed, scale):
+    # same key -> same probes as st.hutchinson: the new mean is exactly
+    # (1 - gamma) (T - H(op_prev)) + H(op_next), H = Hutchinson's per-probe forms on those probes
+    key = jax.random.key(seed)
+    pc = st.predictor_corrector(num_probes=num_probes, gamma=gamma, init_matvecs=2 * num_probes)
+    s = pc.init(jax.random.fold_in(key, 1), seq(0))
+    prev, nxt = seq(3), seq(4) + scale * jnp.asarray(B)
+    e, s2 = pc.update(key, s, prev, nxt)
+    g = np.asarray(s.gamma)[0]
+    # per-probe forms of the probes st.hutchinson(key, op, num_matvecs=R) draws
+    from sketchtrace._backend import JaxBackend
+
+    qp = np.asarray(JaxBackend.quad_forms(key, st.as_operator(prev), num_probes, "gaussian", None))[:, 0]
+    qn = np.asarray(JaxBackend.quad_forms(key, st.as_operator(nxt), num_probes, "gaussian", None))[:, 0]
+    hn = float(st.hutchinson(key, nxt, num_matvecs=num_probes, sampler="gaussian").value)
+    np.testing.assert_allclose(qn.mean(), hn, rtol=1e-12)
+    if gamma == 1.0:
+        qp = np.zeros_like(qp)
+    want = (1 - g) * (np.asarray(s.estimate)[:, 0] - qp) + qn
+    np.testing.assert_allclose(np.asarray(s2.estimate)[:, 0], want, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(float(e.value), want.mean(), rtol=1e-10, atol=1e-10)
+    assert int(s2.matvecs) == int(s.matvecs) + (num_probes if gamma == 1.0 else 2 * num_probes)
 
 
 # ----------------------------------------------------------------------------- gamma rule
