@@ -134,16 +134,13 @@ def test_hutchinson_budget_at_dimension_is_exact(setup):
 
 
 @pytest.mark.parametrize("method", ["hutchpp", "xtrace"])
-def test_deflated_methods_exact_on_small_blocks_and_finite(setup, method):
+def test_deflated_methods_exact_on_small_blocks(setup, method):
     blocks, params, batch, truth = setup
-    # residual side: the bc block has 8 rows and res 7, so 8 matvecs... are not always enough for
-    # the deflated methods' exactness rules; a budget of 30 (> every row count) makes them exact
+    # residual side: blocks of 8 and 7 rows; a budget of 30 reaches both probe dimensions,
+    # where sketchtrace's deflated estimators compute the exact trace
     tr = pa.ntk_traces(jax.random.key(1), blocks, params, batch, method=method, num_matvecs=30, side="residuals")
     for n in blocks.names:
         np.testing.assert_allclose(float(tr[n].value), truth[n], rtol=1e-8)
-    tr = pa.ntk_traces(jax.random.key(1), blocks, params, batch, method=method, num_matvecs=6, side="params")
-    for n in blocks.names:
-        assert np.isfinite(float(tr[n].value)) and float(tr[n].value) > 0
 
 
 def test_side_auto_picks_the_cheaper():

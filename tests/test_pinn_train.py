@@ -20,7 +20,7 @@ def wave():
 # ---------------------------------------------------------------------------- pc along a real run
 
 # Measured on this problem (120 Adam steps on fixed collocation points, weights compared with
-# exact weights at the same parameters every 5 steps, max over the three blocks of |w - w*| / w*):
+# exact weights at the same parameters every 8 steps, max over the three blocks of |w - w*| / w*):
 # pc (one probe, forward differences, gamma=0.02) median about 0.13; fresh one-probe
 # Hutchinson median 2-4 (its weights jump by factors of several from step to step).
 # With a new batch every step pc tracks an average over recent batches instead (docs/pinn.md).
@@ -35,7 +35,7 @@ def runs(wave):
         ("pc", pa.ntk_weighting(wave.blocks, estimator="pc", num_probes=1)),
         ("hutchinson", pa.ntk_weighting(wave.blocks, estimator="hutchinson", num_probes=1)),
     ]:
-        out[name] = pa.train(wave, weighting=w, steps=120, log_every=5, seed=1, progress=False,
+        out[name] = pa.train(wave, weighting=w, steps=120, log_every=8, seed=1, progress=False,
                              track_weight_error=True, optimizer=optax.adam(1e-3), resample=False)
     return out
 
