@@ -88,13 +88,15 @@ def ntk_weighting(
     Parameters
     ----------
     blocks : ResidualBlocks
-    estimator : {"pc", "exact", "hutchinson", "none"}
+    estimator : {"pc", "exact", "hutchinson", "moving_average", "none"}
         ``"pc"``: the predictor-corrector of Hirsch and Pichi (sketchtrace's
         :func:`~sketchtrace.predictor_corrector`): the same ``num_probes`` probes on
         ``params_prev`` and ``params``, ``T <- (1 - gamma) (T - q(params_prev)) + q(params)``,
         unbiased at every step when the first estimate is. ``"exact"``: chunked
         per-point gradients (``chunk_size``). ``"hutchinson"``: ``num_probes`` fresh
-        probes every refresh. ``"none"``: all weights 1.
+        probes every refresh. ``"moving_average"``: sketchtrace's
+        :func:`~sketchtrace.moving_average` of fresh one-probe estimates with
+        ``beta = gamma`` (biased toward stale values). ``"none"``: all weights 1.
     every : int
         Refresh the weights on every ``every``-th ``update`` call (others keep them).
         For ``"pc"`` with ``every > 1`` the parameters of the last refresh are kept in

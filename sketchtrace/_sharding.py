@@ -178,7 +178,8 @@ def shard_rows(fn, xs, mesh: Mesh, *, gather: bool = False):
     # check_vma=False: the operator may close over values linearized outside the shard_map
     # (JacobianOperator), which JAX's replication typing would reject as "invariant" primals.
     out_specs = PartitionSpec() if gather else spec
-    return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=out_specs, check_vma=False)(xs)
+    # jit: one compiled program per call (eager shard_map would dispatch every primitive on its own)
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=out_specs, check_vma=False))(xs)
 
 
 def sharded_row_sums(fn, mesh: Mesh, replicated, groups):
@@ -221,7 +222,7 @@ def sharded_row_sums(fn, mesh: Mesh, replicated, groups):
         jax.tree.map(lambda _: spec, padded),
         jax.tree.map(lambda _: spec, valid),
     )
-    run = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=PartitionSpec(), check_vma=False)
+    run = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=PartitionSpec(), check_vma=False))
     return run(replicated, padded, valid)
 
 

@@ -226,44 +226,69 @@ def _check_psd(bk, Om, Y, psd_rtol):
         )
 
 
+def _cholesky_or_nan(xp, H):
+    """Lower Cholesky factor, or NaNs where it fails (NumPy raises, JAX returns NaN)."""
+    import numpy as np
+
+    try:
+        return xp.linalg.cholesky(H)
+    except np.linalg.LinAlgError:
+        return xp.full(H.shape, float("nan"), H.dtype)
+
+
 def xnystrace_samples(xp, st, n, improved):
     """The ``k`` leave-one-out XNysTrace estimates from ``Om`` and ``Y = A Om``.
 
-    A small shift ``nu`` (``Y_nu = Y + nu Om``) keeps the core matrix
-    ``H = Om^T Y_nu`` positive definite; ``H^{-1} = F F^T`` from an eigendecomposition
-    (eigenvalues floored at ``k eps lambda_max``). With ``Y_nu = QR``, the Nystrom
-    approximation ``Ahat = Y_nu H^{-1} Y_nu^T`` has ``tr(Ahat) = ||R F||_F^2``, and
-    dropping column ``i`` is the rank-one downdate
+    A small shift ``nu = eps ||Y||_F / sqrt(n)`` (``Y_nu = Y + nu Om``, the
+    Nystrom approximation of ``A + nu I``; ``nu n`` is subtracted at the end)
+    keeps the core matrix ``H = Om^T Y_nu = L L^T`` positive definite. With
+    ``Y_nu = QR``, the Nystrom approximation ``Ahat = Y_nu H^{-1} Y_nu^T`` has
+    ``tr(Ahat) = ||R L^{-T}||_F^2``, and dropping column ``i`` is the rank-one downdate
     ``Ahat_(i) = Ahat - (Y_nu H^{-1} e_i)(Y_nu H^{-1} e_i)^T / (H^{-1})_ii``, while
     ``omega_i^T (A_nu - Ahat_(i)) omega_i = 1 / (H^{-1})_ii``. Hence
-    ``t_i = ||RF||_F^2 - ||R H^{-1} e_i||^2 / (H^{-1})_ii + scale_i / (H^{-1})_ii - nu n``
+    ``t_i = ||R L^{-T}||_F^2 - ||R H^{-1} e_i||^2 / (H^{-1})_ii + scale_i / (H^{-1})_ii - nu n``
     with ``scale_i = (n - k + 1) ((Om^T Om)^{-1})_ii`` for the improved vectors
     (re-sphering on the complement of ``range(Om_{-i})``, where the residual lives).
+    If the Cholesky factorisation fails numerically (rank-deficient ``A`` and a
+    tiny shift), an eigendecomposition of ``H`` with eigenvalues floored at
+    ``k eps lambda_max`` is used instead (``H^{-1} = F F^T``).
     """
     Om, Y = st["Om"], st["Y"]
     k = Om.shape[1]
     dt = Y.dtype
     eps = xp.finfo(dt).eps
-    nu = math.sqrt(n / k) * eps * xp.sqrt(xp.sum(Y * Y))
+    nu = eps * xp.sqrt(xp.sum(Y * Y)) / math.sqrt(n)
     Ynu = Y + nu * Om
     H = Om.T @ Ynu
     H = 0.5 * (H + H.T)
+    _, R = xp.linalg.qr(Ynu)
+    I = _eye(xp, k, dt)
+
+    def from_factor(Lt, Linv):
+        # H^{-1} = Linv^T Linv with Lt = L^T (Cholesky) or the eigen square root
+        G = xp.linalg.solve(Lt.T, R.T).T if Lt is not None else R @ Linv.T
+        X = G @ Linv  # R H^{-1}
+        d = xp.sum(Linv * Linv, axis=0)
+        return xp.sum(G * G), X, d
+
+    L = _cholesky_or_nan(xp, H)
+    ok = xp.all(xp.isfinite(L))
+    L = xp.where(ok, L, I)
+    tr_c, X_c, d_c = from_factor(L.T, xp.linalg.solve(L, I))
     lam, V = xp.linalg.eigh(H)
     lmax = xp.max(xp.abs(lam))
     floor = xp.where(lmax > 0, k * eps * lmax, xp.ones((), dt))
     lam = xp.maximum(lam, floor)
-    F = V / xp.sqrt(lam)
-    _, R = xp.linalg.qr(Ynu)
-    G = R @ F
-    Hinv = F @ F.T
-    d = xp.diagonal(Hinv)
-    M = R @ Hinv
+    tr_e, X_e, d_e = from_factor(None, (V / xp.sqrt(lam)).T)
+    tr_hat = xp.where(ok, tr_c, tr_e)
+    X = xp.where(ok, X_c, X_e)
+    d = xp.where(ok, d_c, d_e)
     if improved:
-        Ginv = xp.linalg.solve(Om.T @ Om, _eye(xp, k, dt))
+        Ginv = xp.linalg.solve(Om.T @ Om, I)
         scale = (n - k + 1) * xp.diagonal(Ginv)
     else:
         scale = 1.0
-    return xp.sum(G * G) - xp.sum(M * M, axis=0) / d + scale / d - nu * n
+    return tr_hat - xp.sum(X * X, axis=0) / d + scale / d - nu * n
 
 
 def xnystrace(
@@ -277,7 +302,7 @@ def xnystrace(
     gives ``t_i = tr(Ahat_(i)) + omega_i^T (A - Ahat_(i)) omega_i``; the estimate
     is their mean and the standard error ``std(t_i)/sqrt(k)``. Unbiased for PSD
     ``A``, exact when ``rank(A) <= k - 1`` (up to a shift of order
-    ``n eps ||A||``) and when ``num_matvecs >= n``.
+    ``eps ||A||_F sqrt(n)``) and when ``num_matvecs >= n``.
 
     **The operator must be PSD** (covariances, Gram operators ``J^T J`` / ``J J^T``,
     NTK blocks). For an indefinite operator the estimate is meaningless (and not
