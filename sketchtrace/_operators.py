@@ -402,7 +402,7 @@ class JacobianOperator(LinearOperator):
         def flat_f(xf):
             y = f(self.unravel_input(xf), *args)
             y_flat, unravel = ravel_pytree(y)
-            out_info["tree"], out_info["unravel"] = y, unravel
+            out_info["tree"], out_info["unravel"] = y, unravel  # tree: structure only (block names)
             return y_flat
 
         self.mode = mode
@@ -414,9 +414,9 @@ class JacobianOperator(LinearOperator):
             self._vjp = lambda u: vjp(u)[0]
             self._jvp = None
         check_float_dtype(y_flat.dtype, name="f(x) dtype")
-        self.value = out_info["tree"]
         self.value_flat = y_flat
         self.unravel_output = out_info["unravel"]
+        self.value = self.unravel_output(y_flat)  # not out_info["tree"]: that one is a tracer
         self.shape = (int(y_flat.shape[0]), int(x_flat.shape[0]))
         self.dtype = np.dtype(jnp.result_type(x_flat.dtype, y_flat.dtype))
         self._x_struct = jax.ShapeDtypeStruct(x_flat.shape, x_flat.dtype)
