@@ -192,3 +192,12 @@ def test_sample_like_keeps_structure_and_dtypes():
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(v))
     flat = ravel_pytree(v)[0]
     np.testing.assert_allclose(float(jnp.linalg.norm(flat)), np.sqrt(10), rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["fwd", "bwd"])
+def test_jacobian_value_is_a_concrete_pytree(mode, pytree_case):
+    params, x, _ = pytree_case
+    J = st.JacobianOperator(_pytree_f, params, x, 2.0, mode=mode)
+    expected = _pytree_f(params, x, 2.0)
+    for k in expected:  # used outside the linearization: must not be a leaked tracer
+        np.testing.assert_allclose(np.asarray(J.value[k]) + 0.0, expected[k], rtol=1e-12)
