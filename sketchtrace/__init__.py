@@ -11,6 +11,7 @@ from ._diagonal import diagonal
 from ._hutchinson import block_traces, hutchinson
 from ._hutchpp import hutchpp, na_hutchpp
 from ._xtrace import xnystrace, xtrace
+from ._sharding import make_mesh
 from ._operators import (
     DenseOperator,
     FunctionOperator,
@@ -58,6 +59,7 @@ __all__ = [
     "xnystrace",
     "diagonal",
     "trace",
+    "make_mesh",
     "sample_like",
     "sampler_rademacher",
     "sampler_gaussian",
