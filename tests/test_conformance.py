@@ -10,6 +10,7 @@ bad input.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from scipy import stats
 
 import sketchtrace as st
 from sketchtrace.testing import check_unbiased
@@ -192,8 +194,8 @@ def test_exact_when_budget_reaches_dimension(bk, kind, extra):
 
 @pytest.mark.parametrize("m", [1, 2, 5, N - 1])
 def test_budget_is_spent_and_reported(bk, m):
-    est = st.hutchinson(bk.key(3), A, num_matvecs=m)
-    assert est.num_matvecs == m
+    est = _once(bk, lambda k: st.hutchinson(k, A, num_matvecs=m), bk.key(3))
+    assert int(est.num_matvecs) == m
     assert math.isfinite(float(est.value))
     assert (float(est.sem) == math.inf) == (m == 1)
 
@@ -299,6 +301,11 @@ ESTIMATORS = {
 }
 
 
+def _once(bk, fn, key):
+    """``fn(key)``, compiled on JAX (eager dispatch of many small ops is slow), plain on numba."""
+    return jax.jit(fn)(key) if bk.name == "jax" else fn(key)
+
+
 def _many(bk, fn, trials, seed=77):
     if bk.name == "jax":
         keys = jax.random.split(jax.random.key(seed), trials)
@@ -308,10 +315,18 @@ def _many(bk, fn, trials, seed=77):
     return np.array([float(e.value) for e in out]), np.array([float(e.sem) for e in out])
 
 
+@functools.lru_cache(maxsize=None)
+def _samples(backend_name, name, m=9, trials=400):
+    """(values, sems) of ``trials`` estimates of tr(P); computed once per backend and estimator."""
+    bk = _Jax if backend_name == "jax" else _Numba
+    fn = ESTIMATORS.get(name, lambda key, op, m: st.hutchinson(key, op, num_matvecs=m))
+    op = st.as_operator(sp.csr_matrix(P)) if bk.name == "numba" else st.as_operator(P)
+    return _many(bk, lambda key: fn(key, op, m), trials)
+
+
 @pytest.mark.parametrize("name", list(ESTIMATORS))
 def test_estimators_unbiased(bk, name):
-    op = st.as_operator(sp.csr_matrix(P)) if bk.name == "numba" else st.as_operator(P)
-    values, sems = _many(bk, lambda key: ESTIMATORS[name](key, op, 9), 400)
+    values, sems = _samples(bk.name, name)
     report = check_unbiased(values, float(np.trace(P)))
     assert report.passed, f"{bk.name}/{name}: " + report.describe(np.trace(P))
     # reported standard errors are of the size of the observed spread (factor 3 either way)
@@ -321,13 +336,9 @@ def test_estimators_unbiased(bk, name):
 
 @pytest.mark.parametrize("name", list(ESTIMATORS))
 def test_estimators_exact_cases_and_budgets(bk, name):
-    est = ESTIMATORS[name]
-    if bk.name == "jax":  # compiled once per budget (eager JAX dispatch of many small ops is slow)
+    def fn(key, A, m):
+        return _once(bk, lambda k: ESTIMATORS[name](k, A, m), key)
 
-        def fn(key, A, m):
-            return jax.jit(lambda k: est(k, A, m))(key)
-    else:
-        fn = est
     full = fn(bk.key(0), P, 20)  # budget reaches the dimension: exact
     assert full.num_matvecs == 20 and float(full.sem) == 0.0
     np.testing.assert_allclose(float(full.value), np.trace(P), rtol=1e-10)
@@ -337,9 +348,9 @@ def test_estimators_exact_cases_and_budgets(bk, name):
 
 
 def test_diagonal_exact_and_unbiased(bk):
-    exact = st.diagonal(bk.key(0), P, num_matvecs=20)
+    exact = _once(bk, lambda k: st.diagonal(k, P, num_matvecs=20), bk.key(0))
     np.testing.assert_allclose(np.asarray(exact.value), np.diag(P), rtol=1e-10, atol=1e-14)
-    xd = st.diagonal(bk.key(0), LOWRANK, num_matvecs=12, method="xdiag")
+    xd = _once(bk, lambda k: st.diagonal(k, LOWRANK, num_matvecs=12, method="xdiag"), bk.key(0))
     np.testing.assert_allclose(np.asarray(xd.value), np.diag(LOWRANK), atol=1e-8)
     # Hutchinson diagonal: every entry unbiased; test the first entry over trials
     values, _ = _many(bk, lambda key: st.Estimate(st.diagonal(key, P, num_matvecs=6).value[0], 0.0, 6), 300)
@@ -361,8 +372,7 @@ def test_adaptive_trace_meets_its_tolerance(bk):
 @pytest.mark.parametrize("name", ["hutchinson"] + list(ESTIMATORS))
 def test_backends_agree_in_distribution(name):
     """Welch t-test (two-sided, false alarm 1e-6) of the numba and JAX means on the same problem."""
-    fn = ESTIMATORS.get(name, lambda key, op, m: st.hutchinson(key, op, num_matvecs=m))
-    nb, _ = _many(_Numba, lambda key: fn(key, sp.csr_matrix(P), 9), 300, seed=5)
-    jx, _ = _many(_Jax, lambda key: fn(key, P, 9), 300, seed=5)
-    t, p = __import__("scipy.stats", fromlist=["ttest_ind"]).ttest_ind(nb, jx, equal_var=False)
+    nb, _ = _samples("numba", name)
+    jx, _ = _samples("jax", name)
+    t, p = stats.ttest_ind(nb, jx, equal_var=False)
     assert p > 1e-6, f"{name}: backends disagree (t = {t:.2f})"
