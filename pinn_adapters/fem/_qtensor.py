@@ -130,10 +130,9 @@ class FEMSolution:
         xs = np.linspace(0.0, 2.0, num)
         X, Y = np.meshgrid(xs, xs, indexing="ij")
         P = self.basis.probes(np.stack([X.ravel(), Y.ravel()])).tocsr()
-        vals = np.einsum("pn,scn->scp", P.toarray(), self.q) if P.shape[1] < 5000 else np.stack(
-            [np.stack([P @ self.q[s, c] for c in range(2)]) for s in range(len(self.times))]
-        )
-        return xs, vals.reshape(len(self.times), 2, num, num)
+        S, N = len(self.times), self.q.shape[-1]
+        vals = (P @ self.q.reshape(S * 2, N).T).T  # sparse (points x DOFs) times dense (DOFs x 2S)
+        return xs, vals.reshape(S, 2, num, num)
 
     def l2_error(self, exact, snapshot=-1):
         """``||q_h - q*||_{L2}`` (both components) at a snapshot; ``exact(x, y, t) -> (q1, q2)``."""
