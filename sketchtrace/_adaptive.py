@@ -6,6 +6,7 @@ import math
 import numbers
 import warnings
 
+import jax
 import numpy as np
 from scipy import stats
 
@@ -52,6 +53,34 @@ def resolve_method(method, op):
     return "xnystrace" if isinstance(op, GramOperator) else "xtrace"
 
 
+def _round(bk, op, rk, prev, *, new, dt, sampler, chunk_size, n, improved, method):
+    """One round: ``new`` fresh vectors; returns ``(state, samples)``."""
+    xp = bk.xp
+    if method == "hutchinson":
+        Qn = bk.quad_forms(rk, op, new, sampler, chunk_size).sum(axis=1)
+        samples = Qn if prev is None else xp.concatenate([prev, Qn])
+        return samples, samples
+    Om = bk.probes(rk, new, n, dt, sampler)
+    if method == "xtrace":
+        state = xsketch(bk, op, Om, chunk_size, prev=prev)
+        return state, xtrace_samples(xp, state, n, improved)
+    state = nys_state(bk, op, Om, chunk_size, prev=prev)
+    return state, xnystrace_samples(xp, state, n, improved)
+
+
+# On JAX each round is compiled once per (operator, round size): the doubling
+# schedule keeps the number of distinct shapes logarithmic in the budget.
+_STATIC = ("bk", "new", "dt", "sampler", "chunk_size", "n", "improved", "method")
+_round_jax_static_op = jax.jit(_round, static_argnames=_STATIC + ("op",))  # op hashed by identity
+_round_jax_traced_op = jax.jit(_round, static_argnames=_STATIC)  # pytree operators (dense matrices)
+
+
+def _round_jax(bk, op, rk, prev, **kw):
+    leaves = jax.tree_util.tree_leaves(op)
+    is_pytree = not (len(leaves) == 1 and leaves[0] is op)
+    return (_round_jax_traced_op if is_pytree else _round_jax_static_op)(bk, op, rk, prev, **kw)
+
+
 def trace(
     key,
     op,
@@ -85,8 +114,8 @@ def trace(
     re-uses every product already computed (XTrace extends its basis by block
     Gram-Schmidt, XNysTrace appends columns), so the total cost is that of the
     final sketch; Hutchinson adds **batches** of fresh probes, sized from the
-    current standard error (``sem ~ 1/sqrt(k)``) to reach the tolerance, at least
-    ``first_matvecs`` and at most tripling the total. A round that would reach the
+    current standard error (``sem ~ 1/sqrt(k)``) to reach the tolerance, the total
+    rounded up to ``first_matvecs * 2^j`` (at least doubling, at most 4x per round). A round that would reach the
     dimension ``n`` is replaced by the exact trace (``n`` more matvecs, ``sem = 0``).
     If the next round would exceed ``max_matvecs``, a final round uses what is left
     of the budget; if the tolerance is still not met a ``RuntimeWarning`` is issued
@@ -180,21 +209,14 @@ def trace(
             return Estimate(exact.value, exact.sem, spent + n)
         new = k_next - k
         key, rk = bk.split(key, 2)
-        if method == "hutchinson":
-            Qn = bk.quad_forms(rk, op, new, sampler, chunk_size).sum(axis=1)
-            bk.check_finite("op", Qn)
-            samples = Qn if samples is None else xp.concatenate([samples, Qn])
-            t = samples
-        else:
-            Om = bk.probes(rk, new, n, dt, vec_sampler)
-            if method == "xtrace":
-                state = xsketch(bk, op, Om, chunk_size, prev=state)
-                t = xtrace_samples(xp, state, n, improved)
-            else:
-                state = nys_state(bk, op, Om, chunk_size, prev=state)
-                if check_psd and k == 0:
-                    _check_psd(bk, state["Om"], state["Y"], default_psd_rtol(bk, state["Y"].dtype, None))
-                t = xnystrace_samples(xp, state, n, improved)
+        run = _round_jax if bk.name == "jax" else _round
+        state, t = run(
+            bk, op, rk, state, new=new, dt=dt, sampler=sampler if method == "hutchinson" else vec_sampler,
+            chunk_size=chunk_size, n=n, improved=method != "hutchinson" and improved, method=method,
+        )
+        bk.check_finite("op", t)
+        if method == "xnystrace" and check_psd and k == 0:
+            _check_psd(bk, state["Om"], state["Y"], default_psd_rtol(bk, state["Y"].dtype, None))
         spent += per * new
         k = k_next
         value, sem = summarize(xp, t[:, None], exact=False)
@@ -209,8 +231,13 @@ def trace(
             return Estimate(value, sem, spent)
         # size the next round
         if method == "hutchinson":
-            want = math.ceil(1.2 * k * (half / tol) ** 2) if tol > 0 else 3 * k
-            k_want = min(max(k + first, want), 3 * k)
+            # predicted total from sem ~ 1/sqrt(k), rounded up to first * 2^j
+            # (few distinct shapes: each is compiled once), at most 4x per round
+            want = math.ceil(1.2 * k * (half / tol) ** 2) if tol > 0 else 4 * k
+            k_want = first
+            while k_want < want and k_want < 4 * k:
+                k_want *= 2
+            k_want = max(k_want, 2 * k)
         else:
             k_want = 2 * k
         room = (max_matvecs - spent) // per  # vectors still affordable

@@ -1,0 +1,121 @@
+"""Adaptive trace(): coverage of its tolerance over seeds, budgets, method rule, bad input."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hst
+
+import sketchtrace as st
+
+from test_hutchpp import Counting, _jac_case, _matrix, _mlp
+
+SEEDS = 200
+
+
+def _coverage(op, truth, rtol, method, max_matvecs, seeds=SEEDS, **kw):
+    hits, spent = 0, []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a run that gives up would invalidate the test
+        for s in range(seeds):
+            e = st.trace(jax.random.key(s), op, rtol=rtol, max_matvecs=max_matvecs, method=method, **kw)
+            hits += abs(float(e.value) - truth) <= rtol * abs(truth)
+            spent.append(int(e.num_matvecs))
+    return hits / seeds, np.array(spent)
+
+
+# Slack: with 200 seeds the observed coverage of a procedure whose true coverage is
+# exactly 0.95 falls below 0.95 - 0.05 = 0.90 with probability < 0.3% (binomial).
+SLACK = 0.05
+
+
+@pytest.mark.parametrize(
+    "method,rtol", [("auto", 1e-2), ("xnystrace", 1e-3), ("hutchinson", 0.1)], ids=["auto-xtrace", "xnystrace", "hutchinson"]
+)
+def test_meets_tolerance_in_confidence_of_runs(method, rtol):
+    A, tr = _matrix(n=150, decay=0.9)
+    op = st.as_operator(jnp.asarray(A))
+    cov, spent = _coverage(op, tr, rtol, method, 149)
+    assert cov >= 0.95 - SLACK, (cov, np.median(spent))
+    assert spent.max() <= 149
+    # the test exercises adaptivity: runs stop at different sizes, before the budget
+    assert spent.min() < 149
+
+
+def test_coverage_check_fails_on_overconfident_variant():
+    # the same check with an interval 8x too narrow (sem_factor = 1/8) must fail
+    A, tr = _matrix(n=150, decay=0.9)
+    op = st.as_operator(jnp.asarray(A))
+    cov, _ = _coverage(op, tr, 1e-2, "xtrace", 149, seeds=100, sem_factor=0.125)
+    assert cov < 0.95 - SLACK, cov
+
+
+def test_auto_rule_and_gram_operator():
+    params, x, jac = _jac_case()
+    g = st.gram(st.JacobianOperator(_mlp, params, x), side="input")  # 16 x 16, PSD, rank 8
+    truth = float(np.sum(jac * jac))
+    assert st._adaptive.resolve_method("auto", g) == "xnystrace"
+    assert st._adaptive.resolve_method("auto", st.as_operator(np.eye(3))) == "xtrace"
+    e = st.trace(jax.random.key(0), g, rtol=1e-6, max_matvecs=16, check_psd=True)
+    np.testing.assert_allclose(float(e.value), truth, rtol=1e-6)
+    assert int(e.num_matvecs) <= 16
+
+
+def test_reaches_exact_answer_when_dimension_is_small():
+    A, tr = _matrix(n=20, decay=0.99)
+    e = st.trace(jax.random.key(0), A, rtol=1e-12, max_matvecs=100, method="xtrace")
+    np.testing.assert_allclose(float(e.value), tr, rtol=1e-12)
+    assert float(e.sem) == 0.0 and int(e.num_matvecs) <= 100
+
+
+def test_warns_and_returns_when_budget_runs_out():
+    A, tr = _matrix(n=100, decay=0.99)
+    with pytest.warns(RuntimeWarning, match="tolerance not met"):
+        e = st.trace(jax.random.key(0), A, rtol=1e-9, max_matvecs=40, method="xtrace")
+    assert int(e.num_matvecs) <= 40 and np.isfinite(float(e.value))
+
+
+@settings(max_examples=6)
+@given(n=hst.integers(5, 40), budget=hst.integers(16, 60), method=hst.sampled_from(["hutchinson", "xtrace", "xnystrace"]))
+def test_budget_never_exceeded(n, budget, method):
+    A, _ = _matrix(n=n, decay=0.95)
+    op = Counting(A)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        e = st.trace(jax.random.key(1), op, rtol=1e-8, max_matvecs=budget, method=method)
+    assert op.count == int(e.num_matvecs) <= budget
+
+
+def test_reproducible():
+    A, _ = _matrix(n=80)
+    a = st.trace(jax.random.key(3), A, rtol=1e-2, max_matvecs=79)
+    b = st.trace(jax.random.key(3), A, rtol=1e-2, max_matvecs=79)
+    assert float(a.value) == float(b.value) and int(a.num_matvecs) == int(b.num_matvecs)
+
+
+def test_bad_input():
+    A, _ = _matrix(n=40)
+    k = jax.random.key(0)
+    for rtol in (0.0, -1e-3):
+        with pytest.raises(ValueError, match="rtol must be > 0"):
+            st.trace(k, A, rtol=rtol, max_matvecs=30)
+    with pytest.raises(TypeError, match="rtol"):
+        st.trace(k, A, rtol="1e-3", max_matvecs=30)
+    with pytest.raises(ValueError, match="atol"):
+        st.trace(k, A, rtol=1e-3, atol=-1.0, max_matvecs=30)
+    with pytest.raises(ValueError, match="confidence"):
+        st.trace(k, A, rtol=1e-3, confidence=1.0, max_matvecs=30)
+    with pytest.raises(ValueError, match="below the first batch"):
+        st.trace(k, A, rtol=1e-3, max_matvecs=10)  # first batch: 16
+    with pytest.raises(ValueError, match="method"):
+        st.trace(k, A, rtol=1e-3, max_matvecs=30, method="hutchpp")
+    with pytest.raises(ValueError, match="at least 4"):
+        st.trace(k, A, rtol=1e-3, max_matvecs=30, method="xtrace", first_matvecs=3)
+    with pytest.raises(TypeError, match="jax.jit"):
+        jax.jit(lambda kk: st.trace(kk, jnp.asarray(A), rtol=1e-3, max_matvecs=30).value)(k)
+    B = A - 2 * np.eye(40) * np.abs(A).max()
+    with pytest.raises(ValueError, match="positive semidefinite"):
+        st.trace(k, B, rtol=1e-3, max_matvecs=30, method="xnystrace", check_psd=True)

@@ -1,0 +1,148 @@
+"""Diagonal estimation: Hutchinson-type and XDiag (unbiased, direct comparison, exact, blocks)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sketchtrace as st
+from sketchtrace._backend import JaxBackend
+
+from test_hutchpp import Counting, _jac_case, _matrix, _mlp
+
+
+def _runs(method, A, m, trials, seed=0):
+    keys = jax.random.split(jax.random.key(seed), trials)
+    return jax.jit(jax.vmap(lambda k: st.diagonal(k, jnp.asarray(A), num_matvecs=m, method=method)))(keys)
+
+
+def _max_z(vals, truth):
+    """Largest |mean - truth| / sem over the entries (Bonferroni over n entries)."""
+    vals = np.asarray(vals)
+    sem = vals.std(axis=0, ddof=1) / np.sqrt(vals.shape[0])
+    return float(np.max(np.abs(vals.mean(axis=0) - truth) / sem))
+
+
+# z = 5.5 per entry with 20 entries: family-wise false alarm < 20 * 4e-8 (normal approximation)
+Z_MAX = 5.5
+
+
+@pytest.mark.parametrize("method", ["hutchinson", "xdiag"])
+def test_unbiased_per_entry(method):
+    A, _ = _matrix(n=20, decay=0.85)
+    est = _runs(method, A, 6, 3000)
+    assert _max_z(est.value, np.diag(A)) < Z_MAX
+
+
+def test_unbiasedness_check_fails_on_biased_variant():
+    # Gaussian probes with the ratio estimator (v*Av)/(v*v) of one probe: biased
+    A, _ = _matrix(n=20, decay=0.85)
+    keys = jax.random.split(jax.random.key(0), 3000)
+
+    def biased(k):
+        V = JaxBackend.probes(k, 3, 20, jnp.float64, "gaussian")
+        return jnp.mean((V * (V @ jnp.asarray(A).T)) / (V * V), axis=0)
+
+    vals = jax.jit(jax.vmap(biased))(keys)
+    assert _max_z(vals, np.diag(A)) > Z_MAX
+
+
+@pytest.mark.parametrize("method", ["hutchinson", "xdiag"])
+def test_sem_matches_spread(method):
+    # rms of the per-entry sem vs the per-entry spread over 1000 seeds, averaged over entries
+    A, _ = _matrix(n=30, decay=0.9)
+    est = _runs(method, A, 16, 1000)
+    spread = np.asarray(est.value).std(axis=0, ddof=1)
+    rms = np.sqrt(np.mean(np.asarray(est.sem) ** 2, axis=0))
+    ratio = float(np.median(rms / spread))
+    assert 1 / 1.6 < ratio < 1.6, ratio
+
+
+def slow_xdiag(A, Om):
+    n, k = Om.shape
+    Y = A @ Om
+    D = []
+    for i in range(k):
+        Qi, _ = np.linalg.qr(np.delete(Y, i, axis=1))
+        P = Qi @ Qi.T
+        D.append(np.diag(P @ A) + Om[:, i] * ((np.eye(n) - P) @ A @ Om[:, i]))
+    D = np.array(D)
+    return D.mean(axis=0), D.std(axis=0, ddof=1) / np.sqrt(k)
+
+
+def test_xdiag_matches_direct_leave_one_out():
+    A, _ = _matrix(n=30, decay=0.9)
+    key = jax.random.key(4)
+    est = st.diagonal(key, A, num_matvecs=16, method="xdiag")
+    Om = np.asarray(JaxBackend.probes(key, 8, 30, jnp.float64, "rademacher")).T
+    ref_v, ref_s = slow_xdiag(A, Om)
+    np.testing.assert_allclose(np.asarray(est.value), ref_v, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(est.sem), ref_s, rtol=1e-6, atol=1e-12)
+    assert int(est.num_matvecs) == 16
+
+
+def test_xdiag_more_accurate_on_decaying_spectrum():
+    A, _ = _matrix(n=60, decay=0.7)
+    err = lambda e: float(np.mean(np.abs(np.asarray(e.value) - np.diag(A))))  # noqa: E731
+    assert err(_runs("xdiag", A, 30, 50)) < 1e-2 * err(_runs("hutchinson", A, 30, 50))
+
+
+@pytest.mark.parametrize("method", ["hutchinson", "xdiag"])
+def test_exact_paths(method):
+    A, _ = _matrix(n=12)
+    op = Counting(A)
+    est = st.diagonal(jax.random.key(0), op, num_matvecs=20, method=method)
+    np.testing.assert_allclose(np.asarray(est.value), np.diag(A), rtol=1e-12, atol=1e-14)
+    assert int(est.num_matvecs) == 12 == op.count and float(np.max(est.sem)) == 0.0
+    rng = np.random.default_rng(0)
+    B = rng.standard_normal((40, 3))
+    L = B @ B.T
+    e = st.diagonal(jax.random.key(0), L, num_matvecs=10, method="xdiag")  # k = 5 > rank 3
+    np.testing.assert_allclose(np.asarray(e.value), np.diag(L), rtol=1e-9, atol=1e-10)
+
+
+def test_budget_counts():
+    A, _ = _matrix(n=30)
+    for method, m, spent in (("hutchinson", 7, 7), ("xdiag", 9, 8)):
+        op = Counting(A)
+        est = st.diagonal(jax.random.key(0), op, num_matvecs=m, method=method)
+        assert op.count == int(est.num_matvecs) == spent
+
+
+def test_by_block():
+    A, _ = _matrix(n=20)
+    op = st.as_operator(jnp.asarray(A), blocks={"a": 5, "b": 15})
+    res = st.diagonal(jax.random.key(0), op, num_matvecs=8, by_block=True)
+    full = st.diagonal(jax.random.key(0), op, num_matvecs=8)
+    np.testing.assert_array_equal(np.asarray(res["a"].value), np.asarray(full.value)[:5])
+    np.testing.assert_array_equal(np.asarray(res["b"].sem), np.asarray(full.sem)[5:])
+    # Gram operator on the output side: blocks of J J^T's diagonal are ||row of J_b||^2
+    params, x, jac = _jac_case()
+    g = st.gram(st.JacobianOperator(_mlp, params, x), side="output")
+    res = st.diagonal(jax.random.key(0), g, num_matvecs=8, by_block=True)  # exact: n = 8
+    np.testing.assert_allclose(np.asarray(res["boundary"].value), np.sum(jac[:3] ** 2, axis=1), rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(res["interior"].value), np.sum(jac[3:] ** 2, axis=1), rtol=1e-10)
+    gi = st.gram(st.JacobianOperator(_mlp, params, x), side="input")
+    with pytest.raises(ValueError, match="side='output'"):
+        st.diagonal(jax.random.key(0), gi, num_matvecs=4, by_block=True)
+    with pytest.raises(ValueError, match="blocks"):
+        st.diagonal(jax.random.key(0), A, num_matvecs=4, by_block=True)
+
+
+def test_bad_input():
+    A, _ = _matrix(n=20)
+    with pytest.raises(ValueError, match="method"):
+        st.diagonal(jax.random.key(0), A, num_matvecs=4, method="xtrace")
+    with pytest.raises(ValueError, match="at least 4"):
+        st.diagonal(jax.random.key(0), A, num_matvecs=3, method="xdiag")
+    with pytest.raises(ValueError, match="square"):
+        st.diagonal(jax.random.key(0), np.ones((3, 4)), num_matvecs=2)
+
+
+def test_jit_reproducible():
+    A, _ = _matrix(n=20)
+    k = jax.random.key(9)
+    for method in ("hutchinson", "xdiag"):
+        e1 = st.diagonal(k, A, num_matvecs=8, method=method)
+        e2 = jax.jit(lambda kk: st.diagonal(kk, jnp.asarray(A), num_matvecs=8, method=method))(k)
+        np.testing.assert_allclose(np.asarray(e1.value), np.asarray(e2.value), rtol=1e-10, atol=1e-13)
