@@ -252,7 +252,9 @@ class ShardedJaxBackend(JaxBackend):
         k = xs.shape[0]
         total = padded_size(k, self.mesh)
         xs = _pad_rows(xs, total, fill)
-        if not isinstance(xs, jax.core.Tracer):  # place the rows (probe keys, basis indices) explicitly
+        if not isinstance(xs, jax.core.Tracer) and not self.mesh.is_multi_process:
+            # place the rows (probe keys, basis indices) explicitly; across processes the jitted
+            # shard_map takes the (identical) process-local rows as they are
             xs = jax.device_put(xs, row_sharding(self.mesh))
         try:
             out = shard_rows(fn, xs, self.mesh, gather=gather)
