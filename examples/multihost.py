@@ -51,6 +51,7 @@ def parse(argv=None):
     p.add_argument("--n", type=int, default=200, help="matrix size")
     p.add_argument("--probes", type=int, default=30, help="probes (matvecs); padded when the mesh does not divide it")
     p.add_argument("--points", type=int, default=50, help="collocation points per NTK block")
+    p.add_argument("--quick", action="store_true", help="only Hutchinson and exact NTK traces (for tests)")
     return p.parse_args(argv)
 
 
@@ -73,7 +74,7 @@ def spawn_local(args):
             "--num-processes", str(args.local_processes), "--process-id", str(pid),
             "--devices", str(args.devices or 2), "--seed", str(args.seed), "--n", str(args.n),
             "--probes", str(args.probes), "--points", str(args.points),
-        ]
+        ] + (["--quick"] if args.quick else [])
         procs.append(subprocess.Popen(cmd, env=dict(os.environ, _MULTIHOST_LOCAL="1")))
     codes = [p.wait(timeout=600) for p in procs]
     print(f"local processes exited with {codes}")
@@ -136,6 +137,8 @@ def main(argv=None):
             key, blocks, params, batch, method="hutchinson", num_matvecs=args.probes, side="params", mesh=m
         ),
     }
+    if args.quick:
+        runs = {k: v for k, v in runs.items() if k in ("hutchinson", "ntk exact (points sharded)")}
     worst = 0.0
     for name, run in runs.items():
         sharded = jax.jit(lambda: run(mesh))()

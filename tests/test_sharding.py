@@ -273,6 +273,18 @@ def test_inconsistent_devices_are_refused_clearly(report):
     assert report["committed_op_rel"] <= RTOL
 
 
+def test_multihost_example_runs_two_processes_on_localhost():
+    """examples/multihost.py through jax.distributed.initialize: 2 processes x 2 host devices."""
+    cmd = [sys.executable, str(ROOT / "examples" / "multihost.py"), "--local-processes", "2", "--devices", "2",
+           "--n", "40", "--points", "8", "--probes", "6", "--quick"]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "[process 0] OK" in out and "[process 1] OK" in out, out[-4000:]
+    assert "mesh of 4 devices" in out
+
+
 # ----------------------------------------------------------------------------- in-process (one device)
 
 
