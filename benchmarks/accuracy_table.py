@@ -19,11 +19,13 @@ import os
 import sys
 import time
 
-# Single-threaded BLAS/LAPACK and XLA: on a shared 2-core machine, thread
-# oversubscription made LAPACK calls 100x slower.
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+if __name__ == "__main__":
+    # Single-threaded BLAS/LAPACK and XLA when run as a script: on a shared 2-core
+    # machine, thread oversubscription made LAPACK calls up to 100x slower.
+    # (Not when imported by the test suite: it must not change the environment.)
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
 
 import numpy as np
 
