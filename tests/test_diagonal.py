@@ -35,13 +35,13 @@ def test_unbiased_per_entry(method):
 
 
 def test_unbiasedness_check_fails_on_biased_variant():
-    # Gaussian probes with the ratio estimator (v*Av)/(v*v) of one probe: biased
+    # an off-by-one normalisation (sum over m probes divided by m + 1): 1/7 too small
     A, _ = _matrix(n=20, decay=0.85)
     keys = jax.random.split(jax.random.key(0), 3000)
 
     def biased(k):
-        V = JaxBackend.probes(k, 3, 20, jnp.float64, "gaussian")
-        return jnp.mean((V * (V @ jnp.asarray(A).T)) / (V * V), axis=0)
+        V = JaxBackend.probes(k, 6, 20, jnp.float64, "rademacher")
+        return jnp.sum(V * (V @ jnp.asarray(A).T), axis=0) / 7.0
 
     vals = jax.jit(jax.vmap(biased))(keys)
     assert _max_z(vals, np.diag(A)) > Z_MAX
@@ -84,7 +84,7 @@ def test_xdiag_matches_direct_leave_one_out():
 def test_xdiag_more_accurate_on_decaying_spectrum():
     A, _ = _matrix(n=60, decay=0.7)
     err = lambda e: float(np.mean(np.abs(np.asarray(e.value) - np.diag(A))))  # noqa: E731
-    assert err(_runs("xdiag", A, 30, 50)) < 1e-2 * err(_runs("hutchinson", A, 30, 50))
+    assert err(_runs("xdiag", A, 30, 50)) < 0.1 * err(_runs("hutchinson", A, 30, 50))
 
 
 @pytest.mark.parametrize("method", ["hutchinson", "xdiag"])
