@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=run_trace)
 
     w = sub.add_parser("pinn", help="the main job: train a PINN with NTK weights (see docs/pinn-wave.md)")
-    w.add_argument("problem", help="built-in problem: wave (Wang et al. 1D wave equation)")
+    w.add_argument("problem", help="built-in problem: wave (Wang et al. 1D wave equation) or qtensor (2D Q-tensor flow)")
     w.add_argument("--weights", choices=("none", "exact", "hutchinson", "pc"), default=None, help="default pc")
     w.add_argument("--exact-every", type=int, default=None, help="refresh exact weights every N steps (default 100)")
     w.add_argument("--steps", type=int, default=None, help="Adam steps (default 3000)")
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--gamma", type=float, default=None, help="predictor-corrector damping (default 0.1)")
     w.add_argument("--probes", dest="num_probes", type=int, default=None, help="probes per step (default 1)")
     w.add_argument("--config", default=None, help="JSON file with WaveConfig keys (flags override it)")
-    w.add_argument("--out", default="runs/wave", help="output directory (default runs/wave)")
+    w.add_argument("--out", default=None, help="output directory (default runs/PROBLEM)")
     w.add_argument("--compare", action="store_true", help="run none, exact/100, exact/1 and pc with the same seed")
     w.add_argument("--fd-bias", action="store_true", help="only run the finite-difference bias-vs-h experiment")
     w.add_argument("--x64", action="store_true", help="train in float64")
@@ -166,6 +166,7 @@ def run_pinn(args):
 
     if args.problem not in PROBLEMS:
         raise SystemExit(f"sketchtrace pinn: problem must be one of {sorted(PROBLEMS)}; got {args.problem!r}")
+    args.out = args.out or f"runs/{args.problem}"
     overrides = {
         "problem": args.problem,
         "weights": args.weights, "exact_every": args.exact_every, "steps": args.steps, "width": args.width,
