@@ -126,7 +126,7 @@ def xtrace_samples(xp, st, n, improved):
     return xp.trace(H) - hss + quad
 
 
-def xtrace(key, op, *, num_matvecs, test_vectors="improved", chunk_size=None, backend=None):
+def xtrace(key, op, *, num_matvecs, test_vectors="improved", chunk_size=None, backend=None, mesh=None):
     """XTrace estimate of ``tr(op)`` with a leave-one-out standard error.
 
     Uses ``k = num_matvecs // 2`` test vectors ``omega_i`` and spends ``2k``
@@ -152,6 +152,9 @@ def xtrace(key, op, *, num_matvecs, test_vectors="improved", chunk_size=None, ba
         the re-sphering correction of Epperly's thesis; ``"signs"``: Rademacher.
     chunk_size : int, optional
     backend : {"jax", "numba"}, optional
+    mesh : jax.sharding.Mesh, optional
+        Shard the test-vector (sketch) rows across the mesh's devices; the small dense
+        algebra runs replicated (see :func:`sketchtrace.make_mesh`).
 
     Returns
     -------
@@ -166,7 +169,7 @@ def xtrace(key, op, *, num_matvecs, test_vectors="improved", chunk_size=None, ba
     algorithms for matrix computations", PhD thesis, Caltech, 2025 (improved test vectors).
     """
     sampler, improved = resolve_test_vectors(test_vectors)
-    bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend)
+    bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend, mesh)
     if m >= n:
         return exact_estimate(bk, op, chunk_size, n)
     check_minimum(m, 4, "xtrace", "two test vectors, each applied with its basis vector")
@@ -292,7 +295,16 @@ def xnystrace_samples(xp, st, n, improved):
 
 
 def xnystrace(
-    key, op, *, num_matvecs, test_vectors="improved", check_psd=False, psd_rtol=None, chunk_size=None, backend=None
+    key,
+    op,
+    *,
+    num_matvecs,
+    test_vectors="improved",
+    check_psd=False,
+    psd_rtol=None,
+    chunk_size=None,
+    backend=None,
+    mesh=None,
 ):
     """XNysTrace estimate of ``tr(op)`` for symmetric positive semidefinite ``op``.
 
@@ -324,6 +336,9 @@ def xnystrace(
     psd_rtol : float, optional
     chunk_size : int, optional
     backend : {"jax", "numba"}, optional
+    mesh : jax.sharding.Mesh, optional
+        Shard the test-vector (sketch) rows across the mesh's devices; the small dense
+        algebra runs replicated (see :func:`sketchtrace.make_mesh`).
 
     Returns
     -------
@@ -339,7 +354,7 @@ def xnystrace(
     (the shifted Nystrom approximation).
     """
     sampler, improved = resolve_test_vectors(test_vectors)
-    bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend)
+    bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend, mesh)
     if m >= n:
         return exact_estimate(bk, op, chunk_size, n)
     check_minimum(m, 2, "xnystrace", "two test vectors for the leave-one-out")
