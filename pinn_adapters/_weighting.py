@@ -76,6 +76,7 @@ def ntk_weighting(
     init_method="exact",
     init_matvecs=None,
     chunk_size=256,
+    mesh=None,
 ):
     """NTK loss weights refreshed along training.
 
@@ -138,6 +139,13 @@ def ntk_weighting(
         ``init_matvecs`` Hutchinson probes.
     chunk_size : int
         Points per chunk for exact traces.
+    mesh : jax.sharding.Mesh, optional
+        Spread exact traces (collocation points) and Hutchinson traces (probes) over
+        the mesh's devices, see :func:`ntk_traces`; this includes the exact first
+        estimate of ``"pc"``. The pc correction itself (one probe) is not split; to
+        spread its residual evaluations over devices, place the batch's points with
+        ``jax.device_put(points, NamedSharding(mesh, PartitionSpec(axis)))`` and jit
+        ``update`` (XLA partitions the point axis).
 
     Notes
     -----
@@ -210,7 +218,9 @@ def ntk_weighting(
         return st.FiniteDifferenceGram(f, params, batch, h=h, scheme=fd, value=value)
 
     def exact_traces(params, batch):
-        est = ntk_traces(None, blocks, params, batch, method="exact", chunk_size=chunk_size, normalize="sum")
+        est = ntk_traces(
+            None, blocks, params, batch, method="exact", chunk_size=chunk_size, normalize="sum", mesh=mesh
+        )
         return {n: est[n].value for n in names}
 
     def init(key, params, batch):
@@ -227,7 +237,7 @@ def ntk_weighting(
         else:
             m = num_probes if estimator == "hutchinson" else init_matvecs
             est = ntk_traces(key, blocks, params, batch, method="hutchinson", num_matvecs=m, side=side,
-                             sampler=sampler, normalize="sum")
+                             sampler=sampler, normalize="sum", mesh=mesh)
             raw = {n: est[n].value for n in names}
         if dynamic:
             op0 = gram_op(params, batch, None)
@@ -251,7 +261,7 @@ def ntk_weighting(
             raw = exact_traces(params, batch)
         elif estimator == "hutchinson":
             est = ntk_traces(key, blocks, params, batch, method="hutchinson", num_matvecs=num_probes,
-                             side=side, sampler=sampler, normalize="sum")
+                             side=side, sampler=sampler, normalize="sum", mesh=mesh)
             raw = {n: est[n].value for n in names}
         elif estimator == "moving_average":
             est, pc_state = pc.update(key, state.pc, None, gram_op(params, batch, residuals))

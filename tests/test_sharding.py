@@ -139,6 +139,27 @@ def worker():  # pragma: no cover - runs in the subprocess
             f"ntk hutchinson {side}",
             lambda ms: pa.ntk_traces(key, blocks, params, batch, method="hutchinson", num_matvecs=5, side=side, mesh=ms),
         )
+    # NTK weighting: exact / Hutchinson refreshes and pc's exact first estimate take mesh=
+    p2 = jax.tree.map(lambda x: 1.01 * x, params)
+    for est in ("exact", "hutchinson", "pc"):
+
+        def weights(ms, est=est):
+            w = pa.ntk_weighting(blocks, estimator=est, num_probes=3, mesh=ms)
+            state = w.init(key, params, batch)
+            return state.weights, w.update(key, state, params, p2, batch)[0]
+
+        cmp(f"ntk_weighting {est}", weights, jit=False)
+    # pc with the points placed on the mesh (NamedSharding): XLA partitions the point axis
+    from sketchtrace._sharding import row_sharding
+
+    w = pa.ntk_weighting(blocks, estimator="pc", num_probes=1)
+    b4 = {"res": batch["res"][:8], "bc": batch["bc"][:4]}
+    update = jax.jit(lambda k, s, a, b, bt: w.update(k, s, a, b, bt)[0])
+    s0 = w.init(key, params, b4)
+    placed = jax.device_put(b4, row_sharding(mesh))
+    # (finite differences divide summation-order rounding by the step h ~ 1e-8: own tolerance)
+    rep["pc_sharded_points_rel"] = _maxrel(update(key, s0, params, p2, placed), update(key, s0, params, p2, b4))
+    rep["placed_points_sharded"] = len(placed["res"].sharding.device_set) == NUM_DEVICES
     rep["agree"] = agree
 
     # -- 2. the work is really distributed
@@ -236,7 +257,13 @@ def test_worker_sees_forced_devices(report):
 def test_sharded_equals_single_device(report):
     bad = {k: v for k, v in report["agree"].items() if not v <= RTOL}
     assert not bad, f"sharded and single-device results differ beyond summation order: {bad}"
-    assert len(report["agree"]) >= 20
+    assert len(report["agree"]) >= 23
+
+
+def test_pc_weighting_with_points_placed_on_the_mesh(report):
+    assert report["placed_points_sharded"]
+    # forward differences amplify rounding differences by 1/h (h ~ sqrt(eps) ~ 1e-8)
+    assert report["pc_sharded_points_rel"] <= 1e-6
 
 
 def test_agreement_check_detects_wrong_sharding(report):
