@@ -46,7 +46,8 @@ class TrainResult:
         Lists over log steps: ``step``, ``loss`` (weighted), ``block_loss`` (dict per
         block, unweighted), ``weights`` (dict), ``weight_error`` (max over blocks of
         ``|w - w_exact| / w_exact`` against exact weights at the same parameters, or
-        ``None``), ``avg_res_sq`` and ``avg_grad_sq`` (running averages of
+        ``None``), ``exact_weights`` (those exact weights, dict, or ``None``),
+        ``avg_res_sq`` and ``avg_grad_sq`` (running averages of
         ``||R||^2`` and ``||grad L||^2`` since step 0: the diagnostics of the
         convergence theorem), ``min_weight`` / ``max_weight`` (extremes seen so far),
         ``relative_l2`` (if the problem has an exact solution), ``time`` (seconds).
@@ -163,7 +164,8 @@ def _build(problem, w, optimizer, resample, reuse_residuals):
         if cfg.get("normalize") == "mean":
             traces = {n: traces[n] * rows[n] for n in names}
         est_w = ntk_weights(traces, **kw)
-        return jnp.max(jnp.stack([jnp.abs(est_w[n] - exact_w[n]) / exact_w[n] for n in names]))
+        err = jnp.max(jnp.stack([jnp.abs(est_w[n] - exact_w[n]) / exact_w[n] for n in names]))
+        return err, exact_w
 
     return step_fn, exact_weight_error
 
@@ -273,7 +275,7 @@ def train(
     def batch_at(raw_key, step):
         return problem.sample_batch(_keys_at(raw_key, step)[0]) if resample else batch0
 
-    history = {k: [] for k in ("step", "loss", "block_loss", "weights", "weight_error", "avg_res_sq",
+    history = {k: [] for k in ("step", "loss", "block_loss", "weights", "weight_error", "exact_weights", "avg_res_sq",
                                "avg_grad_sq", "min_weight", "max_weight", "relative_l2", "time")}
     history["loss_per_step"] = []
     bar = None
@@ -300,11 +302,13 @@ def train(
             history["loss"].append(loss_v)
             history["block_loss"].append({n: float(losses[n]) for n in names})
             history["weights"].append({n: float(weights[n]) for n in names})
-            err = None
+            err = exact_w = None
             if track_weight_error and w.config.get("estimator", "none") not in ("none", "exact"):
                 batch = batch_at(state.key, t - 1)
-                err = float(exact_weight_error(state.params_prev, batch, state.weighting.traces))
+                err, exact_w = exact_weight_error(state.params_prev, batch, state.weighting.traces)
+                err, exact_w = float(err), {n: float(exact_w[n]) for n in names}
             history["weight_error"].append(err)
+            history["exact_weights"].append(exact_w)
             history["avg_res_sq"].append(float(state.sum_res_sq) / t)
             history["avg_grad_sq"].append(float(state.sum_grad_sq) / t)
             history["min_weight"].append(float(state.min_weight))

@@ -33,6 +33,8 @@ def test_pinn_wave_writes_results_and_figures(weights, tmp_path, capsys):
     r = _check_results(out / "results.json", weights)
     if weights == "pc":
         assert r["metrics"]["median_weight_rel_error"] is not None
+        exact = r["history"]["exact_weights"][-1]
+        assert set(exact) == {"u", "u_t", "res"} and all(w > 0 for w in exact.values())
     assert "relative L2" in capsys.readouterr().out
 
 
