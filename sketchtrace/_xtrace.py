@@ -291,7 +291,9 @@ def xnystrace_samples(xp, st, n, improved):
         scale = (n - k + 1) * xp.diagonal(Ginv)
     else:
         scale = 1.0
-    return tr_hat - xp.sum(X * X, axis=0) / d + scale / d - nu * n
+    t = tr_hat - xp.sum(X * X, axis=0) / d + scale / d - nu * n
+    # A Omega = 0 (nu = 0, H = 0): the Nystrom approximation is exact (zero) and so is the trace
+    return xp.where(nu > 0, t, xp.zeros_like(t))
 
 
 def xnystrace(
