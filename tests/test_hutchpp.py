@@ -189,7 +189,7 @@ def test_jit_matches_eager_and_is_reproducible(fn):
 # ----------------------------------------------------------------------------- budgets
 
 
-@settings(max_examples=20)
+@settings(max_examples=10)
 @given(n=hst.integers(3, 25), m=hst.integers(3, 40))
 def test_budget_never_exceeded(n, m):
     A, _ = _matrix(n=n)
