@@ -1,0 +1,361 @@
+"""One-run performance report: medians and ratios measured side by side, interleaved.
+
+Run: ``python benchmarks/report.py [--quick] [--out benchmarks/results/report.md]``
+
+Sections (issue 8):
+
+1. JAX (jit) Hutchinson and XTrace against the bare probe matvecs they perform and against
+   matfree's Hutchinson (``estimator_monte_carlo`` + ``monte_carlo_trace``) and XTrace
+   (``estimator_leave_one_out`` + ``leave_one_out_xtrace``) at the same budget on the same
+   operator: a dense 3000 x 3000 matrix and the JVP operator of an MLP.
+   Targets: Hutchinson / bare <= 1.1, Hutchinson / matfree <= 1.0, XTrace / matfree <= 1.0.
+2. The numba backend against the plain SciPy path on a large CSR matrix (the problem of
+   ``benchmarks/numba_vs_scipy.py``). Target: SciPy / numba >= 1.5.
+3. Per-step cost of pc and exact NTK weights relative to one jitted training step (the setup
+   of ``benchmarks/ntk_cost.py``). Target: pc <= 0.3 steps.
+4. Peak temporary memory (XLA memory analysis) of chunked against unchunked probes (from
+   ``benchmarks/hutchinson_overhead.py``).
+
+Every contender in a section is compiled / warmed up first, then the contenders are called in
+turn, repeat by repeat (interleaved), and medians are compared, so machine load affects all of
+them alike. The load average is printed before and after each section. The markdown report is
+written to ``--out`` and echoed to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import sketchtrace as st  # noqa: E402
+
+TARGETS = {
+    "hutch_bare": ("<=", 1.1),
+    "hutch_matfree": ("<=", 1.0),
+    "xtrace_matfree": ("<=", 1.0),
+    "scipy_numba": (">=", 1.5),
+    "pc_step": ("<=", 0.3),
+}
+NOISE = 0.05  # ratios within 5 % of a target are counted as meeting it "within noise"
+
+
+def load():
+    return os.getloadavg()[0]
+
+
+def interleaved(contenders, repeats, warmup=2):
+    """Median seconds per contender; every call is blocked on; contenders alternate each repeat."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            jax.block_until_ready(fn())
+    times = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def verdict(kind, ratio):
+    op, target = TARGETS[kind]
+    if op == "<=":
+        if ratio <= target:
+            return "meets"
+        return "meets (within noise)" if ratio <= target * (1 + NOISE) else "MISSES"
+    if ratio >= target:
+        return "meets"
+    return "meets (within noise)" if ratio >= target * (1 - NOISE) else "MISSES"
+
+
+# ----------------------------------------------------------------------------- section 1
+
+
+def _matfree_fns(x_like, k):
+    from matfree import stochtrace as mf
+
+    hutch = mf.estimator_monte_carlo(mf.monte_carlo_trace(), mf.sampler_signs(x_like, num=k))
+    xtr = mf.estimator_leave_one_out(mf.leave_one_out_xtrace(), mf.sampler_sphere(x_like, num=k // 2))
+    return hutch, xtr
+
+
+def _mlp(n, width, depth, seed=0):
+    keys = jax.random.split(jax.random.key(seed), depth + 1)
+    dims = [n] + [width] * depth + [n]
+    Ws = [jax.random.normal(kk, (dims[i + 1], dims[i]), jnp.float32) / np.sqrt(dims[i]) for i, kk in enumerate(keys)]
+
+    def f(x):
+        for W in Ws[:-1]:
+            x = jnp.tanh(W @ x)
+        return Ws[-1] @ x
+
+    return f
+
+
+def estimator_section(n_dense, n_mlp, width, k, repeats, rows):
+    """Hutchinson and XTrace (k matvecs each) vs bare matvecs vs matfree on two operators."""
+    out = []
+    key = jax.random.key(0)
+    A = jnp.asarray(np.random.default_rng(0).standard_normal((n_dense, n_dense)), dtype=jnp.float32)
+    A = (A + A.T) / 2
+    f = _mlp(n_mlp, width, depth=2)
+    x0 = jax.random.normal(jax.random.key(3), (n_mlp,), jnp.float32)
+
+    cases = {
+        f"dense {n_dense} x {n_dense}": dict(
+            op=lambda a: st.as_operator(a), arg=A, matvec=lambda a: (lambda v: a @ v),
+            bare=lambda a, V: V @ a.T, x_like=jnp.zeros(n_dense, jnp.float32), n=n_dense),
+        f"JVP of MLP {n_mlp}-{width}-{width}-{n_mlp}": dict(
+            op=lambda x: st.JacobianOperator(f, x), arg=x0,
+            matvec=lambda x: (lambda v: jax.jvp(f, (x,), (v,))[1]),
+            bare=lambda x, V: jax.vmap(jax.linearize(f, x)[1])(V),
+            x_like=jnp.zeros(n_mlp, jnp.float32), n=n_mlp),
+    }
+    for name, c in cases.items():
+        mf_hutch, mf_xtrace = _matfree_fns(c["x_like"], k)
+        opf, mv, bare_fn = c["op"], c["matvec"], c["bare"]
+        V = jax.random.rademacher(jax.random.key(1), (k, c["n"]), dtype=jnp.float32)
+        V1, V2 = V[: k // 2], V[k // 2:]
+        arg = c["arg"]
+        contenders = {
+            "ours hutchinson": (jax.jit(lambda kk, a: st.hutchinson(kk, opf(a), num_matvecs=k).value), (key, arg)),
+            "bare matvecs (k probes)": (jax.jit(bare_fn), (arg, V)),
+            "matfree hutchinson": (jax.jit(lambda kk, a: mf_hutch(mv(a), kk)), (key, arg)),
+            "ours xtrace": (jax.jit(lambda kk, a: st.xtrace(kk, opf(a), num_matvecs=k).value), (key, arg)),
+            # XTrace's products: A Omega, then A Q (dependent), k/2 rows each
+            "bare matvecs (2 x k/2 probes)": (jax.jit(lambda a, v1, v2: bare_fn(a, bare_fn(a, v1) + v2)), (arg, V1, V2)),
+            "matfree xtrace": (jax.jit(lambda kk, a: mf_xtrace(mv(a), kk)), (key, arg)),
+        }
+        la = load()
+        med = interleaved({nm: (lambda fn=fn, a=a: fn(*a)) for nm, (fn, a) in contenders.items()}, repeats)
+        lb = load()
+        h, x = med["ours hutchinson"], med["ours xtrace"]
+        r = {
+            "hutch_bare": h / med["bare matvecs (k probes)"],
+            "hutch_matfree": h / med["matfree hutchinson"],
+            "xtrace_bare": x / med["bare matvecs (2 x k/2 probes)"],
+            "xtrace_matfree": x / med["matfree xtrace"],
+        }
+        out.append((name, med, r, la, lb))
+        rows.append((f"Hutchinson / bare matvecs, {name}", r["hutch_bare"], "hutch_bare"))
+        rows.append((f"Hutchinson / matfree Hutchinson, {name}", r["hutch_matfree"], "hutch_matfree"))
+        rows.append((f"XTrace / matfree XTrace, {name}", r["xtrace_matfree"], "xtrace_matfree"))
+    lines = [f"## 1. JAX estimators (jit, float32, {k} matvecs, {repeats} interleaved repeats)", ""]
+    lines += ["XTrace: ours with `num_matvecs=k` and matfree's `leave_one_out_xtrace` with k/2 sphere samples "
+              "both spend k matvecs (A Omega, then A Q). Bare matvecs: the same products on pre-drawn probes.", ""]
+    for name, med, r, la, lb in out:
+        lines += [f"### {name} (load average {la:.1f} -> {lb:.1f})", "", "| contender | median ms |", "|---|---|"]
+        lines += [f"| {nm} | {t * 1e3:.3f} |" for nm, t in med.items()]
+        lines += ["", "| ratio | value |", "|---|---|"]
+        lines += [f"| {nm} | {v:.3f} |" for nm, v in r.items()]
+        lines.append("")
+    return lines
+
+
+# ----------------------------------------------------------------------------- section 2
+
+
+def numba_section(n, k, repeats, rows):
+    from numba_vs_scipy import scipy_path, symmetric_csr
+
+    import numba
+
+    C = symmetric_csr(n)
+    op = st.as_operator(C)
+    contenders = {
+        "numba hutchinson (ours, end to end)": lambda: st.hutchinson(np.random.default_rng(1), op, num_matvecs=k).value,
+        "scipy path (draw V, C @ V, einsum)": lambda: scipy_path(C, k, np.random.default_rng(1)),
+    }
+    la = load()
+    med = interleaved(contenders, repeats, warmup=1)
+    lb = load()
+    ratio = med["scipy path (draw V, C @ V, einsum)"] / med["numba hutchinson (ours, end to end)"]
+    rows.append((f"SciPy path / numba Hutchinson, CSR n={n:,}", ratio, "scipy_numba"))
+    lines = [f"## 2. numba backend vs plain SciPy (CSR n = {n:,}, nnz = {C.nnz:,}, {k} Rademacher probes, "
+             f"float64, {repeats} interleaved repeats, NUMBA_NUM_THREADS = {numba.get_num_threads()}, "
+             f"load average {la:.1f} -> {lb:.1f})", "", "| contender | median ms |", "|---|---|"]
+    lines += [f"| {nm} | {t * 1e3:.2f} |" for nm, t in med.items()]
+    lines += ["", f"SciPy / numba: **{ratio:.2f}x** (target >= 1.5x)", ""]
+    return lines
+
+
+# ----------------------------------------------------------------------------- section 3
+
+
+EVERY2 = "pc (forward differences, 1 probe, every=2; per update)"
+
+
+def ntk_section(width, n_res, n_bc, k, repeats, rows):
+    import optax
+    from ntk_cost import step_and_residuals
+
+    import pinn_adapters as pa
+
+    prob = pa.problems.wave1d(layers=(2, width, width, width, 1), n_res=n_res, n_bc=n_bc, dtype=jnp.float32)
+    key = jax.random.key(0)
+    params = prob.init_params(key)
+    p1 = jax.tree.map(lambda a: a * 1.001, params)
+    batch = prob.sample_batch(jax.random.key(1))
+    opt = optax.adam(1e-3)
+    step = step_and_residuals(prob, opt)
+    w1 = {nm: jnp.float32(1.0) for nm in prob.blocks.names}
+    opt_state = opt.init(params)
+    R = prob.blocks.residuals(params, batch)
+    R1 = prob.blocks.residuals(p1, batch)
+    residuals = jax.jit(prob.blocks.residuals)
+    contenders = {
+        "training step (residuals, VJP, Adam)": lambda: step(params, opt_state, batch, w1),
+        "one residual evaluation (forward pass)": lambda: residuals(p1, batch),
+    }
+    configs = {
+        "pc (forward differences, 1 probe)": ("pc", dict(fd="forward")),
+        "pc (jvp, 1 probe)": ("pc", dict(fd="jvp")),
+        f"hutchinson ({k} probes)": ("hutchinson", dict(num_probes=k)),
+        "exact (chunked per-point gradients)": ("exact", dict(chunk_size=128)),
+    }
+    for nm, (est, kw) in configs.items():
+        w = pa.ntk_weighting(prob.blocks, estimator=est, **kw)
+        s = w.init(key, params, batch)
+        upd = jax.jit(lambda kk, s, a, b, bt, r, rp, w=w: w.update(kk, s, a, b, bt, residuals=r, residuals_prev=rp))
+        contenders[nm] = lambda upd=upd, s=s: upd(key, s, params, p1, batch, R1, R)
+    # refresh every second step: two consecutive updates (one refresh, one skip), halved below
+    w2 = pa.ntk_weighting(prob.blocks, estimator="pc", fd="forward", every=2)
+    s2 = w2.init(key, params, batch)
+    upd2 = jax.jit(lambda kk, s, a, b, bt, r, rp: w2.update(kk, s, a, b, bt, residuals=r, residuals_prev=rp))
+
+    def two_updates():
+        _, s = upd2(key, s2, params, p1, batch, R1, R)
+        return upd2(key, s, p1, params, batch, R, R1)
+
+    contenders[EVERY2] = two_updates
+    la = load()
+    med = interleaved(contenders, repeats)
+    lb = load()
+    med[EVERY2] /= 2
+    t_step = med["training step (residuals, VJP, Adam)"]
+    t_res = med["one residual evaluation (forward pass)"]
+    npar = sum(x.size for x in jax.tree.leaves(params))
+    lines = [f"## 3. NTK weight update cost per training step (wave1d, MLP 2-{width}-{width}-{width}-1, {npar} "
+             f"parameters, {n_res} + 4 x {n_bc} points, float32, jit, {repeats} interleaved repeats, "
+             f"load average {la:.1f} -> {lb:.1f})", "", "| contender | median ms | / training step |", "|---|---|---|"]
+    for nm, t in med.items():
+        lines.append(f"| {nm} | {t * 1e3:.3f} | {t / t_step:.3f} |")
+    rows.append(("pc weights (forward differences) / training step", med["pc (forward differences, 1 probe)"] / t_step,
+                 "pc_step"))
+    rows.append(("pc weights refreshed every 2nd step (per step) / training step", med[EVERY2] / t_step, "pc_step"))
+    rows.append(("exact weights / training step", med["exact (chunked per-point gradients)"] / t_step, None))
+    pc = med["pc (forward differences, 1 probe)"]
+    lines += ["", f"One probe of pc with forward differences costs two residual evaluations (at `params_prev + h v` "
+              f"and `params + h v`; the unperturbed residuals come from the training step): its floor is "
+              f"2 x {t_res * 1e3:.3f} ms = {2 * t_res / t_step:.3f} training steps; measured pc / that floor = "
+              f"{pc / (2 * t_res):.2f}. The training step itself costs {t_step / t_res:.1f} residual evaluations.", ""]
+    return lines
+
+
+# ----------------------------------------------------------------------------- section 4
+
+
+def memory_section(n, probes, chunk):
+    from hutchinson_overhead import memory
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        mem = memory(n=n, probes=probes, chunk=chunk)
+    block = probes * n * 4 / 2**20
+    lines = [f"## 4. Peak temporary memory, chunked vs unchunked probes (matrix-free tridiagonal operator, "
+             f"n = {n:,}, {probes} probes, float32; XLA compiled memory analysis)", "",
+             "| configuration | XLA temp MiB |", "|---|---|",
+             f"| no chunk_size | {mem[None] / 2**20:.1f} |", f"| chunk_size = {chunk} | {mem[chunk] / 2**20:.1f} |",
+             f"| (one {probes} x n probe block) | {block:.1f} |", "",
+             f"unchunked / chunked: **{mem[None] / max(mem[chunk], 1):.1f}x**", ""]
+    return lines
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def machine():
+    import matfree
+    import numba
+    import scipy
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        from importlib.metadata import version
+
+        mf_version = version("matfree")
+    except Exception:  # pragma: no cover
+        mf_version = getattr(matfree, "__version__", "?")
+    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; python "
+            f"{platform.python_version()}, jax {jax.__version__} ({jax.devices()[0].platform}), numba "
+            f"{numba.__version__}, numpy {np.__version__}, scipy {scipy.__version__}, matfree {mf_version}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run, seconds)")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "report.md"))
+    args = ap.parse_args(argv)
+    if args.quick:
+        sizes = dict(n_dense=300, n_mlp=64, width=64, k=16, n_csr=20_000, res=(32, 100, 25), mem=(100_000, 64, 8))
+        repeats = args.repeats or 5
+    else:
+        sizes = dict(n_dense=3000, n_mlp=1000, width=1000, k=64, n_csr=400_000, res=(128, 1200, 400),
+                     mem=(1_000_000, 256, 16))
+        repeats = args.repeats or 21
+    t0 = time.perf_counter()
+    rows = []
+    lines = ["# Performance report", "",
+             f"Generated by `python benchmarks/report.py{' --quick' if args.quick else ''}` on "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
+             f"Machine: {machine()}.", "",
+             f"Load average at start: {', '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min). Other "
+             "processes may share the cores: every section interleaves its contenders and compares medians, "
+             "so ratios are more reliable than absolute times.", ""]
+    body = []
+    body += estimator_section(sizes["n_dense"], sizes["n_mlp"], sizes["width"], sizes["k"], 3 * repeats, rows)
+    body += numba_section(sizes["n_csr"], 64 if not args.quick else 16, max(5, repeats // 3), rows)
+    body += ntk_section(*sizes["res"], k=8, repeats=repeats, rows=rows)
+    body += memory_section(*sizes["mem"])
+    lines += ["## Headline ratios", "", "| ratio | value | target | verdict |", "|---|---|---|---|"]
+    for name, value, kind in rows:
+        if kind is None:
+            lines.append(f"| {name} | {value:.3f} | - | (no target) |")
+        else:
+            op, target = TARGETS[kind]
+            lines.append(f"| {name} | {value:.3f} | {op} {target} | {verdict(kind, value)} |")
+    lines += [""] + body
+    lines.append(f"Total report time {time.perf_counter() - t0:.0f} s; load average at end "
+                 f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}.")
+    text = "\n".join(lines) + "\n"
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as fh:
+        fh.write(text)
+    print(text)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
