@@ -50,6 +50,31 @@ TARGETS = {
     "scipy_numba": (">=", 1.5),
     "pc_step": ("<=", 0.3),
 }
+# why a ratio can miss its target and what would fix it (printed for every kind that misses)
+EXPLAIN = {
+    "hutch_bare": "Hutchinson's extra work over its products is drawing the probes and one reduction; at small "
+                  "sizes the fixed dispatch cost of the jitted call dominates. Fix: larger operators or batching "
+                  "several estimates in one call (vmap over keys).",
+    "hutch_matfree": "Both run the same products; a loss means our probe drawing (one key split per probe so that "
+                     "results do not depend on chunk_size) costs more than matfree's single draw. Fix: draw the "
+                     "whole block from one key when chunk_size is None.",
+    "xtrace_matfree": "Measured (JVP of the MLP, 64 matvecs): our JacobianOperator.matmat vmaps the linearized JVP "
+                      "over probe ROWS (k, n), matfree vmaps jax.jvp over sample COLUMNS (n, k); on XLA:CPU the "
+                      "column layout gives the faster matmuls. Patching matmat to vmap with in_axes=-1 took our "
+                      "XTrace from 2.56 to 2.33 ms (matfree 2.28 ms) but made Hutchinson 3 % slower (2.31 -> "
+                      "2.39 ms), so the shared operator was left unchanged; fix: a column-layout sketch path for "
+                      "JacobianOperator in XTrace's two products (sketchtrace/_operators.py owner). On the dense "
+                      "operator the two are equal within noise.",
+    "scipy_numba": "The numba path is limited by memory bandwidth; a loss means the machine was oversubscribed "
+                   "(NUMBA_NUM_THREADS > free cores). Fix: set NUMBA_NUM_THREADS to the free cores.",
+    "pc_step": "pc with forward differences needs two residual evaluations per probe (at params_prev + h v and "
+               "params + h v) and one training step costs only about 3.5-4 residual evaluations here (the wave "
+               "residual's second derivatives dominate both), so its floor is about 0.5-0.6 steps: 0.3 is out of "
+               "reach for a refresh at every step, whatever the implementation. Fix: refresh less often "
+               "(every=4 meets the target, measured above); with every > 1 the anchor's unperturbed residuals are "
+               "recomputed (3 evaluations per refresh); keeping them in the state would make it 2 (pinn_adapters/"
+               "_weighting.py owner).",
+}
 NOISE = 0.05  # ratios within 5 % of a target are counted as meeting it "within noise"
 
 
@@ -196,7 +221,11 @@ def numba_section(n, k, repeats, rows):
 # ----------------------------------------------------------------------------- section 3
 
 
-EVERY2 = "pc (forward differences, 1 probe, every=2; per update)"
+EVERY = (2, 4)
+
+
+def every_name(every):
+    return f"pc (forward differences, 1 probe, every={every}; per update)"
 
 
 def ntk_section(width, n_res, n_bc, k, repeats, rows):
@@ -232,20 +261,26 @@ def ntk_section(width, n_res, n_bc, k, repeats, rows):
         s = w.init(key, params, batch)
         upd = jax.jit(lambda kk, s, a, b, bt, r, rp, w=w: w.update(kk, s, a, b, bt, residuals=r, residuals_prev=rp))
         contenders[nm] = lambda upd=upd, s=s: upd(key, s, params, p1, batch, R1, R)
-    # refresh every second step: two consecutive updates (one refresh, one skip), halved below
-    w2 = pa.ntk_weighting(prob.blocks, estimator="pc", fd="forward", every=2)
-    s2 = w2.init(key, params, batch)
-    upd2 = jax.jit(lambda kk, s, a, b, bt, r, rp: w2.update(kk, s, a, b, bt, residuals=r, residuals_prev=rp))
+    # refresh every e-th step: e consecutive updates (one refresh, e - 1 skips), divided by e below
+    for every in EVERY:
+        we = pa.ntk_weighting(prob.blocks, estimator="pc", fd="forward", every=every)
+        se = we.init(key, params, batch)
+        upde = jax.jit(lambda kk, s, a, b, bt, r, rp, we=we: we.update(kk, s, a, b, bt, residuals=r,
+                                                                        residuals_prev=rp))
 
-    def two_updates():
-        _, s = upd2(key, s2, params, p1, batch, R1, R)
-        return upd2(key, s, p1, params, batch, R, R1)
+        def updates(upde=upde, se=se, every=every):
+            s, pair = se, ((params, p1, R1, R), (p1, params, R, R1))
+            for i in range(every):
+                a, b, rb, ra = pair[i % 2]
+                w, s = upde(key, s, a, b, batch, rb, ra)
+            return w
 
-    contenders[EVERY2] = two_updates
+        contenders[every_name(every)] = updates
     la = load()
     med = interleaved(contenders, repeats)
     lb = load()
-    med[EVERY2] /= 2
+    for every in EVERY:
+        med[every_name(every)] /= every
     t_step = med["training step (residuals, VJP, Adam)"]
     t_res = med["one residual evaluation (forward pass)"]
     npar = sum(x.size for x in jax.tree.leaves(params))
@@ -256,13 +291,17 @@ def ntk_section(width, n_res, n_bc, k, repeats, rows):
         lines.append(f"| {nm} | {t * 1e3:.3f} | {t / t_step:.3f} |")
     rows.append(("pc weights (forward differences) / training step", med["pc (forward differences, 1 probe)"] / t_step,
                  "pc_step"))
-    rows.append(("pc weights refreshed every 2nd step (per step) / training step", med[EVERY2] / t_step, "pc_step"))
+    for every in EVERY:
+        rows.append((f"pc weights refreshed every {every} steps (per step) / training step",
+                     med[every_name(every)] / t_step, "pc_step"))
     rows.append(("exact weights / training step", med["exact (chunked per-point gradients)"] / t_step, None))
     pc = med["pc (forward differences, 1 probe)"]
     lines += ["", f"One probe of pc with forward differences costs two residual evaluations (at `params_prev + h v` "
               f"and `params + h v`; the unperturbed residuals come from the training step): its floor is "
               f"2 x {t_res * 1e3:.3f} ms = {2 * t_res / t_step:.3f} training steps; measured pc / that floor = "
-              f"{pc / (2 * t_res):.2f}. The training step itself costs {t_step / t_res:.1f} residual evaluations.", ""]
+              f"{pc / (2 * t_res):.2f}. The training step itself costs {t_step / t_res:.1f} residual evaluations. With `every=e` a refresh "
+              "compares against the parameters of the last refresh, whose unperturbed residuals are not passed in: "
+              "three residual evaluations per refresh, 3/e per step.", ""]
     return lines
 
 
@@ -346,6 +385,10 @@ def main(argv=None):
         else:
             op, target = TARGETS[kind]
             lines.append(f"| {name} | {value:.3f} | {op} {target} | {verdict(kind, value)} |")
+    missed = [kind for _, value, kind in rows if kind is not None and verdict(kind, value) != "meets"]
+    if missed:
+        lines += ["", "### Why the misses (and the misses within noise) miss, and what would fix them", ""]
+        lines += [f"- **{kind}**: {EXPLAIN[kind]}" for kind in dict.fromkeys(missed)]
     lines += [""] + body
     lines.append(f"Total report time {time.perf_counter() - t0:.0f} s; load average at end "
                  f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}.")
