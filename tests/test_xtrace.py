@@ -279,11 +279,6 @@ def _accuracy_module():
     return mod
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(
-    __import__("os").environ.get("SKETCHTRACE_ACCURACY_TEST") != "1",
-    reason="set SKETCHTRACE_ACCURACY_TEST=1: hung (low CPU, likely an XLA CPU deadlock under lax.map) in the full file run on the shared machine; passes alone",
-)
 @pytest.mark.parametrize(
     "spectrum,method,m",
     [
