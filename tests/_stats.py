@@ -45,3 +45,15 @@ def variance_ratio_bounds(num_trials, *, z=5.0, kurtosis=10.0):
     """
     rel = z * math.sqrt((kurtosis - 1.0) / num_trials)
     return max(0.0, 1.0 - rel), 1.0 + rel
+
+
+def map_keys(fn, keys):
+    """``fn`` over a batch of keys, compiled, one key at a time (``lax.map``).
+
+    Used instead of ``jax.vmap`` for estimators that call LAPACK (QR, Cholesky, eigh, solves):
+    jaxlib 0.10.2 can deadlock on a 2-core CPU when two batched LAPACK kernels run at the same
+    time (each waits on the same two-thread pool). Unbatched calls inside a loop do not.
+    """
+    import jax
+
+    return jax.jit(lambda ks: jax.lax.map(fn, ks))(keys)

@@ -24,6 +24,7 @@ import sketchtrace as st
 from sketchtrace.testing import check_unbiased
 
 from _stats import assert_mean_within, qform_variance, variance_ratio_bounds
+from _stats import map_keys
 
 numba = pytest.importorskip("numba")
 
@@ -309,7 +310,7 @@ def _once(bk, fn, key):
 def _many(bk, fn, trials, seed=77):
     if bk.name == "jax":
         keys = jax.random.split(jax.random.key(seed), trials)
-        est = jax.jit(jax.vmap(fn))(keys)
+        est = map_keys(fn, keys)
         return np.asarray(est.value), np.asarray(est.sem)
     out = [fn(r) for r in np.random.default_rng(seed).spawn(trials)]
     return np.array([float(e.value) for e in out]), np.array([float(e.sem) for e in out])

@@ -9,11 +9,12 @@ import sketchtrace as st
 from sketchtrace._backend import JaxBackend
 
 from test_hutchpp import Counting, _jac_case, _matrix, _mlp
+from _stats import map_keys
 
 
 def _runs(method, A, m, trials, seed=0):
     keys = jax.random.split(jax.random.key(seed), trials)
-    return jax.jit(jax.vmap(lambda k: st.diagonal(k, jnp.asarray(A), num_matvecs=m, method=method)))(keys)
+    return map_keys(lambda k: st.diagonal(k, jnp.asarray(A), num_matvecs=m, method=method), keys)
 
 
 def _max_z(vals, truth):
@@ -43,7 +44,7 @@ def test_unbiasedness_check_fails_on_biased_variant():
         V = JaxBackend.probes(k, 6, 20, jnp.float64, "rademacher")
         return jnp.sum(V * (V @ jnp.asarray(A).T), axis=0) / 7.0
 
-    vals = jax.jit(jax.vmap(biased))(keys)
+    vals = map_keys(biased, keys)
     assert _max_z(vals, np.diag(A)) > Z_MAX
 
 

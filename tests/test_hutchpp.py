@@ -11,6 +11,7 @@ import sketchtrace as st
 from sketchtrace._backend import JaxBackend
 from sketchtrace._hutchpp import hutchpp_split, na_hutchpp_split
 from sketchtrace.testing import check_unbiased
+from _stats import map_keys
 
 N = 30
 
@@ -25,7 +26,7 @@ def _matrix(n=N, decay=0.85, seed=0, shift=0.0):
 
 def _many(fn, op, m, trials, seed=7, **kw):
     keys = jax.random.split(jax.random.key(seed), trials)
-    return jax.jit(jax.vmap(lambda k: fn(k, op, num_matvecs=m, **kw)))(keys)
+    return map_keys(lambda k: fn(k, op, num_matvecs=m, **kw), keys)
 
 
 class Counting(st.LinearOperator):
@@ -71,7 +72,7 @@ def _biased_hutchpp(key, A, m):
 def test_unbiasedness_check_fails_on_biased_variant():
     A, tr = _matrix()
     keys = jax.random.split(jax.random.key(7), 3000)
-    vals = jax.jit(jax.vmap(lambda k: _biased_hutchpp(k, jnp.asarray(A), 9)))(keys)
+    vals = map_keys(lambda k: _biased_hutchpp(k, jnp.asarray(A), 9), keys)
     rep = check_unbiased(np.asarray(vals), tr)
     assert not rep.passed, rep.describe(tr)
 
@@ -167,7 +168,7 @@ def test_block_traces_hutchpp_unbiased_per_block():
     A, _ = _matrix(n=20, decay=0.9)
     op = st.as_operator(jnp.asarray(A), blocks={"a": 8, "b": 12})
     keys = jax.random.split(jax.random.key(3), 2000)
-    res = jax.jit(jax.vmap(lambda k: st.block_traces(k, op, num_matvecs=7, method="hutchpp")))(keys)
+    res = map_keys(lambda k: st.block_traces(k, op, num_matvecs=7, method="hutchpp"), keys)
     for name, (a, b) in {"a": (0, 8), "b": (8, 20)}.items():
         truth = float(np.trace(A[a:b, a:b]))
         rep = check_unbiased(np.asarray(res[name].value), truth)
