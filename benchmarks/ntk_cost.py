@@ -38,6 +38,22 @@ def median_time(fn, *args, repeats):
     return float(np.median(ts))
 
 
+def wave_setup(width, n_res, n_bc):
+    """The wave problem at one size: problem, key, params, nearby params, batch, Adam, compiled
+    training step, unit weights and the residuals at both parameter points."""
+    prob = pa.problems.wave1d(layers=(2, width, width, width, 1), n_res=n_res, n_bc=n_bc, dtype=jnp.float32)
+    key = jax.random.key(0)
+    params = prob.init_params(key)
+    p1 = jax.tree.map(lambda a: a * 1.001, params)
+    batch = prob.sample_batch(jax.random.key(1))
+    opt = optax.adam(1e-3)
+    step = step_and_residuals(prob, opt)
+    w1 = {n: jnp.float32(1.0) for n in prob.blocks.names}
+    R = prob.blocks.residuals(params, batch)
+    R1 = prob.blocks.residuals(p1, batch)
+    return prob, key, params, p1, batch, opt, step, w1, R, R1
+
+
 def step_and_residuals(prob, opt):
     blocks = prob.blocks
 
@@ -58,17 +74,8 @@ def cost_table(widths, sizes, k, repeats):
     print("|---|---|---|---|---|---|---|---|")
     for width in widths:
         for n_res, n_bc in sizes:
-            prob = pa.problems.wave1d(layers=(2, width, width, width, 1), n_res=n_res, n_bc=n_bc, dtype=jnp.float32)
-            key = jax.random.key(0)
-            params = prob.init_params(key)
-            p1 = jax.tree.map(lambda a: a * 1.001, params)
-            batch = prob.sample_batch(jax.random.key(1))
-            opt = optax.adam(1e-3)
-            step = step_and_residuals(prob, opt)
-            w1 = {n: jnp.float32(1.0) for n in prob.blocks.names}
+            prob, key, params, p1, batch, opt, step, w1, R, R1 = wave_setup(width, n_res, n_bc)
             t_step = median_time(step, params, opt.init(params), batch, w1, repeats=repeats)
-            R = prob.blocks.residuals(params, batch)
-            R1 = prob.blocks.residuals(p1, batch)
             row = []
             for est, kw in [("exact", dict(chunk_size=128)), ("hutchinson", dict(num_probes=k)),
                             ("pc", dict(fd="forward")), ("pc", dict(fd="jvp"))]:

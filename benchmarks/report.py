@@ -229,22 +229,12 @@ def every_name(every):
 
 
 def ntk_section(width, n_res, n_bc, k, repeats, rows):
-    import optax
-    from ntk_cost import step_and_residuals
+    from ntk_cost import wave_setup
 
     import pinn_adapters as pa
 
-    prob = pa.problems.wave1d(layers=(2, width, width, width, 1), n_res=n_res, n_bc=n_bc, dtype=jnp.float32)
-    key = jax.random.key(0)
-    params = prob.init_params(key)
-    p1 = jax.tree.map(lambda a: a * 1.001, params)
-    batch = prob.sample_batch(jax.random.key(1))
-    opt = optax.adam(1e-3)
-    step = step_and_residuals(prob, opt)
-    w1 = {nm: jnp.float32(1.0) for nm in prob.blocks.names}
+    prob, key, params, p1, batch, opt, step, w1, R, R1 = wave_setup(width, n_res, n_bc)
     opt_state = opt.init(params)
-    R = prob.blocks.residuals(params, batch)
-    R1 = prob.blocks.residuals(p1, batch)
     residuals = jax.jit(prob.blocks.residuals)
     contenders = {
         "training step (residuals, VJP, Adam)": lambda: step(params, opt_state, batch, w1),

@@ -328,6 +328,14 @@ def _chunks(num, chunk_size):
 # ----------------------------------------------------------------------------- backend
 
 
+
+def _over_row_chunks(fn, op, V, chunk_size):
+    """``fn(op, rows)`` over consecutive chunks of the probe rows ``V``, concatenated."""
+    op = _prepare(op)
+    V = _as_probe_rows(V, op)
+    parts = [fn(op, V[lo:hi]) for lo, hi in _chunks(V.shape[0], chunk_size)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
 class NumbaBackend:
     """The CPU backend (NumPy arrays, numba kernels); same interface as ``JaxBackend``."""
 
@@ -387,18 +395,12 @@ class NumbaBackend:
     @staticmethod
     def matmat(op, V, chunk_size=None):
         """Apply ``op`` to the rows of ``V`` (k, n): returns ``(k, m)``."""
-        op = _prepare(op)
-        V = _as_probe_rows(V, op)
-        parts = [_matmat_rows(op, V[lo:hi]) for lo, hi in _chunks(V.shape[0], chunk_size)]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        return _over_row_chunks(_matmat_rows, op, V, chunk_size)
 
     @staticmethod
     def quad_forms_of(op, V, chunk_size=None):
         """Per-block quadratic forms ``(k, B)`` of the given probe rows ``V`` (k, n); one matvec per row."""
-        op = _prepare(op)
-        V = _as_probe_rows(V, op)
-        parts = [_quad_rows(op, V[lo:hi]) for lo, hi in _chunks(V.shape[0], chunk_size)]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        return _over_row_chunks(_quad_rows, op, V, chunk_size)
 
     @staticmethod
     def check_finite(name, x):

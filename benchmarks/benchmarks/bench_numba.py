@@ -7,6 +7,7 @@ numba compilation is timed.
 """
 
 import os
+import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -15,16 +16,9 @@ import scipy.sparse as sp
 
 import sketchtrace as st
 
-
-def _symmetric_csr(n, per_row=10, seed=0):
-    rng = np.random.default_rng(seed)
-    R = sp.coo_matrix(
-        (rng.standard_normal(per_row * n), (np.repeat(np.arange(n), per_row), rng.integers(0, n, per_row * n))),
-        shape=(n, n),
-    )
-    C = (R + R.T).tocsr()
-    C.sum_duplicates()
-    return C
+# the matrix generator lives with the side-by-side script (benchmarks/numba_vs_scipy.py)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from numba_vs_scipy import symmetric_csr as _symmetric_csr  # noqa: E402
 
 
 def _scipy_path(C, k, rng):
