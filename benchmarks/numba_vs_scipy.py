@@ -34,8 +34,8 @@ import scipy.sparse as sp  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
 import sketchtrace as st  # noqa: E402
-from sketchtrace import _numba_kernels as K  # noqa: E402
-from sketchtrace._numba_backend import NumbaBackend  # noqa: E402
+from sketchtrace.backends import _numba_kernels as K  # noqa: E402
+from sketchtrace.backends._numba import NumbaBackend  # noqa: E402
 
 
 def symmetric_csr(n, per_row=10, seed=0):

@@ -7,7 +7,7 @@ functions that need them; importing this package needs only JAX and sketchtrace.
 from . import problems
 from ._blocks import ResidualBlocks
 from ._ntk import ntk_traces, ntk_weights
-from ._train import TrainResult, TrainState, load_checkpoint, save_checkpoint, train
+from .app import TrainResult, TrainState, load_checkpoint, save_checkpoint, train
 from ._weighting import NTKWeighting, WeightingState, ntk_weighting
 
 __all__ = [

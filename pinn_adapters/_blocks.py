@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 import sketchtrace as st
-from sketchtrace._validate import check_choice
+from sketchtrace.validation import check_choice
 
 REDUCTIONS = ("mean", "sum")
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 import sketchtrace as st
-from sketchtrace._validate import check_choice, check_chunk_size, check_num_matvecs
+from sketchtrace.validation import check_choice, check_chunk_size, check_num_matvecs
 
 from ._blocks import ResidualBlocks, check_finite_residuals
 
@@ -183,7 +183,7 @@ def ntk_traces(
 
 def _sharded_exact_traces(blocks, params, batch, mesh, chunk_size):
     """Exact block traces with every block's points split across ``mesh`` (psum of partial sums)."""
-    from sketchtrace._sharding import check_mesh, sharded_row_sums
+    from sketchtrace.sharding import check_mesh, sharded_row_sums
 
     def partial(p, pts, valid):
         norms = blocks.point_grad_sq_norms(p, pts, chunk_size=chunk_size)

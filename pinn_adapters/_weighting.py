@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 import sketchtrace as st
-from sketchtrace._validate import check_choice, check_num_matvecs
+from sketchtrace.validation import check_choice, check_num_matvecs
 
 from ._blocks import ResidualBlocks
 from ._ntk import ntk_traces, ntk_weights, residual_rows

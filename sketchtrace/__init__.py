@@ -3,17 +3,25 @@
 Public names live here; everything else is internal.
 """
 
-from ._dynamic import DynamicState, moving_average, optimal_gamma, predictor_corrector
+from . import sharding, validation
 from ._estimate import Estimate
-from ._finite_difference import FiniteDifferenceGram, default_step, finite_difference_bias, finite_difference_jvp
-from ._adaptive import trace
-from ._diagonal import diagonal
-from ._hutchinson import block_traces, hutchinson
-from ._hutchpp import hutchpp, na_hutchpp
-from ._xtrace import xnystrace, xtrace
-from ._sharding import make_mesh
-from ._operators import (
+from .estimators import (
+    DynamicState,
+    block_traces,
+    diagonal,
+    hutchinson,
+    hutchpp,
+    moving_average,
+    na_hutchpp,
+    optimal_gamma,
+    predictor_corrector,
+    trace,
+    xnystrace,
+    xtrace,
+)
+from .operators import (
     DenseOperator,
+    FiniteDifferenceGram,
     FunctionOperator,
     GramOperator,
     JacobianOperator,
@@ -21,9 +29,14 @@ from ._operators import (
     ScipyOperator,
     SparseOperator,
     as_operator,
+    default_step,
+    finite_difference_bias,
+    finite_difference_jvp,
     gram,
 )
+from .sharding import make_mesh
 from ._samplers import (
+    probe_rows,
     sample_like,
     sampler_gaussian,
     sampler_rademacher,
@@ -60,6 +73,7 @@ __all__ = [
     "diagonal",
     "trace",
     "make_mesh",
+    "probe_rows",
     "sample_like",
     "sampler_rademacher",
     "sampler_gaussian",

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ._validate import check_float_dtype
+from .validation import check_float_dtype
 
 
 def sampler_rademacher(key, shape, dtype=jnp.float32):
@@ -65,16 +65,6 @@ def get_sampler(sampler):
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {sorted(SAMPLERS)} or a callable; got {sampler!r}")
     return SAMPLERS[sampler]
-
-
-def draw_probes(key, num, dim, dtype, sampler="rademacher"):
-    """A ``(num, dim)`` block of probes, row ``i`` drawn from ``fold_in(key, i)``.
-
-    Drawing each row from its own key makes probe ``i`` independent of how the
-    rows are later chunked, so results do not depend on ``chunk_size``.
-    """
-    keys = jax.random.split(key, num)
-    return probe_rows(keys, dim, dtype, sampler)
 
 
 def probe_rows(keys, dim, dtype, sampler="rademacher"):

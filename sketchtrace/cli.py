@@ -1,8 +1,14 @@
-"""Command line interface: ``sketchtrace trace ...`` (and, later, ``sketchtrace pinn ...``)."""
+"""Command line interface: ``sketchtrace trace ...`` plus the commands plugins register.
+
+Other packages add subcommands through the ``sketchtrace.commands`` entry-point
+group: each entry point is a function ``register(subparsers)`` that adds its
+parser and sets ``func`` (``pinn_adapters`` registers ``sketchtrace pinn``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import sys
 import time
@@ -10,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+PLUGIN_GROUP = "sketchtrace.commands"
 TRACE_METHODS = ("hutchinson", "hutchpp", "na_hutchpp", "xtrace", "xnystrace")
 
 
@@ -52,7 +59,7 @@ def demo_matrix(n=2000, seed=0):
 def _available_methods():
     import sketchtrace as st
 
-    return {m: getattr(st, m) for m in TRACE_METHODS if hasattr(st, m)}
+    return {m: getattr(st, m) for m in TRACE_METHODS}
 
 
 def _make_key(seed: int, backend: str):
@@ -138,59 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", default=None, help="also write the results to this JSON file")
     t.set_defaults(func=run_trace)
 
-    w = sub.add_parser("pinn", help="the main job: train a PINN with NTK weights (see docs/pinn-wave.md)")
-    w.add_argument("problem", help="built-in problem: wave (Wang et al. 1D wave equation) or qtensor (2D Q-tensor flow)")
-    w.add_argument("--weights", choices=("none", "exact", "hutchinson", "pc"), default=None, help="default pc")
-    w.add_argument("--exact-every", type=int, default=None, help="refresh exact weights every N steps (default 100)")
-    w.add_argument("--steps", type=int, default=None, help="Adam steps (default 3000)")
-    w.add_argument("--width", type=int, default=None, help="hidden width (default 64)")
-    w.add_argument("--depth", type=int, default=None, help="hidden layers (default 3)")
-    w.add_argument("--seed", type=int, default=None)
-    w.add_argument("--log-every", type=int, default=None)
-    w.add_argument("--n-res", type=int, default=None, help="interior points per batch (default 300)")
-    w.add_argument("--n-bc", type=int, default=None, help="points per boundary/initial piece (default 100)")
-    w.add_argument("--gamma", type=float, default=None, help="predictor-corrector damping (default 0.1)")
-    w.add_argument("--probes", dest="num_probes", type=int, default=None, help="probes per step (default 1)")
-    w.add_argument("--config", default=None, help="JSON file with WaveConfig keys (flags override it)")
-    w.add_argument("--out", default=None, help="output directory (default runs/PROBLEM)")
-    w.add_argument("--compare", action="store_true", help="run none, exact/100, exact/1 and pc with the same seed")
-    w.add_argument("--fd-bias", action="store_true", help="only run the finite-difference bias-vs-h experiment")
-    w.add_argument("--x64", action="store_true", help="train in float64")
-    w.add_argument("--no-progress", action="store_true", help="no progress bar")
-    w.set_defaults(func=run_pinn)
+    for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        ep.load()(sub)
     return p
-
-
-def run_pinn(args):
-    from pinn_adapters._experiment import PROBLEMS, WaveConfig, compare, fd_bias, run_wave
-
-    if args.problem not in PROBLEMS:
-        raise SystemExit(f"sketchtrace pinn: problem must be one of {sorted(PROBLEMS)}; got {args.problem!r}")
-    args.out = args.out or f"runs/{args.problem}"
-    overrides = {
-        "problem": args.problem,
-        "weights": args.weights, "exact_every": args.exact_every, "steps": args.steps, "width": args.width,
-        "depth": args.depth, "seed": args.seed, "log_every": args.log_every, "gamma": args.gamma,
-        "num_probes": args.num_probes, "x64": True if args.x64 else None, "n_res": args.n_res, "n_bc": args.n_bc,
-    }
-    if args.config:
-        cfg = WaveConfig.from_file(args.config, **overrides)
-    else:
-        cfg = WaveConfig(**{k: v for k, v in overrides.items() if v is not None}).validate()
-    if args.fd_bias:
-        return fd_bias(args.out, width=cfg.width, depth=cfg.depth, seed=cfg.seed)
-    if args.compare:
-        return compare(cfg, args.out, progress=not args.no_progress)
-    result = run_wave(cfg, args.out, progress=not args.no_progress)
-    m = result["metrics"]
-    err = m["median_weight_rel_error"]
-    print(
-        f"{cfg.problem}, weights={cfg.weights}: relative L2 {m['relative_l2']:.3e}, wall {m['wall_time_s']:.1f} s, "
-        f"{1e3 * m['time_per_step_s']:.2f} ms/step"
-        + ("" if err is None else f", median weight rel. error vs exact {err:.3f}")
-    )
-    print(f"wrote {args.out}/results.json and figures")
-    return result
 
 
 def main(argv=None) -> int:

@@ -57,8 +57,8 @@ def test_auto_rule_and_gram_operator():
     params, x, jac = _jac_case()
     g = st.gram(st.JacobianOperator(_mlp, params, x), side="input")  # 16 x 16, PSD, rank 8
     truth = float(np.sum(jac * jac))
-    assert st._adaptive.resolve_method("auto", g) == "xnystrace"
-    assert st._adaptive.resolve_method("auto", st.as_operator(np.eye(3))) == "xtrace"
+    assert st.estimators._adaptive.resolve_method("auto", g) == "xnystrace"
+    assert st.estimators._adaptive.resolve_method("auto", st.as_operator(np.eye(3))) == "xtrace"
     e = st.trace(jax.random.key(0), g, rtol=1e-6, max_matvecs=16, check_psd=True)
     np.testing.assert_allclose(float(e.value), truth, rtol=1e-6)
     assert int(e.num_matvecs) <= 16

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import sketchtrace as st
-from sketchtrace._backend import JaxBackend
+from sketchtrace.backends import JaxBackend
 
 from test_hutchpp import Counting, _jac_case, _matrix, _mlp
 from _stats import map_keys

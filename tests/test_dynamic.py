@@ -320,7 +320,7 @@ def test_update_is_the_recursion_on_hutchinson_probes(gamma, num_probes, seed, s
     e, s2 = pc.update(key, s, prev, nxt)
     g = np.asarray(s.gamma)[0]
     # per-probe forms of the probes st.hutchinson(key, op, num_matvecs=R) draws
-    from sketchtrace._backend import JaxBackend
+    from sketchtrace.backends import JaxBackend
 
     qp = np.asarray(JaxBackend.quad_forms(key, st.as_operator(prev), num_probes, "gaussian", None))[:, 0]
     qn = np.asarray(JaxBackend.quad_forms(key, st.as_operator(nxt), num_probes, "gaussian", None))[:, 0]

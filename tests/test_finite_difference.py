@@ -101,7 +101,7 @@ def test_default_step_is_near_optimal(scheme):
     best = float(np.min(np.asarray(b.pathwise[:, 0])))
     G = st.FiniteDifferenceGram(mlp, p, X, scheme=scheme)
     exact = b.exact
-    V = st._samplers.probe_rows(jax.random.split(jax.random.key(2), 8), G.shape[1], jnp.float64, "gaussian")
+    V = st.probe_rows(jax.random.split(jax.random.key(2), 8), G.shape[1], jnp.float64, "gaussian")
     err = float(jnp.mean(jnp.abs(G.quad_forms(V)[:, 0] - exact[:, 0])) / jnp.mean(exact[:, 0]))
     assert err <= 30 * best, (err, best)
 

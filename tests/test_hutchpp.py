@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as hst
 
 import sketchtrace as st
-from sketchtrace._backend import JaxBackend
-from sketchtrace._hutchpp import hutchpp_split, na_hutchpp_split
+from sketchtrace.backends import JaxBackend
+from sketchtrace.estimators._hutchpp import hutchpp_split, na_hutchpp_split
 from sketchtrace.testing import check_unbiased
 from _stats import map_keys
 
@@ -45,7 +45,7 @@ class Counting(st.LinearOperator):
 
     def quad_forms(self, V):
         self.count += V.shape[0]
-        return st._operators.block_sums(V * (V @ self.A.T), self.blocks)
+        return st.operators.block_sums(V * (V @ self.A.T), self.blocks)
 
 
 # ----------------------------------------------------------------------------- statistics

@@ -19,7 +19,7 @@ import sketchtrace as st
 
 numba = pytest.importorskip("numba")
 
-from sketchtrace._numba_backend import NumbaBackend as NB  # noqa: E402
+from sketchtrace.backends._numba import NumbaBackend as NB  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 150

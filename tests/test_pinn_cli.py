@@ -61,7 +61,7 @@ def test_pinn_config_file_and_bad_values(tmp_path):
 
 def test_fd_bias_experiment(tmp_path, capsys):
     out = tmp_path / "fd"
-    from pinn_adapters._experiment import fd_bias
+    from pinn_adapters.app import fd_bias
 
     rows = fd_bias(out, width=6, depth=1, num_probes=4, hs=[1e-1, 1e-2, 1e-3, 1e-4])
     assert (out / "fd_bias.png").exists() and (out / "fd_bias.json").exists()

@@ -20,7 +20,8 @@ import pytest
 
 import pinn_adapters as pa
 import sketchtrace as st
-from sketchtrace._sharding import ShardedJaxBackend, check_mesh, make_mesh, padded_size
+from sketchtrace.backends import ShardedJaxBackend
+from sketchtrace.sharding import check_mesh, make_mesh, padded_size
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_DEVICES = 4
@@ -87,9 +88,9 @@ class _Recorder(st.LinearOperator):
 
 def worker():  # pragma: no cover - runs in the subprocess
     jax.config.update("jax_enable_x64", True)
-    from sketchtrace._backend import map_chunks
-    from sketchtrace._hutchinson import summarize
-    from sketchtrace._samplers import probe_rows
+    from sketchtrace.backends import map_chunks
+    from sketchtrace.estimators._common import summarize
+    from sketchtrace import probe_rows
 
     rep = {"devices": len(jax.devices())}
     mesh = make_mesh()
@@ -150,7 +151,7 @@ def worker():  # pragma: no cover - runs in the subprocess
 
         cmp(f"ntk_weighting {est}", weights, jit=False)
     # pc with the points placed on the mesh (NamedSharding): XLA partitions the point axis
-    from sketchtrace._sharding import row_sharding
+    from sketchtrace.sharding import row_sharding
 
     w = pa.ntk_weighting(blocks, estimator="pc", num_probes=1)
     b4 = {"res": batch["res"][:8], "bc": batch["bc"][:4]}

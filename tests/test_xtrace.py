@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as hst
 
 import sketchtrace as st
-from sketchtrace._backend import JaxBackend
+from sketchtrace.backends import JaxBackend
 from sketchtrace.testing import check_unbiased
 
 from test_hutchpp import Counting, _jac_case, _matrix, _many, _mlp

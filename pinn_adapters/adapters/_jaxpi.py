@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from sketchtrace._validate import check_choice, check_num_matvecs
+import sketchtrace as st
+
+from sketchtrace.validation import check_choice, check_num_matvecs
 
 from .._blocks import ResidualBlocks
 
@@ -55,11 +57,9 @@ def compute_diag_ntk(blocks: ResidualBlocks, params, batch, *, method="exact", k
     if key is None:
         raise ValueError("key is required for method='hutchinson' (randomness is explicit)")
     k = check_num_matvecs(num_matvecs)
-    from sketchtrace._samplers import probe_rows
-
     J = blocks.jacobian(params, batch, mode="fwd")
     n = ravel_pytree(params)[0].shape[0]
-    V = probe_rows(jax.random.split(key, k), n, J.jax_dtype, sampler)
+    V = st.probe_rows(jax.random.split(key, k), n, J.jax_dtype, sampler)
     JV = J.matmat(V)  # (k, rows)
     d = jnp.mean(JV * JV, axis=0)
     return {name: d[a:b] for name, a, b in J.blocks}

@@ -282,9 +282,9 @@ def director_figures(out, prob, params, times=None, num=21):
 
     Background: order parameter ``S = 2 |q|``; lines: the director, at ``t = 0, T/2, T``.
     """
-    from .._plots import _plt
+    from .._mpl import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     T = prob.info["T"]
     times = (0.0, T / 2, T) if times is None else tuple(times)
     xs = np.linspace(0.0, 2.0, num)

@@ -53,3 +53,14 @@ def check_choice(value, choices, *, name: str):
     if value not in choices:
         raise ValueError(f"{name} must be one of {sorted(choices)}; got {value!r}")
     return value
+
+
+def is_concrete(x) -> bool:
+    """Whether ``x`` holds values (not a JAX tracer inside ``jit``/``vmap``/``grad``).
+
+    Value-dependent checks (finiteness, PSD checks, adaptive stopping) run only on
+    concrete values; under tracing they are skipped or refused.
+    """
+    import jax
+
+    return not isinstance(x, jax.core.Tracer)

@@ -6,14 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from .._mpl import pyplot as _plt
 
 
 def solution_figures(out: Path, xs, ts, pred, exact):

@@ -1,6 +1,6 @@
-"""Backend selection and the JAX backend's primitives.
+"""The JAX backend (see :class:`sketchtrace.backends.Backend` for the interface).
 
-Each algorithm is written once against a small backend interface:
+The interface, as implemented here:
 
 * ``xp``: the array namespace (``jax.numpy`` or ``numpy``);
 * ``prepare(op)``: convert/validate an operator for this backend;
@@ -15,10 +15,6 @@ Each algorithm is written once against a small backend interface:
 * ``split(key, num)``: ``num`` independent keys (JAX) or child Generators (numba)
   for algorithms that draw several independent blocks (adaptive rounds);
 * ``check_finite(name, x)``: raise on non-finite results when values are concrete.
-
-The backend is chosen from the type of the randomness argument: a JAX key runs
-on JAX, a ``numpy.random.Generator`` runs on the numba backend; ``backend=``
-forces one.
 """
 
 from __future__ import annotations
@@ -27,43 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._operators import FunctionOperator, LinearOperator, as_operator
-from ._samplers import get_sampler, probe_rows
-from ._validate import check_choice
-
-BACKENDS = ("jax", "numba")
-
-
-def is_jax_key(key) -> bool:
-    if isinstance(key, (jax.Array, np.ndarray)):
-        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-            return True
-        return key.dtype == np.uint32 and key.shape[-1:] == (2,)
-    return False
-
-
-def _describe_key_error(key, wanted: str) -> str:
-    hint = (
-        "pass jax.random.key(seed) for the JAX backend or numpy.random.default_rng(seed) "
-        "for the numba backend (randomness is explicit and never defaulted)"
-    )
-    return f"key must be {wanted}; got {type(key).__name__}: {hint}"
-
-
-def resolve_backend(key, backend=None) -> str:
-    """Pick the backend from the key's type (or check a forced ``backend=``)."""
-    if backend is not None:
-        check_choice(backend, BACKENDS, name="backend")
-    is_gen = isinstance(key, np.random.Generator)
-    if not is_gen and not is_jax_key(key):
-        raise TypeError(_describe_key_error(key, "a jax.random key or a numpy.random.Generator"))
-    chosen = backend or ("numba" if is_gen else "jax")
-    if chosen == "jax" and is_gen:
-        raise TypeError(_describe_key_error(key, "a jax.random key when backend='jax'"))
-    if chosen == "numba" and not is_gen:
-        raise TypeError(_describe_key_error(key, "a numpy.random.Generator when backend='numba'"))
-    return chosen
-
+from .._samplers import get_sampler, probe_rows
+from ..operators import FunctionOperator, LinearOperator, as_operator
+from ..validation import is_concrete
 
 def map_chunks(fn, xs, chunk_size):
     """Apply ``fn`` to consecutive chunks of the rows of ``xs`` and concatenate.
@@ -83,13 +45,19 @@ def map_chunks(fn, xs, chunk_size):
     return out
 
 
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
 class JaxBackend:
     name = "jax"
     xp = jnp
+
+    @staticmethod
+    def probe_dtype(op):
+        return op.jax_dtype
+
+    is_concrete = staticmethod(is_concrete)
+
+    @staticmethod
+    def jit(fn, static_argnames=()):
+        return jax.jit(fn, static_argnames=static_argnames)
 
     @staticmethod
     def prepare(op) -> LinearOperator:
@@ -127,28 +95,9 @@ class JaxBackend:
 
     @staticmethod
     def check_finite(name, x):
-        if _is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
+        if is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
             raise FloatingPointError(
                 f"{name}: the operator produced non-finite values (NaN or inf); check the operator "
                 "(under jax.jit this check is skipped: wrap the call with jax.experimental.checkify "
                 "or run it eagerly to locate the problem)"
             )
-
-
-def get_backend(key, op, backend=None, mesh=None):
-    """Return ``(backend, prepared_op)`` for an estimator call.
-
-    ``mesh`` (a :class:`jax.sharding.Mesh`) selects the JAX backend with probe
-    blocks sharded across the mesh's devices (see :mod:`sketchtrace._sharding`).
-    """
-    name = resolve_backend(key, backend)
-    if mesh is not None:
-        from ._sharding import sharded_backend
-
-        bk = sharded_backend(mesh, name, key)
-        return bk, bk.prepare(op)
-    if name == "jax":
-        return JaxBackend, JaxBackend.prepare(op)
-    from ._numba_backend import NumbaBackend  # raises a clear ImportError without numba
-
-    return NumbaBackend, NumbaBackend.prepare(op)

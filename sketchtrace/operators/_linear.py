@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ._validate import check_choice, check_float_dtype
+from ..validation import check_choice, check_float_dtype
 
 Blocks = tuple  # tuple of (name, start, stop), static and hashable
 

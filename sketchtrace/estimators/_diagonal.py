@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from ._estimate import Estimate
-from ._hutchinson import summarize
-from ._hutchpp import check_minimum, probe_dtype, setup
-from ._validate import check_choice
+from .._estimate import Estimate
+from ._common import check_minimum, setup, summarize
+from ..validation import check_choice
 from ._xtrace import xdiag_samples, xsketch
 
 
 def _exact_diagonal(bk, op, n, chunk_size):
     xp = bk.xp
-    AE = bk.matmat(op, xp.eye(n, dtype=probe_dtype(bk, op)), chunk_size)  # rows A e_j
+    AE = bk.matmat(op, xp.eye(n, dtype=bk.probe_dtype(op)), chunk_size)  # rows A e_j
     bk.check_finite("op", AE)
     d = xp.diagonal(AE)
     return d, xp.zeros_like(d)
 
 
 def _split_blocks(op, est):
-    from ._operators import GramOperator
+    from ..operators import GramOperator
 
     if op.blocks is None:
         raise ValueError(
@@ -98,7 +97,7 @@ def diagonal(
         d, s = _exact_diagonal(bk, op, n, chunk_size)
         est = Estimate(d, s, n)
     elif method == "hutchinson":
-        V = bk.probes(key, m, n, probe_dtype(bk, op), sampler)
+        V = bk.probes(key, m, n, bk.probe_dtype(op), sampler)
         AV = bk.matmat(op, V, chunk_size)
         bk.check_finite("op", AV)
         d, s = summarize(xp, V * AV, exact=False)
@@ -106,7 +105,7 @@ def diagonal(
     else:
         check_minimum(m, 4, "diagonal(method='xdiag')", "two test vectors, each applied with its basis vector")
         k = m // 2
-        Om = bk.probes(key, k, n, probe_dtype(bk, op), "rademacher")
+        Om = bk.probes(key, k, n, bk.probe_dtype(op), "rademacher")
         st = xsketch(bk, op, Om, chunk_size)
         D = xdiag_samples(xp, st)
         bk.check_finite("op", D)

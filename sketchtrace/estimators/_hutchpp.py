@@ -9,53 +9,8 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
-from ._backend import get_backend
-from ._estimate import Estimate
-from ._hutchinson import summarize
-from ._validate import check_chunk_size, check_num_matvecs, check_square
-
-# ----------------------------------------------------------------------------- shared helpers
-
-
-def probe_dtype(bk, op):
-    """The dtype probes are drawn in for ``op`` on backend ``bk``."""
-    return op.jax_dtype if bk.name == "jax" else np.dtype(op.dtype)
-
-
-def setup(key, op, num_matvecs, chunk_size, backend, mesh=None):
-    """Validate the common arguments: ``(bk, op, n, num_matvecs, chunk_size)``.
-
-    ``mesh``: shard the probe/sketch rows across devices (see :mod:`sketchtrace._sharding`).
-    """
-    num_matvecs = check_num_matvecs(num_matvecs)
-    chunk_size = check_chunk_size(chunk_size)
-    bk, op = get_backend(key, op, backend, mesh)
-    n = check_square(op)
-    return bk, op, n, num_matvecs, chunk_size
-
-
-def check_minimum(num_matvecs, minimum, method, why):
-    """Raise when the budget is below what ``method`` needs (and below the dimension)."""
-    if num_matvecs < minimum:
-        raise ValueError(
-            f"num_matvecs={num_matvecs} is too small for {method}: it needs at least {minimum} "
-            f"matvecs ({why}); use hutchinson for smaller budgets"
-        )
-
-
-def exact_blocks(bk, op, chunk_size):
-    """Exact per-block traces from the standard basis (``n`` matvecs): ``(B,)`` values."""
-    Q = bk.exact_quad_forms(op, chunk_size)
-    bk.check_finite("op", Q)
-    return Q.sum(axis=0)
-
-
-def exact_estimate(bk, op, chunk_size, n):
-    value = exact_blocks(bk, op, chunk_size).sum()
-    return Estimate(value, bk.xp.zeros((), value.dtype), n)
-
+from .._estimate import Estimate
+from ._common import check_minimum, exact_blocks, exact_estimate, per_block, require_blocks, setup, summarize
 
 def hutchpp_split(num_matvecs):
     """Sketch size ``k`` and Hutchinson probes ``g`` with ``2k + g = num_matvecs``.
@@ -87,7 +42,7 @@ def hutchpp_parts(bk, key, op, n, num_matvecs, sampler, chunk_size):
     """Per-block low-rank traces ``(B,)`` and residual quadratic forms ``(g, B)``."""
     xp = bk.xp
     k, g = hutchpp_split(num_matvecs)
-    V = bk.probes(key, k + g, n, probe_dtype(bk, op), sampler)
+    V = bk.probes(key, k + g, n, bk.probe_dtype(op), sampler)
     S, G = V[:k], V[k:]
     Y = bk.matmat(op, S, chunk_size)  # rows A s_j
     bk.check_finite("op", Y)
@@ -169,16 +124,13 @@ def hutchpp_blocks(key, op, *, num_matvecs, sampler="rademacher", chunk_size=Non
     :func:`sketchtrace.block_traces` with ``method="hutchpp"``.
     """
     bk, op, low, R, spent = _hutchpp_run(key, op, num_matvecs, sampler, chunk_size, backend, mesh)
-    if op.blocks is None:
-        raise ValueError(
-            "op has no blocks: give it a dict-valued output or call as_operator(op, blocks={name: size, ...})"
-        )
+    names = require_blocks(op)
     if R is None:
         value, sem = low, bk.xp.zeros_like(low)
     else:
         mean, sem = summarize(bk.xp, R, exact=False)
         value = low + mean
-    return {name: Estimate(value[i], sem[i], spent) for i, name in enumerate(op.block_names)}
+    return per_block(names, value, sem, spent)
 
 
 # ----------------------------------------------------------------------------- NA-Hutch++
@@ -226,7 +178,7 @@ def na_hutchpp(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, b
     check_minimum(m, 3, "na_hutchpp", "one vector for each of its sketches S and R and one Hutchinson probe")
     xp = bk.xp
     s, r, g = na_hutchpp_split(m)
-    V = bk.probes(key, s + r + g, n, probe_dtype(bk, op), sampler)
+    V = bk.probes(key, s + r + g, n, bk.probe_dtype(op), sampler)
     S, Rm, G = V[:s], V[s : s + r], V[s + r :]
     W = bk.matmat(op, S, chunk_size)  # rows A s_i
     Z = bk.matmat(op, Rm, chunk_size)  # rows A r_j

@@ -31,11 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._backend import JaxBackend, resolve_backend
-from ._estimate import Estimate
-from ._operators import LinearOperator
-from ._samplers import SAMPLERS, get_sampler
-from ._validate import check_chunk_size, check_choice, check_num_matvecs
+from .._estimate import Estimate
+from .._samplers import SAMPLERS, get_sampler
+from ..backends import backend_for_key
+from ..operators import LinearOperator
+from ..validation import check_chunk_size, check_choice, check_num_matvecs, is_concrete
 
 _KIND = {"predictor_corrector": 1, "moving_average": 2}
 _SAMPLER_CODE = {"rademacher": 0, "gaussian": 1, "sphere": 2}
@@ -209,8 +209,6 @@ def _check_pair(a: _OpInfo, b: _OpInfo):
         raise ValueError(f"op_prev and op_next must have the same dtype; got {a.dtype} and {b.dtype}")
 
 
-def _is_concrete(x):
-    return not isinstance(x, jax.core.Tracer)
 
 
 # ----------------------------------------------------------------------------- estimator
@@ -272,7 +270,7 @@ class DynamicTraceEstimator:
         cfg = state.config
         if tuple(getattr(cfg, "shape", ())) != (6,):
             raise ValueError(f"state.config has shape {getattr(cfg, 'shape', None)}; expected (6,)")
-        if _is_concrete(cfg):
+        if is_concrete(cfg):
             got = np.asarray(cfg).tolist()
             want = np.asarray(self._config(info.n, B, np)).tolist()
             if got != want:
@@ -288,7 +286,7 @@ class DynamicTraceEstimator:
         with ``init_matvecs // num_probes`` probes (all replicas share the exact
         trace when ``init_matvecs`` reaches the probe dimension).
         """
-        bk = _backend(key)
+        bk = backend_for_key(key)
         xp = bk.xp
         info = _prepare(bk, op0, "op0")
         R, B, n, dt = self.num_probes, info.B, info.n, info.dtype
@@ -338,7 +336,7 @@ class DynamicTraceEstimator:
         For an operator with blocks the result is a dict ``name -> Estimate``
         (per-block traces from shared probes), otherwise a single ``Estimate``.
         """
-        bk = _backend(key)
+        bk = backend_for_key(key)
         xp = bk.xp
         nxt = _prepare(bk, op_next, "op_next")
         needs_prev = self.kind == "predictor_corrector" and self.gamma != 1.0
@@ -356,12 +354,9 @@ class DynamicTraceEstimator:
             bk.check_finite("op_prev", x)
         else:
             x = xp.zeros_like(y)
-        if xp is jnp:  # one compiled kernel for the recursion (eager calls stay cheap)
-            new_state, value, sem = _step_jax(self, state, x, y)
-            spent = _spent(self)
-        else:
-            new_state, spent = _step(self, state, x, y, xp)
-            value, sem = _value_sem(self, new_state, xp)
+        # one compiled kernel for the recursion where the backend compiles (eager calls stay cheap)
+        new_state, value, sem = _compiled_step(bk)(self, state, x, y, xp)
+        spent = _spent(self)
         return self._report_values(value, sem, nxt.names, spent), new_state
 
     def estimate(self, state, block_names=None):
@@ -406,11 +401,15 @@ def _spent(self):
     return 2 * self.num_probes
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _step_jax(self, state, x, y):
-    new_state, _ = _step(self, state, x, y, jnp)
-    value, sem = _value_sem(self, new_state, jnp)
+def _step_and_report(self, state, x, y, xp):
+    new_state, _ = _step(self, state, x, y, xp)
+    value, sem = _value_sem(self, new_state, xp)
     return new_state, value, sem
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_step(bk):
+    return bk.jit(_step_and_report, static_argnames=("self", "xp"))
 
 
 def _step(self, state, x, y, xp):
@@ -622,15 +621,3 @@ def _build(kind, num_probes, gamma, sampler, init_matvecs, sem, moment_decay, ch
         raise ValueError(f"moment_decay must be a float in (0, 1]; got {moment_decay!r}")
     chunk_size = check_chunk_size(chunk_size)
     return DynamicTraceEstimator(kind, num_probes, gamma, sampler, init_matvecs, sem, float(moment_decay), chunk_size)
-
-
-# ----------------------------------------------------------------------------- backends
-
-
-def _backend(key):
-    """The backend for ``key``: JAX for a jax.random key, numba for a numpy Generator."""
-    if resolve_backend(key) == "jax":
-        return JaxBackend
-    from ._numba_backend import NumbaBackend  # raises a clear ImportError without numba
-
-    return NumbaBackend

@@ -32,9 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ._operators import LinearOperator, blocks_of_tree, block_sums, make_blocks
-from ._samplers import probe_rows
-from ._validate import check_choice, check_float_dtype
+from ._linear import LinearOperator, blocks_of_tree, block_sums, make_blocks
+from .._samplers import probe_rows
+from ..validation import check_choice, check_float_dtype
 
 SCHEMES = ("forward", "central")
 
@@ -323,7 +323,7 @@ def finite_difference_bias(key, f, x, *args, h, scheme="forward", num_probes=16,
         ``relative_bias`` is what the trace estimate inherits.
     """
     hs = [(_check_h(float(s))) for s in np.atleast_1d(np.asarray(h, dtype=float))]
-    from ._operators import JacobianOperator, gram
+    from ._linear import JacobianOperator, gram
 
     J = JacobianOperator(f, x, *args, mode="fwd")
     exact_op = gram(J, side="input")

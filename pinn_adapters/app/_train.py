@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ._ntk import ntk_traces, ntk_weights, residual_rows
-from ._weighting import NTKWeighting, ntk_weighting
+from .._ntk import ntk_traces, ntk_weights, residual_rows
+from .._weighting import NTKWeighting, ntk_weighting
 
 
 class TrainState(NamedTuple):

@@ -1,8 +1,6 @@
 """numba CPU backend: NumPy/SciPy operators, a ``numpy.random.Generator`` for randomness.
 
-:class:`NumbaBackend` has the interface of :class:`sketchtrace._backend.JaxBackend`
-(``name``, ``xp``, ``prepare``, ``probes``, ``quad_forms``, ``exact_quad_forms``,
-``matmat``, ``quad_forms_of``, ``check_finite``, ``split``), so every estimator is written once and runs on
+:class:`NumbaBackend` implements :class:`sketchtrace.backends.Backend`, so every estimator is written once and runs on
 either backend. What differs is done here:
 
 * operators: dense NumPy matrices go through BLAS; ``scipy.sparse`` matrices
@@ -42,7 +40,7 @@ import math
 import numpy as np
 
 from . import _numba_kernels as K
-from ._operators import (
+from ..operators import (
     DenseOperator,
     FunctionOperator,
     LinearOperator,
@@ -52,7 +50,7 @@ from ._operators import (
     check_output,
     make_blocks,
 )
-from ._samplers import SAMPLERS
+from .._samplers import SAMPLERS
 
 _SAMPLER_NAMES = {fn: name for name, fn in SAMPLERS.items()}
 
@@ -345,6 +343,18 @@ class NumbaBackend:
     @staticmethod
     def prepare(op) -> NumbaOperator:
         return _prepare(op)
+
+    @staticmethod
+    def probe_dtype(op):
+        return np.dtype(op.dtype)
+
+    @staticmethod
+    def is_concrete(x) -> bool:
+        return True
+
+    @staticmethod
+    def jit(fn, static_argnames=()):
+        return fn
 
     @staticmethod
     def split(rng, num):

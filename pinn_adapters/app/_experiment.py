@@ -89,7 +89,7 @@ def _versions():
 
 
 def _make_wave(cfg: WaveConfig):
-    from . import problems
+    from .. import problems
 
     layers = (2,) + (cfg.width,) * cfg.depth + (1,)
     return problems.wave1d(layers=layers, n_res=cfg.n_res, n_bc=cfg.n_bc, learning_rate=cfg.learning_rate)
@@ -107,13 +107,13 @@ PROBLEMS = {"wave": (_make_wave, _wave_figures)}
 
 
 def _make_qtensor(cfg: WaveConfig):
-    from .problems._qtensor2d import from_config
+    from ..problems._qtensor2d import from_config
 
     return from_config(cfg)
 
 
 def _qtensor_figures(out: Path, prob, params, hist, label):
-    from .problems._qtensor2d import write_figures
+    from ..problems._qtensor2d import write_figures
 
     write_figures(out, prob, params, hist, label)
 
@@ -127,7 +127,7 @@ def make_problem(cfg: WaveConfig):
 
 
 def make_weighting(cfg: WaveConfig, blocks):
-    from ._weighting import ntk_weighting
+    from .._weighting import ntk_weighting
 
     if cfg.weights == "none":
         return ntk_weighting(blocks, estimator="none")
@@ -281,7 +281,7 @@ def fd_bias(out, *, width=64, depth=3, seed=0, num_probes=16, hs=None) -> list:
 
     import sketchtrace as st
 
-    from . import problems
+    from .. import problems
 
     jax.config.update("jax_enable_x64", True)
     hs = list(np.logspace(-1, -8, 15)) if hs is None else list(hs)

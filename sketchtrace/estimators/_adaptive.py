@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import warnings
@@ -10,12 +11,10 @@ import jax
 import numpy as np
 from scipy import stats
 
-from ._backend import _is_concrete
-from ._estimate import Estimate
-from ._hutchinson import summarize
-from ._hutchpp import check_minimum, exact_estimate, probe_dtype, setup
-from ._operators import GramOperator
-from ._validate import check_choice, check_num_matvecs
+from .._estimate import Estimate
+from ._common import check_minimum, exact_estimate, setup, summarize
+from ..operators import GramOperator
+from ..validation import check_choice, check_num_matvecs
 from ._xtrace import (
     _check_psd,
     default_psd_rtol,
@@ -68,17 +67,21 @@ def _round(bk, op, rk, prev, *, new, dt, sampler, chunk_size, n, improved, metho
     return state, xnystrace_samples(xp, state, n, improved)
 
 
-# On JAX each round is compiled once per (operator, round size): the doubling
-# schedule keeps the number of distinct shapes logarithmic in the budget.
+# Each round is compiled once per (operator, round size) where the backend compiles:
+# the doubling schedule keeps the number of distinct shapes logarithmic in the budget.
 _STATIC = ("bk", "new", "dt", "sampler", "chunk_size", "n", "improved", "method")
-_round_jax_static_op = jax.jit(_round, static_argnames=_STATIC + ("op",))  # op hashed by identity
-_round_jax_traced_op = jax.jit(_round, static_argnames=_STATIC)  # pytree operators (dense matrices)
 
 
-def _round_jax(bk, op, rk, prev, **kw):
+@functools.lru_cache(maxsize=None)
+def _compiled_round(bk, static_op: bool):
+    return bk.jit(_round, static_argnames=_STATIC + (("op",) if static_op else ()))
+
+
+def _run_round(bk, op, rk, prev, **kw):
+    """Run one round; an operator that is not a pytree is passed as a static argument."""
     leaves = jax.tree_util.tree_leaves(op)
-    is_pytree = not (len(leaves) == 1 and leaves[0] is op)
-    return (_round_jax_traced_op if is_pytree else _round_jax_static_op)(bk, op, rk, prev, **kw)
+    static_op = len(leaves) == 1 and leaves[0] is op
+    return _compiled_round(bk, static_op)(bk, op, rk, prev, **kw)
 
 
 def trace(
@@ -197,7 +200,7 @@ def trace(
         sem_factor = 1.0 if method == "hutchinson" else 2.0
     sem_factor = _check_real(sem_factor, "sem_factor", positive=True)
     xp = bk.xp
-    dt = probe_dtype(bk, op)
+    dt = bk.probe_dtype(op)
     q = (1.0 + confidence) / 2.0
 
     spent, k, state, samples = 0, 0, None, None
@@ -209,8 +212,7 @@ def trace(
             return Estimate(exact.value, exact.sem, spent + n)
         new = k_next - k
         key, rk = bk.split(key, 2)
-        run = _round_jax if bk.name == "jax" else _round
-        state, t = run(
+        state, t = _run_round(
             bk, op, rk, state, new=new, dt=dt, sampler=sampler if method == "hutchinson" else vec_sampler,
             chunk_size=chunk_size, n=n, improved=method != "hutchinson" and improved, method=method,
         )
@@ -221,7 +223,7 @@ def trace(
         k = k_next
         value, sem = summarize(xp, t[:, None], exact=False)
         value, sem = value[0], sem[0]
-        if not (_is_concrete(value) and _is_concrete(sem)):
+        if not (bk.is_concrete(value) and bk.is_concrete(sem)):
             raise TypeError("trace() is adaptive (it reads the standard error between rounds) and cannot run under jax.jit/vmap; use xtrace/xnystrace/hutchinson with a fixed num_matvecs inside jit")
         bk.check_finite("op", value)
         v, s = float(np.asarray(value)), float(np.asarray(sem))

@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
-from ._backend import get_backend
-from ._estimate import Estimate
-from ._validate import check_chunk_size, check_num_matvecs, check_square
-
-
-def summarize(xp, Q, *, exact: bool):
-    """Value and standard error of the column means of the per-probe samples ``Q``.
-
-    ``exact=True`` means ``Q`` holds basis-vector quadratic forms: the value is
-    their sum and the standard error is zero. With a single probe the spread is
-    unknown and the standard error is reported as ``inf``.
-    """
-    k = Q.shape[0]
-    if exact:
-        return Q.sum(axis=0), xp.zeros(Q.shape[1:], Q.dtype)
-    value = Q.mean(axis=0)
-    if k == 1:
-        return value, xp.full(Q.shape[1:], math.inf, Q.dtype)
-    return value, Q.std(axis=0, ddof=1) / math.sqrt(k)
+from .._estimate import Estimate
+from ..backends import get_backend
+from ..validation import check_chunk_size, check_num_matvecs, check_square
+from ._common import summarize
 
 
 def hutchinson_samples(key, op, *, num_matvecs, sampler, chunk_size, backend, mesh=None):
@@ -91,35 +74,3 @@ def hutchinson(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, b
     )
     value, sem = summarize(bk.xp, Q.sum(axis=1, keepdims=True), exact=exact)
     return Estimate(value[0], sem[0], spent)
-
-
-def block_traces(
-    key, op, *, num_matvecs, method="hutchinson", sampler="rademacher", chunk_size=None, backend=None, mesh=None
-):
-    """Per-block traces of a block operator, all from the same probes.
-
-    Returns a dict ``name -> Estimate``; each block's estimate is unbiased, and
-    the block values sum to :func:`hutchinson`'s total for the same key. Blocks
-    come from a dict-valued operator output (Jacobians) or ``as_operator(..., blocks=)``.
-    For a Gram operator ``J J^T`` block ``b``'s trace is ``||J_b||_F^2``.
-    ``method="hutchpp"``: Hutch++ per block from a shared sketch (see
-    :func:`sketchtrace.hutchpp`; each block's estimate is unbiased).
-    ``mesh``: split the probes across devices (see :func:`hutchinson`).
-    """
-    if method == "hutchpp":
-        from ._hutchpp import hutchpp_blocks
-
-        return hutchpp_blocks(
-            key, op, num_matvecs=num_matvecs, sampler=sampler, chunk_size=chunk_size, backend=backend, mesh=mesh
-        )
-    if method != "hutchinson":
-        raise ValueError(f"method must be 'hutchinson' or 'hutchpp' for block_traces; got {method!r}")
-    bk, op, Q, exact, spent = hutchinson_samples(
-        key, op, num_matvecs=num_matvecs, sampler=sampler, chunk_size=chunk_size, backend=backend, mesh=mesh
-    )
-    if op.blocks is None:
-        raise ValueError(
-            "op has no blocks: give it a dict-valued output or call as_operator(op, blocks={name: size, ...})"
-        )
-    value, sem = summarize(bk.xp, Q, exact=exact)
-    return {name: Estimate(value[i], sem[i], spent) for i, name in enumerate(op.block_names)}

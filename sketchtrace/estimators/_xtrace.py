@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import math
 
-from ._estimate import Estimate
-from ._hutchinson import summarize
-from ._hutchpp import check_minimum, exact_estimate, probe_dtype, setup
-from ._validate import check_choice
+from .._estimate import Estimate
+from ._common import check_minimum, exact_estimate, setup, summarize
+from ..validation import check_choice
 
 # test-vector name -> (sampler, re-sphering correction)
 TEST_VECTORS = {
@@ -174,7 +173,7 @@ def xtrace(key, op, *, num_matvecs, test_vectors="improved", chunk_size=None, ba
         return exact_estimate(bk, op, chunk_size, n)
     check_minimum(m, 4, "xtrace", "two test vectors, each applied with its basis vector")
     k = m // 2
-    Om = bk.probes(key, k, n, probe_dtype(bk, op), sampler)
+    Om = bk.probes(key, k, n, bk.probe_dtype(op), sampler)
     st = xsketch(bk, op, Om, chunk_size)
     t = xtrace_samples(bk.xp, st, n, improved)
     bk.check_finite("op", t)
@@ -208,9 +207,7 @@ def psd_violation(xp, Om, Y):
 def _check_psd(bk, Om, Y, psd_rtol):
     import numpy as np
 
-    from ._backend import _is_concrete
-
-    if not (_is_concrete(Om) and _is_concrete(Y)):
+    if not (bk.is_concrete(Om) and bk.is_concrete(Y)):
         raise TypeError(
             "xnystrace(check_psd=True) inspects values and must run eagerly (outside jax.jit/vmap); "
             "call it once eagerly to validate the operator, then use check_psd=False under jit"
@@ -360,7 +357,7 @@ def xnystrace(
     if m >= n:
         return exact_estimate(bk, op, chunk_size, n)
     check_minimum(m, 2, "xnystrace", "two test vectors for the leave-one-out")
-    Om = bk.probes(key, m, n, probe_dtype(bk, op), sampler)
+    Om = bk.probes(key, m, n, bk.probe_dtype(op), sampler)
     st = nys_state(bk, op, Om, chunk_size)
     if check_psd:
         _check_psd(bk, st["Om"], st["Y"], default_psd_rtol(bk, st["Y"].dtype, psd_rtol))

@@ -2,9 +2,9 @@
 
 Probes are independent, so every estimator's expensive part -- applying the
 operator to a ``(k, n)`` block of probe rows -- splits along the probe axis.
-Passing ``mesh=`` to an estimator makes :func:`sketchtrace._backend.get_backend`
+Passing ``mesh=`` to an estimator makes :func:`sketchtrace.backends.get_backend`
 return a :class:`ShardedJaxBackend` bound to that mesh. It implements the same
-backend interface as :class:`~sketchtrace._backend.JaxBackend`, but runs the
+backend interface as :class:`~sketchtrace.backends.JaxBackend`, but runs the
 probe-applying primitives (``quad_forms``, ``exact_quad_forms``, ``matmat``,
 ``quad_forms_of``) under :func:`jax.shard_map`:
 
@@ -37,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ._backend import JaxBackend, map_chunks
-from ._samplers import get_sampler, probe_rows
+from ._jax import JaxBackend, map_chunks
+from .._samplers import get_sampler, probe_rows
 
 DEFAULT_AXIS = "probes"
 
@@ -232,7 +232,7 @@ def sharded_row_sums(fn, mesh: Mesh, replicated, groups):
 class ShardedJaxBackend(JaxBackend):
     """The JAX backend with probe blocks split across the devices of a mesh.
 
-    Same interface and the same probes as :class:`~sketchtrace._backend.JaxBackend`
+    Same interface and the same probes as :class:`~sketchtrace.backends.JaxBackend`
     (probe ``i`` from the ``i``-th split of the key); only where the operator is
     applied changes. ``chunk_size`` bounds the rows each device processes at once.
     """

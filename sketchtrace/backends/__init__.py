@@ -1,0 +1,23 @@
+"""Backends: the JAX backend, the numba CPU backend and the sharded JAX backend.
+
+Estimators get a backend from :func:`get_backend` (chosen by the type of the
+randomness argument) and use only the members of the :class:`Backend` protocol.
+"""
+
+from ._jax import JaxBackend, map_chunks
+from ._protocol import Backend
+from ._select import BACKENDS, backend_for_key, backend_named, get_backend, is_jax_key, resolve_backend
+from ._sharding import ShardedJaxBackend
+
+__all__ = [
+    "Backend",
+    "BACKENDS",
+    "JaxBackend",
+    "ShardedJaxBackend",
+    "backend_for_key",
+    "backend_named",
+    "get_backend",
+    "is_jax_key",
+    "map_chunks",
+    "resolve_backend",
+]

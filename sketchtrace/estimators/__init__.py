@@ -1,0 +1,24 @@
+"""Estimators, each written once against the backend protocol."""
+
+from ._adaptive import trace
+from ._blocks import block_traces
+from ._diagonal import diagonal
+from ._dynamic import DynamicState, moving_average, optimal_gamma, predictor_corrector
+from ._hutchinson import hutchinson
+from ._hutchpp import hutchpp, na_hutchpp
+from ._xtrace import xnystrace, xtrace
+
+__all__ = [
+    "DynamicState",
+    "block_traces",
+    "diagonal",
+    "hutchinson",
+    "hutchpp",
+    "moving_average",
+    "na_hutchpp",
+    "optimal_gamma",
+    "predictor_corrector",
+    "trace",
+    "xnystrace",
+    "xtrace",
+]
