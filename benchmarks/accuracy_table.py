@@ -80,8 +80,8 @@ def _methods():
         "Hutchinson": lambda k, A, m: st.hutchinson(k, A, num_matvecs=m),
         "Hutch++": lambda k, A, m: st.hutchpp(k, A, num_matvecs=m),
         "NA-Hutch++": lambda k, A, m: st.na_hutchpp(k, A, num_matvecs=m),
-        "XTrace (improved)": lambda k, A, m: st.xtrace(k, A, num_matvecs=m, test_vectors="improved"),
-        "XTrace (signs)": lambda k, A, m: st.xtrace(k, A, num_matvecs=m, test_vectors="signs"),
+        "XTrace (improved)": lambda k, A, m: st.xtrace(k, A, num_matvecs=m, sampler="improved"),
+        "XTrace (signs)": lambda k, A, m: st.xtrace(k, A, num_matvecs=m, sampler="signs"),
         "XNysTrace": lambda k, A, m: st.xnystrace(k, A, num_matvecs=m),
     }
 

@@ -70,7 +70,7 @@ def test_xtrace_matches_direct_leave_one_out(kind, nonsym):
     if nonsym:
         A = A + 0.3 * np.random.default_rng(1).standard_normal(A.shape)
     key = jax.random.key(11)
-    est = st.xtrace(key, A, num_matvecs=17, test_vectors=kind)  # k = 8, one matvec left over
+    est = st.xtrace(key, A, num_matvecs=17, sampler=kind)  # k = 8, one matvec left over
     assert int(est.num_matvecs) == 16
     ref_v, ref_s = slow_xtrace(A, _test_vectors(key, 8, 40, kind), kind == "improved")
     np.testing.assert_allclose(float(est.value), ref_v, rtol=1e-9)
@@ -81,7 +81,7 @@ def test_xtrace_matches_direct_leave_one_out(kind, nonsym):
 def test_xnystrace_matches_direct_leave_one_out(kind):
     A, _ = _matrix(n=40, decay=0.9, shift=0.05)  # well conditioned: the stabilising shift is negligible
     key = jax.random.key(12)
-    est = st.xnystrace(key, A, num_matvecs=9, test_vectors=kind)
+    est = st.xnystrace(key, A, num_matvecs=9, sampler=kind)
     ref_v, ref_s = slow_xnystrace(A, _test_vectors(key, 9, 40, kind), kind == "improved")
     np.testing.assert_allclose(float(est.value), ref_v, rtol=1e-9)
     np.testing.assert_allclose(float(est.sem), ref_s, rtol=1e-6)
@@ -104,7 +104,7 @@ def test_direct_check_fails_on_a_wrong_variant():
 
 @pytest.mark.parametrize(
     "fn,kw",
-    [(st.xtrace, {}), (st.xtrace, {"test_vectors": "signs"}), (st.xnystrace, {}), (st.xnystrace, {"test_vectors": "gaussian"})],
+    [(st.xtrace, {}), (st.xtrace, {"sampler": "signs"}), (st.xnystrace, {}), (st.xnystrace, {"sampler": "gaussian"})],
     ids=["xtrace-improved", "xtrace-signs", "xnystrace-improved", "xnystrace-gaussian"],
 )
 def test_unbiased(fn, kw):
@@ -258,8 +258,12 @@ def test_budget_too_small():
 
 def test_bad_arguments():
     A, _ = _matrix()
-    with pytest.raises(ValueError, match="test_vectors"):
+    with pytest.raises(ValueError, match="sampler"):
+        st.xtrace(jax.random.key(0), A, num_matvecs=8, sampler="orthogonal")
+    with pytest.warns(DeprecationWarning, match="sampler"), pytest.raises(ValueError, match="test_vectors"):
         st.xtrace(jax.random.key(0), A, num_matvecs=8, test_vectors="orthogonal")
+    with pytest.raises(TypeError, match="sampler= only"):
+        st.xtrace(jax.random.key(0), A, num_matvecs=8, sampler="signs", test_vectors="signs")
     with pytest.raises(ValueError, match="psd_rtol"):
         st.xnystrace(jax.random.key(0), A, num_matvecs=8, check_psd=True, psd_rtol=-1.0)
     with pytest.raises(ValueError, match="square"):

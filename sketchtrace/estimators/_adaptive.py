@@ -12,9 +12,19 @@ import numpy as np
 from scipy import stats
 
 from .._estimate import Estimate
-from ._common import check_minimum, exact_estimate, setup, summarize
+from typing import NamedTuple
+
 from ..operators import GramOperator
 from ..validation import check_choice, check_num_matvecs
+from ._common import (
+    check_allow_exact,
+    check_minimum,
+    exact_estimate,
+    resolve_sampler,
+    setup,
+    summarize,
+    use_exact,
+)
 from ._xtrace import (
     _check_psd,
     default_psd_rtol,
@@ -94,13 +104,14 @@ def trace(
     max_matvecs,
     method="auto",
     first_matvecs=16,
-    test_vectors="improved",
-    sampler="rademacher",
+    sampler=None,
     check_psd=False,
     sem_factor=None,
     chunk_size=None,
     backend=None,
     mesh=None,
+    allow_exact=True,
+    test_vectors=None,
 ):
     """Adaptive trace estimate: spend matvecs until the confidence interval is tight enough.
 
@@ -148,10 +159,10 @@ def trace(
     method : {"auto", "hutchinson", "xtrace", "xnystrace"}
     first_matvecs : int
         Matvecs of the first round (XTrace: ``first_matvecs // 2`` test vectors).
-    test_vectors : str
-        X-family test vectors (see :func:`sketchtrace.xtrace`).
-    sampler : str
-        Hutchinson probe distribution.
+    sampler : str or callable, optional
+        Probe distribution: Hutchinson's probes (default ``"rademacher"``) or the
+        X-family's test vectors (default ``"improved"``, see :func:`sketchtrace.xtrace`).
+        ``test_vectors=`` is the deprecated old name for the X-family's.
     check_psd : bool
         XNysTrace debug check on the first round (see :func:`sketchtrace.xnystrace`).
     sem_factor : float, optional
@@ -161,6 +172,10 @@ def trace(
     backend : {"jax", "numba"}, optional
     mesh : jax.sharding.Mesh, optional
         Shard each round's probe rows across the mesh's devices (see :func:`sketchtrace.make_mesh`).
+    allow_exact : bool
+        ``True`` (default): a round that would reach the dimension ``n`` is replaced by
+        the exact trace. ``False``: Hutchinson keeps sampling past ``n``; the X-family
+        stays below ``n`` test vectors.
 
     Returns
     -------
@@ -174,84 +189,141 @@ def trace(
     doi:10.1137/23M1548323, arXiv:2301.07825
     M. F. Hutchinson, Commun. Stat. Simul. Comput. 19 (1990). doi:10.1080/03610919008812866
     """
-    rtol = _check_real(rtol, "rtol", positive=True)
-    atol = _check_real(atol, "atol", nonnegative=True)
-    confidence = _check_real(confidence, "confidence")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1); got {confidence}")
-    first = check_num_matvecs(first_matvecs, name="first_matvecs")
+    p = _Plan.build(
+        rtol=rtol, atol=atol, confidence=confidence, first=first_matvecs, sampler=sampler,
+        test_vectors=test_vectors, sem_factor=sem_factor, check_psd=check_psd, allow_exact=allow_exact,
+    )
     max_matvecs = check_num_matvecs(max_matvecs, name="max_matvecs")
     bk, op, n, max_matvecs, chunk_size = setup(key, op, max_matvecs, chunk_size, backend, mesh)
-    method = resolve_method(method, op)
-    if method != "hutchinson":
-        vec_sampler, improved = resolve_test_vectors(test_vectors)
-    if first >= n:
+    p = p.for_operator(resolve_method(method, op), bk, op, n, max_matvecs, chunk_size)
+    if p.first >= n and use_exact(p.first, n, allow_exact, f"trace(method={p.method!r})", can_oversample=p.per == 1):
         if n > max_matvecs:
             raise ValueError(f"max_matvecs={max_matvecs} is below the first batch (the exact trace, {n} matvecs)")
         return exact_estimate(bk, op, chunk_size, n)
-    check_minimum(first, _MINIMUM[method], f"trace(method={method!r}) first_matvecs", "its first batch")
-    if max_matvecs < first:
+    check_minimum(p.first, _MINIMUM[p.method], f"trace(method={p.method!r}) first_matvecs", "its first batch")
+    if max_matvecs < p.first:
         raise ValueError(
-            f"max_matvecs={max_matvecs} is below the first batch (first_matvecs={first}); "
-            f"raise max_matvecs or lower first_matvecs (>= {_MINIMUM[method]} for {method})"
+            f"max_matvecs={max_matvecs} is below the first batch (first_matvecs={p.first}); "
+            f"raise max_matvecs or lower first_matvecs (>= {_MINIMUM[p.method]} for {p.method})"
         )
-    per = _PER_VECTOR[method]
-    if sem_factor is None:
-        sem_factor = 1.0 if method == "hutchinson" else 2.0
-    sem_factor = _check_real(sem_factor, "sem_factor", positive=True)
-    xp = bk.xp
-    dt = bk.probe_dtype(op)
-    q = (1.0 + confidence) / 2.0
+    return _adaptive_loop(bk, op, key, p)
 
-    spent, k, state, samples = 0, 0, None, None
-    k_next = first // per
+
+class _Plan(NamedTuple):
+    """The static configuration of one adaptive run (checked once, before any matvec)."""
+
+    rtol: float
+    atol: float
+    q: float  # Student-t quantile level (1 + confidence) / 2
+    first: int
+    sampler: object
+    sem_factor: float | None
+    check_psd: bool
+    allow_exact: bool
+    method: str = "hutchinson"
+    per: int = 1  # matvecs per sample
+    improved: bool = False
+    dt: object = None
+    n: int = 0
+    max_matvecs: int = 0
+    chunk_size: int | None = None
+
+    @classmethod
+    def build(cls, *, rtol, atol, confidence, first, sampler, test_vectors, sem_factor, check_psd, allow_exact):
+        confidence = _check_real(confidence, "confidence")
+        if not 0.0 < confidence < 1.0:
+            raise ValueError(f"confidence must be in (0, 1); got {confidence}")
+        if sem_factor is not None:
+            sem_factor = _check_real(sem_factor, "sem_factor", positive=True)
+        return cls(
+            rtol=_check_real(rtol, "rtol", positive=True),
+            atol=_check_real(atol, "atol", nonnegative=True),
+            q=(1.0 + confidence) / 2.0,
+            first=check_num_matvecs(first, name="first_matvecs"),
+            sampler=resolve_sampler(sampler, test_vectors, default=None, name="trace"),
+            sem_factor=sem_factor,
+            check_psd=bool(check_psd),
+            allow_exact=check_allow_exact(allow_exact),
+        )
+
+    def for_operator(self, method, bk, op, n, max_matvecs, chunk_size):
+        """Complete the plan once the method and the operator are known."""
+        if method == "hutchinson":
+            sampler, improved = ("rademacher" if self.sampler is None else self.sampler), False
+        else:
+            sampler, improved = resolve_test_vectors("improved" if self.sampler is None else self.sampler)
+        sem_factor = self.sem_factor if self.sem_factor is not None else (1.0 if method == "hutchinson" else 2.0)
+        return self._replace(
+            method=method, per=_PER_VECTOR[method], sampler=sampler, improved=improved, sem_factor=sem_factor,
+            dt=bk.probe_dtype(op), n=n, max_matvecs=max_matvecs, chunk_size=chunk_size,
+        )
+
+    def exact_affordable(self, k_next, spent):
+        """Whether a round of ``k_next`` samples should be replaced by the exact trace."""
+        return self.allow_exact and self.per * k_next >= self.n and spent + self.n <= self.max_matvecs
+
+
+def _adaptive_loop(bk, op, key, p: _Plan):
+    """Rounds until the interval meets the tolerance, the exact trace is cheaper, or the budget ends."""
+    spent, k, state = 0, 0, None
+    k_next = p.first // p.per
     while True:
-        # a round that would reach the dimension: the exact trace is cheaper
-        if per * k_next >= n and spent + n <= max_matvecs:
-            exact = exact_estimate(bk, op, chunk_size, n)
-            return Estimate(exact.value, exact.sem, spent + n)
-        new = k_next - k
+        if p.exact_affordable(k_next, spent):  # a round that would reach the dimension
+            exact = exact_estimate(bk, op, p.chunk_size, p.n)
+            return Estimate(exact.value, exact.sem, spent + p.n)
         key, rk = bk.split(key, 2)
         state, t = _run_round(
-            bk, op, rk, state, new=new, dt=dt, sampler=sampler if method == "hutchinson" else vec_sampler,
-            chunk_size=chunk_size, n=n, improved=method != "hutchinson" and improved, method=method,
+            bk, op, rk, state, new=k_next - k, dt=p.dt, sampler=p.sampler, chunk_size=p.chunk_size, n=p.n,
+            improved=p.improved, method=p.method,
         )
         bk.check_finite("op", t)
-        if method == "xnystrace" and check_psd and k == 0:
+        if p.method == "xnystrace" and p.check_psd and k == 0:
             _check_psd(bk, state["Om"], state["Y"], default_psd_rtol(bk, state["Y"].dtype, None))
-        spent += per * new
+        spent += p.per * (k_next - k)
         k = k_next
-        value, sem = summarize(xp, t[:, None], exact=False)
-        value, sem = value[0], sem[0]
-        if not (bk.is_concrete(value) and bk.is_concrete(sem)):
-            raise TypeError("trace() is adaptive (it reads the standard error between rounds) and cannot run under jax.jit/vmap; use xtrace/xnystrace/hutchinson with a fixed num_matvecs inside jit")
-        bk.check_finite("op", value)
-        v, s = float(np.asarray(value)), float(np.asarray(sem))
-        half = sem_factor * float(stats.t.ppf(q, k - 1)) * s
-        tol = max(atol, rtol * abs(v))
+        value, sem = (v[0] for v in summarize(bk.xp, t[:, None], exact=False))
+        half, tol = _half_width(bk, value, sem, k, p)
         if half <= tol:
             return Estimate(value, sem, spent)
-        # size the next round
-        if method == "hutchinson":
-            # predicted total from sem ~ 1/sqrt(k), rounded up to first * 2^j
-            # (few distinct shapes: each is compiled once), at most 4x per round
-            want = math.ceil(1.2 * k * (half / tol) ** 2) if tol > 0 else 4 * k
-            k_want = first
-            while k_want < want and k_want < 4 * k:
-                k_want *= 2
-            k_want = max(k_want, 2 * k)
-        else:
-            k_want = 2 * k
-        room = (max_matvecs - spent) // per  # vectors still affordable
-        if per * k_want >= n and spent + n <= max_matvecs:
-            k_next = k_want  # the exact branch at the top of the loop
-            continue
-        k_next = min(k_want, k + room, (n - 1) // per)
+        k_next = _next_round_size(p, k, half, tol, spent)
         if k_next <= k:
             warnings.warn(
-                f"trace(): tolerance not met within max_matvecs={max_matvecs} (half-width {half:.3g} > "
+                f"trace(): tolerance not met within max_matvecs={p.max_matvecs} (half-width {half:.3g} > "
                 f"{tol:.3g} after {spent} matvecs); returning the last estimate",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
             return Estimate(value, sem, spent)
+
+
+def _half_width(bk, value, sem, k, p: _Plan):
+    """The confidence half-width and the tolerance it must meet (host floats)."""
+    if not (bk.is_concrete(value) and bk.is_concrete(sem)):
+        raise TypeError(
+            "trace() is adaptive (it reads the standard error between rounds) and cannot run under "
+            "jax.jit/vmap; use xtrace/xnystrace/hutchinson with a fixed num_matvecs inside jit"
+        )
+    bk.check_finite("op", value)
+    v, s = float(np.asarray(value)), float(np.asarray(sem))
+    half = p.sem_factor * float(stats.t.ppf(p.q, k - 1)) * s
+    return half, max(p.atol, p.rtol * abs(v))
+
+
+def _next_round_size(p: _Plan, k, half, tol, spent):
+    """Samples after the next round (``<= k`` when the budget is spent)."""
+    if p.method == "hutchinson":
+        # predicted total from sem ~ 1/sqrt(k), rounded up to first * 2^j
+        # (few distinct shapes: each is compiled once), at most 4x per round
+        want = math.ceil(1.2 * k * (half / tol) ** 2) if tol > 0 else 4 * k
+        k_want = p.first
+        while k_want < want and k_want < 4 * k:
+            k_want *= 2
+        k_want = max(k_want, 2 * k)
+    else:
+        k_want = 2 * k
+    if p.exact_affordable(k_want, spent):
+        return k_want  # the exact branch at the top of the loop
+    room = (p.max_matvecs - spent) // p.per  # samples still affordable
+    oversample = not p.allow_exact and p.method == "hutchinson"
+    cap = k + room if oversample else (p.n - 1) // p.per
+    return min(k_want, k + room, cap)

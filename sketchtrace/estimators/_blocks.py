@@ -8,7 +8,16 @@ from ._hutchpp import hutchpp_blocks
 
 
 def block_traces(
-    key, op, *, num_matvecs, method="hutchinson", sampler="rademacher", chunk_size=None, backend=None, mesh=None
+    key,
+    op,
+    *,
+    num_matvecs,
+    method="hutchinson",
+    sampler="rademacher",
+    chunk_size=None,
+    backend=None,
+    mesh=None,
+    allow_exact=True,
 ):
     """Per-block traces of a block operator, all from the same probes.
 
@@ -18,16 +27,18 @@ def block_traces(
     For a Gram operator ``J J^T`` block ``b``'s trace is ``||J_b||_F^2``.
     ``method="hutchpp"``: Hutch++ per block from a shared sketch (see
     :func:`sketchtrace.hutchpp`; each block's estimate is unbiased).
-    ``mesh``: split the probes across devices (see :func:`hutchinson`).
+    ``mesh``: split the probes across devices; ``allow_exact``: see :func:`hutchinson`.
     """
     if method == "hutchpp":
         return hutchpp_blocks(
-            key, op, num_matvecs=num_matvecs, sampler=sampler, chunk_size=chunk_size, backend=backend, mesh=mesh
+            key, op, num_matvecs=num_matvecs, sampler=sampler, chunk_size=chunk_size, backend=backend, mesh=mesh,
+            allow_exact=allow_exact,
         )
     if method != "hutchinson":
         raise ValueError(f"method must be 'hutchinson' or 'hutchpp' for block_traces; got {method!r}")
     bk, op, Q, exact, spent = hutchinson_samples(
-        key, op, num_matvecs=num_matvecs, sampler=sampler, chunk_size=chunk_size, backend=backend, mesh=mesh
+        key, op, num_matvecs=num_matvecs, sampler=sampler, chunk_size=chunk_size, backend=backend, mesh=mesh,
+        allow_exact=allow_exact,
     )
     names = require_blocks(op)
     value, sem = summarize(bk.xp, Q, exact=exact)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 from .._estimate import Estimate
 from ..backends import get_backend
@@ -18,11 +19,11 @@ def summarize(xp, Q, *, exact: bool):
     """
     k = Q.shape[0]
     if exact:
-        return Q.sum(axis=0), xp.zeros(Q.shape[1:], Q.dtype)
-    value = Q.mean(axis=0)
+        return xp.sum(Q, axis=0), xp.zeros(Q.shape[1:], dtype=Q.dtype)
+    value = xp.mean(Q, axis=0)
     if k == 1:
-        return value, xp.full(Q.shape[1:], math.inf, Q.dtype)
-    return value, Q.std(axis=0, ddof=1) / math.sqrt(k)
+        return value, xp.full(Q.shape[1:], math.inf, dtype=Q.dtype)
+    return value, xp.std(Q, axis=0, correction=1) / math.sqrt(k)
 
 
 def setup(key, op, num_matvecs, chunk_size, backend, mesh=None):
@@ -70,3 +71,42 @@ def exact_blocks(bk, op, chunk_size):
 def exact_estimate(bk, op, chunk_size, n):
     value = exact_blocks(bk, op, chunk_size).sum()
     return Estimate(value, bk.xp.zeros((), value.dtype), n)
+
+
+def check_allow_exact(allow_exact) -> bool:
+    if not isinstance(allow_exact, bool):
+        raise TypeError(f"allow_exact must be True or False; got {allow_exact!r}")
+    return allow_exact
+
+
+def use_exact(num_matvecs, n, allow_exact, method, *, can_oversample):
+    """Whether to compute the exact answer from the standard basis instead of sampling.
+
+    A budget that reaches the probe dimension ``n`` switches to the exact computation
+    (``n`` matvecs, ``sem = 0``) unless ``allow_exact=False``: then Hutchinson-type
+    methods keep sampling (``can_oversample``) and sketching methods, whose sketch
+    would span the whole space, refuse the budget.
+    """
+    if num_matvecs < n or check_allow_exact(allow_exact):
+        return num_matvecs >= n
+    if can_oversample:
+        return False
+    raise ValueError(
+        f"num_matvecs={num_matvecs} reaches the dimension n={n}, and allow_exact=False asks {method} to "
+        f"sample: its sketch would span the whole space; use num_matvecs < {n}, allow_exact=True "
+        "(the exact answer for n matvecs), or hutchinson"
+    )
+
+
+def resolve_sampler(sampler, test_vectors, *, default, name: str):
+    """The probe keyword, honouring the deprecated ``test_vectors=`` spelling of XTrace-type estimators."""
+    if test_vectors is not None:
+        if sampler is not None:
+            raise TypeError(f"{name}: give sampler= only (test_vectors= is its deprecated old name)")
+        warnings.warn(
+            f"{name}(test_vectors=...) is deprecated; use sampler=... (same values)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        sampler = test_vectors
+    return default if sampler is None else sampler

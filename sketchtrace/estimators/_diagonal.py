@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .._estimate import Estimate
-from ._common import check_minimum, setup, summarize
+from ._common import check_minimum, setup, summarize, use_exact
 from ..validation import check_choice
 from ._xtrace import xdiag_samples, xsketch
 
@@ -43,6 +43,7 @@ def diagonal(
     chunk_size=None,
     backend=None,
     mesh=None,
+    allow_exact=True,
 ):
     """Randomized estimate of ``diag(op)`` with a per-entry standard error.
 
@@ -76,6 +77,10 @@ def diagonal(
     backend : {"jax", "numba"}, optional
     mesh : jax.sharding.Mesh, optional
         Shard the probe rows across the mesh's devices (see :func:`sketchtrace.make_mesh`).
+    allow_exact : bool
+        ``True`` (default): a budget that reaches the dimension computes the exact
+        diagonal from the standard basis. ``False``: Hutchinson keeps sampling; XDiag
+        refuses such a budget.
 
     Returns
     -------
@@ -93,7 +98,7 @@ def diagonal(
     check_choice(method, ("hutchinson", "xdiag"), name="method")
     bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend, mesh)
     xp = bk.xp
-    if m >= n:
+    if use_exact(m, n, allow_exact, f"diagonal(method={method!r})", can_oversample=method == "hutchinson"):
         d, s = _exact_diagonal(bk, op, n, chunk_size)
         est = Estimate(d, s, n)
     elif method == "hutchinson":

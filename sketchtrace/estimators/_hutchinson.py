@@ -5,17 +5,17 @@ from __future__ import annotations
 from .._estimate import Estimate
 from ..backends import get_backend
 from ..validation import check_chunk_size, check_num_matvecs, check_square
-from ._common import summarize
+from ._common import summarize, use_exact
 
 
-def hutchinson_samples(key, op, *, num_matvecs, sampler, chunk_size, backend, mesh=None):
+def hutchinson_samples(key, op, *, num_matvecs, sampler, chunk_size, backend, mesh=None, allow_exact=True):
     """Per-probe, per-block quadratic forms: ``(bk, op, Q, exact, spent)``."""
     num_matvecs = check_num_matvecs(num_matvecs)
     chunk_size = check_chunk_size(chunk_size)
     bk, op = get_backend(key, op, backend, mesh)
     check_square(op)
     n = op.probe_dim
-    if num_matvecs >= n:
+    if use_exact(num_matvecs, n, allow_exact, "hutchinson", can_oversample=True):
         Q = bk.exact_quad_forms(op, chunk_size)
         exact, spent = True, n
     else:
@@ -25,7 +25,9 @@ def hutchinson_samples(key, op, *, num_matvecs, sampler, chunk_size, backend, me
     return bk, op, Q, exact, spent
 
 
-def hutchinson(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, backend=None, mesh=None):
+def hutchinson(
+    key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, backend=None, mesh=None, allow_exact=True
+):
     """Girard-Hutchinson estimate of ``tr(op)``.
 
     ``tr(A) ~ (1/m) sum_i v_i^T A v_i`` over ``m = num_matvecs`` independent
@@ -53,6 +55,10 @@ def hutchinson(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, b
     mesh : jax.sharding.Mesh, optional
         Split the probes across the mesh's devices (JAX backend; see
         :func:`sketchtrace.make_mesh`). Same probes, same result up to summation order.
+    allow_exact : bool
+        ``True`` (default): a budget that reaches the probe dimension computes the
+        exact answer from the standard basis (``n`` matvecs, ``sem = 0``). ``False``:
+        keep sampling (any number of probes, as many as asked).
 
     Returns
     -------
@@ -70,7 +76,8 @@ def hutchinson(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, b
     doi:10.1080/03610919008812866
     """
     bk, _, Q, exact, spent = hutchinson_samples(
-        key, op, num_matvecs=num_matvecs, sampler=sampler, chunk_size=chunk_size, backend=backend, mesh=mesh
+        key, op, num_matvecs=num_matvecs, sampler=sampler, chunk_size=chunk_size, backend=backend, mesh=mesh,
+        allow_exact=allow_exact,
     )
-    value, sem = summarize(bk.xp, Q.sum(axis=1, keepdims=True), exact=exact)
+    value, sem = summarize(bk.xp, bk.xp.sum(Q, axis=1, keepdims=True), exact=exact)
     return Estimate(value[0], sem[0], spent)

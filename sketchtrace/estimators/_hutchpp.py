@@ -7,10 +7,17 @@ JAX (jit-able, vmap-able over keys) and on the numba backend.
 
 from __future__ import annotations
 
-import math
-
 from .._estimate import Estimate
-from ._common import check_minimum, exact_blocks, exact_estimate, per_block, require_blocks, setup, summarize
+from ._common import (
+    check_minimum,
+    exact_blocks,
+    exact_estimate,
+    per_block,
+    require_blocks,
+    setup,
+    summarize,
+    use_exact,
+)
 
 def hutchpp_split(num_matvecs):
     """Sketch size ``k`` and Hutchinson probes ``g`` with ``2k + g = num_matvecs``.
@@ -54,17 +61,19 @@ def hutchpp_parts(bk, key, op, n, num_matvecs, sampler, chunk_size):
     return low, R
 
 
-def _hutchpp_run(key, op, num_matvecs, sampler, chunk_size, backend, mesh=None):
+def _hutchpp_run(key, op, num_matvecs, sampler, chunk_size, backend, mesh=None, allow_exact=True):
     """``(bk, op, low, R, spent)``; ``R is None`` on the exact path (``low`` exact)."""
     bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend, mesh)
-    if m >= n:
+    if use_exact(m, n, allow_exact, "hutchpp", can_oversample=False):
         return bk, op, exact_blocks(bk, op, chunk_size), None, n
     check_minimum(m, 3, "hutchpp", "one sketch vector, one product with its basis, one Hutchinson probe")
     low, R = hutchpp_parts(bk, key, op, n, m, sampler, chunk_size)
     return bk, op, low, R, m
 
 
-def hutchpp(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, backend=None, mesh=None):
+def hutchpp(
+    key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, backend=None, mesh=None, allow_exact=True
+):
     """Hutch++ estimate of ``tr(op)``: exact trace of a sketched range plus Hutchinson.
 
     With ``k = ceil(m/3)`` (at most ``(m-1)//2``) and ``g = m - 2k``:
@@ -97,6 +106,10 @@ def hutchpp(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, back
     mesh : jax.sharding.Mesh, optional
         Shard the sketch and probe rows across the mesh's devices (the small dense
         algebra runs replicated); same result up to summation order.
+    allow_exact : bool
+        ``True`` (default): a budget that reaches the dimension computes the exact
+        trace from the standard basis. ``False``: such a budget is refused (the
+        sketch would span the whole space).
 
     Returns
     -------
@@ -108,14 +121,16 @@ def hutchpp(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, back
     R. A. Meyer, C. Musco, C. Musco, D. P. Woodruff, "Hutch++: Optimal stochastic
     trace estimation", SOSA 2021. doi:10.1137/1.9781611976496.16, arXiv:2010.09649
     """
-    bk, _, low, R, spent = _hutchpp_run(key, op, num_matvecs, sampler, chunk_size, backend, mesh)
+    bk, _, low, R, spent = _hutchpp_run(key, op, num_matvecs, sampler, chunk_size, backend, mesh, allow_exact)
     if R is None:
         return Estimate(low.sum(), bk.xp.zeros((), low.dtype), spent)
     mean, sem = summarize(bk.xp, R.sum(axis=1, keepdims=True), exact=False)
     return Estimate(low.sum() + mean[0], sem[0], spent)
 
 
-def hutchpp_blocks(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, backend=None, mesh=None):
+def hutchpp_blocks(
+    key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, backend=None, mesh=None, allow_exact=True
+):
     """Per-block Hutch++ traces from shared sketches and probes: ``dict name -> Estimate``.
 
     Block ``b``'s trace ``tr(A_bb)`` (for a Gram operator ``||J_b||_F^2``) is
@@ -123,7 +138,7 @@ def hutchpp_blocks(key, op, *, num_matvecs, sampler="rademacher", chunk_size=Non
     ``Q`` is, so each block's estimate is unbiased. Used by
     :func:`sketchtrace.block_traces` with ``method="hutchpp"``.
     """
-    bk, op, low, R, spent = _hutchpp_run(key, op, num_matvecs, sampler, chunk_size, backend, mesh)
+    bk, op, low, R, spent = _hutchpp_run(key, op, num_matvecs, sampler, chunk_size, backend, mesh, allow_exact)
     names = require_blocks(op)
     if R is None:
         value, sem = low, bk.xp.zeros_like(low)
@@ -144,7 +159,9 @@ def _pinv(xp, M):
     return (Vt.T * inv) @ U.T
 
 
-def na_hutchpp(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, backend=None, mesh=None):
+def na_hutchpp(
+    key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, backend=None, mesh=None, allow_exact=True
+):
     """Non-adaptive Hutch++ (NA-Hutch++) estimate of ``tr(op)`` for symmetric ``op``.
 
     All matvecs are issued in one round (no product depends on another):
@@ -160,7 +177,8 @@ def na_hutchpp(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, b
 
     The standard error is the sample standard deviation of the ``g`` residual
     quadratic forms over ``sqrt(g)``: conditionally on ``S, R`` the estimate is
-    unbiased, so this is honest (``inf`` when ``g = 1``).
+    unbiased, so this is honest (``inf`` when ``g = 1``). Other arguments as for
+    :func:`hutchpp` (including ``allow_exact``).
 
     Returns
     -------
@@ -173,7 +191,7 @@ def na_hutchpp(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, b
     arXiv:2010.09649
     """
     bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend, mesh)
-    if m >= n:
+    if use_exact(m, n, allow_exact, "na_hutchpp", can_oversample=False):
         return exact_estimate(bk, op, chunk_size, n)
     check_minimum(m, 3, "na_hutchpp", "one vector for each of its sketches S and R and one Hutchinson probe")
     xp = bk.xp

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 
 from .._estimate import Estimate
-from ._common import check_minimum, exact_estimate, setup, summarize
+from ._common import check_minimum, exact_estimate, resolve_sampler, setup, summarize, use_exact
 from ..validation import check_choice
 
 # test-vector name -> (sampler, re-sphering correction)
@@ -29,9 +29,15 @@ TEST_VECTORS = {
 }
 
 
-def resolve_test_vectors(test_vectors):
-    check_choice(test_vectors, TEST_VECTORS, name="test_vectors")
-    return TEST_VECTORS[test_vectors]
+def resolve_test_vectors(sampler, *, name="sampler"):
+    """``(probe sampler, re-sphering correction)`` for an XTrace-type ``sampler=`` value.
+
+    A callable sampler is used as it is (no correction).
+    """
+    if callable(sampler):
+        return sampler, False
+    check_choice(sampler, TEST_VECTORS, name=name)
+    return TEST_VECTORS[sampler]
 
 
 def _eye(xp, k, dtype):
@@ -47,7 +53,7 @@ def _guarded_inv_t(xp, R):
     eps = xp.finfo(R.dtype).eps
     big = xp.max(a)
     floor = xp.where(big > 0, eps * big, xp.ones((), R.dtype))
-    sign = xp.where(d < 0, -1.0, 1.0).astype(R.dtype)
+    sign = xp.astype(xp.where(d < 0, -1.0, 1.0), R.dtype)
     newd = xp.where(a < floor, sign * floor, d)
     Rg = R + xp.diag(newd - d)
     return xp.linalg.solve(Rg.T, _eye(xp, R.shape[0], R.dtype))
@@ -125,7 +131,18 @@ def xtrace_samples(xp, st, n, improved):
     return xp.trace(H) - hss + quad
 
 
-def xtrace(key, op, *, num_matvecs, test_vectors="improved", chunk_size=None, backend=None, mesh=None):
+def xtrace(
+    key,
+    op,
+    *,
+    num_matvecs,
+    sampler=None,
+    chunk_size=None,
+    backend=None,
+    mesh=None,
+    allow_exact=True,
+    test_vectors=None,
+):
     """XTrace estimate of ``tr(op)`` with a leave-one-out standard error.
 
     Uses ``k = num_matvecs // 2`` test vectors ``omega_i`` and spends ``2k``
@@ -146,14 +163,19 @@ def xtrace(key, op, *, num_matvecs, test_vectors="improved", chunk_size=None, ba
         Square operator (symmetry not required).
     num_matvecs : int
         Budget (static, >= 4: two test vectors are the least leave-one-out can use).
-    test_vectors : {"improved", "sphere", "signs", "gaussian"}
-        ``"improved"`` (default): uniform on the sphere of radius ``sqrt(n)`` with
-        the re-sphering correction of Epperly's thesis; ``"signs"``: Rademacher.
+    sampler : {"improved", "sphere", "rademacher", "gaussian"} or callable
+        Test-vector distribution. ``"improved"`` (default): uniform on the sphere of
+        radius ``sqrt(n)`` with the re-sphering correction of Epperly's thesis;
+        ``"rademacher"`` (alias ``"signs"``): random signs. (``test_vectors=`` is the
+        deprecated old name of this argument.)
     chunk_size : int, optional
     backend : {"jax", "numba"}, optional
     mesh : jax.sharding.Mesh, optional
         Shard the test-vector (sketch) rows across the mesh's devices; the small dense
         algebra runs replicated (see :func:`sketchtrace.make_mesh`).
+    allow_exact : bool
+        ``True`` (default): a budget that reaches the dimension computes the exact
+        trace from the standard basis. ``False``: such a budget is refused.
 
     Returns
     -------
@@ -167,9 +189,11 @@ def xtrace(key, op, *, num_matvecs, test_vectors="improved", chunk_size=None, ba
     E. N. Epperly, "Make the most of what you have: Resource-efficient randomized
     algorithms for matrix computations", PhD thesis, Caltech, 2025 (improved test vectors).
     """
-    sampler, improved = resolve_test_vectors(test_vectors)
+    arg = "sampler" if test_vectors is None else "test_vectors"
+    sampler = resolve_sampler(sampler, test_vectors, default="improved", name="xtrace")
+    sampler, improved = resolve_test_vectors(sampler, name=arg)
     bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend, mesh)
-    if m >= n:
+    if use_exact(m, n, allow_exact, "xtrace", can_oversample=False):
         return exact_estimate(bk, op, chunk_size, n)
     check_minimum(m, 4, "xtrace", "two test vectors, each applied with its basis vector")
     k = m // 2
@@ -298,12 +322,14 @@ def xnystrace(
     op,
     *,
     num_matvecs,
-    test_vectors="improved",
+    sampler=None,
     check_psd=False,
     psd_rtol=None,
     chunk_size=None,
     backend=None,
     mesh=None,
+    allow_exact=True,
+    test_vectors=None,
 ):
     """XNysTrace estimate of ``tr(op)`` for symmetric positive semidefinite ``op``.
 
@@ -329,7 +355,9 @@ def xnystrace(
         Square, symmetric positive semidefinite.
     num_matvecs : int
         Budget = number of test vectors (static, >= 2).
-    test_vectors : {"improved", "sphere", "signs", "gaussian"}
+    sampler : {"improved", "sphere", "rademacher", "gaussian"} or callable
+        Test-vector distribution (as for :func:`xtrace`; ``test_vectors=`` is the
+        deprecated old name).
     check_psd : bool
         Debug check (eager only; raises ``TypeError`` under ``jax.jit``).
     psd_rtol : float, optional
@@ -338,6 +366,8 @@ def xnystrace(
     mesh : jax.sharding.Mesh, optional
         Shard the test-vector (sketch) rows across the mesh's devices; the small dense
         algebra runs replicated (see :func:`sketchtrace.make_mesh`).
+    allow_exact : bool
+        As for :func:`xtrace`.
 
     Returns
     -------
@@ -352,9 +382,11 @@ def xnystrace(
     positive-semidefinite matrix from streaming data", NeurIPS 2017, arXiv:1706.05736
     (the shifted Nystrom approximation).
     """
-    sampler, improved = resolve_test_vectors(test_vectors)
+    arg = "sampler" if test_vectors is None else "test_vectors"
+    sampler = resolve_sampler(sampler, test_vectors, default="improved", name="xnystrace")
+    sampler, improved = resolve_test_vectors(sampler, name=arg)
     bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend, mesh)
-    if m >= n:
+    if use_exact(m, n, allow_exact, "xnystrace", can_oversample=False):
         return exact_estimate(bk, op, chunk_size, n)
     check_minimum(m, 2, "xnystrace", "two test vectors for the leave-one-out")
     Om = bk.probes(key, m, n, bk.probe_dtype(op), sampler)
