@@ -26,6 +26,7 @@ import numpy as np
 from .._samplers import get_sampler, probe_rows
 from ..operators import FunctionOperator, LinearOperator, as_operator
 from ..validation import is_concrete
+from ._krylov import lanczos_jax
 
 def map_chunks(fn, xs, chunk_size):
     """Apply ``fn`` to consecutive chunks of the rows of ``xs`` and concatenate.
@@ -58,6 +59,38 @@ class JaxBackend:
     @staticmethod
     def jit(fn, static_argnames=()):
         return jax.jit(fn, static_argnames=static_argnames)
+
+    #: Batched Lanczos under ``lax.fori_loop`` (see :mod:`sketchtrace.backends._krylov`).
+    lanczos = staticmethod(lanczos_jax)
+
+    @staticmethod
+    def with_adjoint(matmat, forward, Z):
+        """Per-probe values of ``forward`` with a gradient rule that skips the forward iterations.
+
+        ``forward(matmat, Z, adjoint) -> (values (k,), U)`` returns, when ``adjoint``,
+        rows ``U`` with ``d values_i = u_i^T (dA) z_i`` (``dA`` a change of the operator).
+        Reverse mode then costs one block product's VJP with the stored ``U`` and ``Z``;
+        nothing of the iterations that produced ``U`` is kept. Parameters the operator
+        closes over (traced arrays) are found by :func:`jax.closure_convert`.
+        """
+        mm, consts = jax.closure_convert(matmat, Z)
+
+        @jax.custom_vjp
+        def run(consts, Z):
+            return forward(lambda V: mm(V, *consts), Z, False)[0]
+
+        def fwd(consts, Z):
+            values, U = forward(lambda V: mm(V, *consts), Z, True)
+            return values, (consts, Z, U)
+
+        def bwd(res, ct):
+            consts, Z, U = res
+            _, vjp = jax.vjp(lambda c: mm(Z, *c), consts)
+            (dconsts,) = vjp((ct[:, None] * U).astype(Z.dtype))
+            return dconsts, jnp.zeros_like(Z)
+
+        run.defvjp(fwd, bwd)
+        return run(consts, Z)
 
     @staticmethod
     def prepare(op) -> LinearOperator:

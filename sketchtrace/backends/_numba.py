@@ -40,6 +40,7 @@ import math
 import numpy as np
 
 from . import _numba_kernels as K
+from ._krylov import lanczos_numpy
 from ..operators import (
     DenseOperator,
     FunctionOperator,
@@ -71,7 +72,7 @@ def _compute_dtype(dtype) -> np.dtype:
     return np.dtype(np.float64) if dt.itemsize > 4 else np.dtype(np.float32)
 
 
-class NumbaOperator(LinearOperator):
+class NumbaOperator:
     """An operator prepared for the numba backend (NumPy data, one compute dtype).
 
     ``kind`` is ``"dense"``, ``"csr"``, ``"scipy"``, ``"numba_fn"`` or ``"py_fn"``.
@@ -87,9 +88,21 @@ class NumbaOperator(LinearOperator):
         self.source = source
         self._chunks = None
 
+    # the same description as a sketchtrace operator (contract: see sketchtrace.operators)
+    block_names = LinearOperator.block_names
+    probe_dim = LinearOperator.probe_dim
+
     @property
-    def jax_dtype(self):  # the dtype estimators draw probes in (NumPy here)
-        return self.dtype
+    def products(self):
+        return frozenset(getattr(self.source, "products", ())) & {"matmat", "quad_forms"}
+
+    @property
+    def symmetric(self):
+        return getattr(self.source, "symmetric", None)
+
+    @property
+    def psd(self):
+        return getattr(self.source, "psd", None)
 
     def with_blocks(self, blocks):
         return NumbaOperator(self.kind, self.shape, self.dtype, make_blocks(blocks, self.shape[0]), self.data, self.source)
@@ -355,6 +368,14 @@ class NumbaBackend:
     @staticmethod
     def jit(fn, static_argnames=()):
         return fn
+
+    #: Batched Lanczos (see :mod:`sketchtrace.backends._krylov`): a Python loop of block products.
+    lanczos = staticmethod(lanczos_numpy)
+
+    @staticmethod
+    def with_adjoint(matmat, forward, Z):
+        """No automatic differentiation here: the values of ``forward`` alone."""
+        return forward(matmat, Z, False)[0]
 
     @staticmethod
     def split(rng, num):

@@ -57,3 +57,14 @@ class Backend(Protocol):
 
     def jit(self, fn: Callable, static_argnames=()) -> Callable:
         """Compile ``fn`` where the backend can (``jax.jit``); the identity elsewhere."""
+
+    def lanczos(self, matmat: Callable, Z, num_steps: int, *, reorthogonalize=False, keep_basis=False) -> Any:
+        """Batched Lanczos from the rows of ``Z``: ``(alpha, beta, basis, norms)`` (``num_steps`` products)."""
+
+    def with_adjoint(self, matmat: Callable, forward: Callable, Z) -> Any:
+        """``forward(matmat, Z, False)[0]``, differentiable w.r.t. the operator where the backend differentiates.
+
+        The gradient of value ``i`` is taken as that of ``u_i^T A z_i`` with the rows
+        ``U`` of ``forward(matmat, Z, True)[1]`` held fixed (an adjoint, not a backward
+        pass through ``forward``).
+        """

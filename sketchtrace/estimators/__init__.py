@@ -6,6 +6,7 @@ from ._diagonal import diagonal
 from ._dynamic import DynamicState, moving_average, optimal_gamma, predictor_corrector
 from ._hutchinson import hutchinson
 from ._hutchpp import hutchpp, na_hutchpp
+from ._matfun import logdet, trace_function, trace_inverse
 from ._xtrace import xnystrace, xtrace
 
 __all__ = [
@@ -14,11 +15,14 @@ __all__ = [
     "diagonal",
     "hutchinson",
     "hutchpp",
+    "logdet",
     "moving_average",
     "na_hutchpp",
     "optimal_gamma",
     "predictor_corrector",
     "trace",
+    "trace_function",
+    "trace_inverse",
     "xnystrace",
     "xtrace",
 ]

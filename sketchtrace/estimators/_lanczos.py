@@ -1,0 +1,110 @@
+"""Gauss quadrature from Lanczos tridiagonals: ``z^T f(A) z ~ ||z||^2 e1^T f(T) e1``.
+
+Written against an array namespace ``xp`` (``jax.numpy`` or ``numpy``) and a backend's
+``lanczos`` kernel, so it runs unchanged on both backends. The named functions carry
+their derivative (for the JAX gradient rule) and the domain they need.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: name -> (f, f', domain) with domain "pos" (Ritz values must be > 0), "nonneg" (>= 0) or "any".
+FUNCTIONS = {
+    "log": (lambda xp, x: xp.log(x), lambda xp, x: 1.0 / x, "pos"),
+    "inv": (lambda xp, x: 1.0 / x, lambda xp, x: -1.0 / (x * x), "pos"),
+    "exp": (lambda xp, x: xp.exp(x), lambda xp, x: xp.exp(x), "any"),
+    "sqrt": (lambda xp, x: xp.sqrt(x), lambda xp, x: 0.5 / xp.sqrt(x), "nonneg"),
+}
+
+
+def alive_mask(xp, alpha, beta, norms):
+    """``(k, s)``: step ``j`` of run ``i`` happened before any breakdown (and the probe is nonzero)."""
+    first = (norms > 0)[:, None]
+    later = xp.cumprod((beta[:, :-1] > 0).astype(alpha.dtype), axis=1) > 0
+    return xp.concatenate([first, first & later], axis=1)
+
+
+def tridiagonal(xp, alpha, beta, norms):
+    """The ``(k, s, s)`` Jacobi matrices; steps after a breakdown hold a decoupled copy of ``alpha_0``.
+
+    The padding has zero quadrature weight (it is decoupled from ``e1``), so any value
+    inside the spectrum keeps ``f`` finite there; a zero probe gets the identity.
+    """
+    s = alpha.shape[1]
+    alive = alive_mask(xp, alpha, beta, norms)
+    pad = xp.where(alive[:, 0], alpha[:, 0], 1.0)
+    a = xp.where(alive, alpha, pad[:, None])
+    b = xp.concatenate([beta[:, :-1] * alive[:, 1:], xp.zeros_like(beta[:, :1])], axis=1)
+    up = b[:, :, None] * xp.eye(s, k=1, dtype=alpha.dtype)
+    return a[:, :, None] * xp.eye(s, dtype=alpha.dtype) + up + xp.swapaxes(up, 1, 2)
+
+
+def ritz(xp, alpha, beta, norms):
+    """Ritz values ``(k, s)`` and eigenvectors ``(k, s, s)`` of the Lanczos tridiagonals."""
+    return xp.linalg.eigh(tridiagonal(xp, alpha, beta, norms))
+
+
+def check_nodes(bk, fname, domain, theta, fvals):
+    """Refuse Ritz values outside ``f``'s domain and non-finite ``f`` values (concrete values only)."""
+    if not bk.is_concrete(theta):
+        return
+    th = np.asarray(theta)
+    scale = float(np.max(np.abs(th))) if th.size else 0.0
+    low = float(th.min())
+    if (domain == "pos" and low <= 0) or (domain == "nonneg" and low < -1e-8 * scale):
+        need = "positive definite" if domain == "pos" else "positive semidefinite"
+        raise ValueError(
+            f"op must be symmetric {need} for f={fname!r}: Lanczos found a Ritz value {low:.6g} "
+            "(Ritz values lie within the spectrum, so op has an eigenvalue <= that value); "
+            "shift the operator or use a function defined on the whole spectrum"
+        )
+    fv = np.asarray(fvals)
+    if not np.all(np.isfinite(fv)):
+        bad = th[~np.isfinite(fv)]
+        raise ValueError(
+            f"f={fname!r} returned non-finite values (NaN or inf) at Ritz values {bad[:5].tolist()}; "
+            "f must be finite on the operator's spectrum"
+        )
+
+
+def apply_f(xp, f, domain, theta):
+    """``f`` on the Ritz values (square roots of tiny negative rounding are taken at 0)."""
+    if domain == "nonneg":
+        theta = xp.maximum(theta, 0.0)
+    return f(theta)
+
+
+def f_prime(xp, f, fprime, theta):
+    """``f'`` on the Ritz values: the named derivative, or forward-mode AD of a callable (JAX)."""
+    if fprime is not None:
+        return fprime(theta)
+    import jax
+
+    return jax.jvp(f, (theta,), (xp.ones_like(theta),))[1]
+
+
+def slq_forward(bk, spec, num_steps, reorthogonalize):
+    """``forward(matmat, Z, adjoint) -> (values, U)`` for :meth:`Backend.with_adjoint`.
+
+    ``values_i = ||z_i||^2 e1^T f(T_i) e1``; with ``adjoint``, ``u_i = ||z_i|| V_i f'(T_i) e1``
+    (an approximation of ``f'(A) z_i`` from the same Krylov space), else ``U = None``.
+    """
+    xp = bk.xp
+    fname, f, fprime, domain = spec
+
+    def forward(matmat, Z, adjoint):
+        alpha, beta, basis, norms = bk.lanczos(
+            matmat, Z, num_steps, reorthogonalize=reorthogonalize, keep_basis=adjoint
+        )
+        theta, vecs = ritz(xp, alpha, beta, norms)
+        fvals = apply_f(xp, f, domain, theta)
+        check_nodes(bk, fname, domain, theta, fvals)
+        first = vecs[:, 0, :]
+        values = norms**2 * xp.sum(first * first * fvals, axis=1)
+        if not adjoint:
+            return values, None
+        coef = xp.einsum("kij,kj->ki", vecs, first * f_prime(xp, f, fprime, theta))
+        return values, norms[:, None] * xp.einsum("ks,ksn->kn", coef, basis)
+
+    return forward

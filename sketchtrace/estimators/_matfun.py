@@ -1,0 +1,259 @@
+"""Traces of matrix functions ``tr f(A)``: stochastic Lanczos quadrature, plain and deflated.
+
+Written once against the backend protocol (``bk.probes``, ``bk.matmat``,
+``bk.lanczos``, ``bk.with_adjoint``), so it runs on JAX (jit, vmap over keys, mesh,
+gradients) and on the numba backend.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from .._estimate import Estimate
+from ..validation import check_choice, check_num_matvecs
+from ._common import check_allow_exact, setup, summarize
+from ._lanczos import FUNCTIONS, apply_f, check_nodes, slq_forward
+
+METHODS = ("slq", "deflated")
+
+#: Deflated method: block Krylov depth (blocks of size b) and how many leading blocks are deflated.
+DEFLATION_DEPTH = 4
+DEFLATED_BLOCKS = 2
+
+
+def function_spec(bk, f):
+    """``(name, f, f' or None, domain)`` for a named function or a callable on eigenvalues."""
+    xp = bk.xp
+    if isinstance(f, str):
+        check_choice(f, FUNCTIONS, name="f")
+        fn, der, domain = FUNCTIONS[f]
+        return f, functools.partial(fn, xp), functools.partial(der, xp), domain
+    if not callable(f):
+        raise TypeError(f"f must be one of {sorted(FUNCTIONS)} or a callable on an array of eigenvalues; got {f!r}")
+    return getattr(f, "__name__", "callable"), f, None, "any"
+
+
+def declared_symmetric(op):
+    """The operator's declared ``symmetric`` flag (``None`` when it declares nothing)."""
+    for obj in (op, getattr(op, "source", None)):
+        flag = getattr(obj, "symmetric", None)
+        if flag is not None:
+            return bool(flag)
+    return None
+
+
+def check_steps(lanczos_steps, num_matvecs, n):
+    """Lanczos steps per probe (capped at ``n``, where the Krylov space is complete)."""
+    steps = check_num_matvecs(lanczos_steps, name="lanczos_steps")
+    if num_matvecs < steps:
+        raise ValueError(
+            f"num_matvecs={num_matvecs} is smaller than lanczos_steps={steps}: each probe costs "
+            "lanczos_steps matvecs (num_matvecs = probes x lanczos_steps)"
+        )
+    return min(steps, n)
+
+
+def _slq(bk, key, op, n, spec, m, steps, sampler, reorth, chunk_size):
+    """Per-probe SLQ values ``(g,)`` of ``g = m // steps`` probes."""
+    g = m // steps
+    Z = bk.probes(key, g, n, bk.probe_dtype(op), sampler)
+    matmat = functools.partial(bk.matmat, op, chunk_size=chunk_size)
+    return bk.with_adjoint(matmat, slq_forward(bk, spec, steps, reorth), Z), g * steps
+
+
+def _orth_block(xp, W, Qall):
+    """Orthonormal columns spanning ``W`` minus its part in ``span(Qall)`` (projected twice)."""
+    for _ in range(2):
+        if Qall is not None:
+            W = W - Qall @ (Qall.T @ W)
+        W, _ = xp.linalg.qr(W)
+    return W
+
+
+def block_krylov(bk, op, Omega, depth, chunk_size):
+    """Orthonormal block-Krylov basis ``Q`` (n, b*depth) and ``T = Q^T A Q`` (b*depth matvecs)."""
+    xp = bk.xp
+    Q, Qall, AQ = _orth_block(xp, Omega.T, None), None, []
+    for d in range(depth):
+        Qall = Q if Qall is None else xp.concatenate([Qall, Q], axis=1)
+        Y = bk.matmat(op, Q.T, chunk_size).T
+        bk.check_finite("op", Y)
+        AQ.append(Y)
+        if d < depth - 1:
+            Q = _orth_block(xp, Y, Qall)
+    T = Qall.T @ xp.concatenate(AQ, axis=1)
+    return Qall, (T + T.T) / 2
+
+
+def _deflated(bk, key, op, n, spec, m, steps, sampler, reorth, chunk_size):
+    """Krylov-aware deflation: ``(low, residual values, spent)``."""
+    xp = bk.xp
+    fname, f, _, domain = spec
+    b = min(max(1, (m // 2) // DEFLATION_DEPTH), max(1, n // (2 * DEFLATION_DEPTH)))
+    g = (m - b * DEFLATION_DEPTH) // steps
+    if g < 1:
+        raise ValueError(
+            f"num_matvecs={m} is too small for method='deflated' with lanczos_steps={steps}: it needs "
+            f"at least {DEFLATION_DEPTH + steps} (a block Krylov sketch of depth {DEFLATION_DEPTH} plus one "
+            "SLQ probe); use method='slq'"
+        )
+    k_sketch, k_probe = bk.split(key, 2)
+    Omega = bk.probes(k_sketch, b, n, bk.probe_dtype(op), sampler)
+    Qall, T = block_krylov(bk, op, Omega, DEFLATION_DEPTH, chunk_size)
+    theta, V = xp.linalg.eigh(T)
+    fvals = apply_f(xp, f, domain, theta)
+    check_nodes(bk, fname, domain, theta, fvals)
+    r = b * DEFLATED_BLOCKS
+    low = xp.sum((V[:r] * V[:r]) @ fvals)  # tr(E^T f(T) E): quadrature of tr(P^T f(A) P)
+    P = Qall[:, :r]
+    G = bk.probes(k_probe, g, n, bk.probe_dtype(op), sampler)
+    Gp = G - (G @ P) @ P.T
+    matmat = functools.partial(bk.matmat, op, chunk_size=chunk_size)
+    values = bk.with_adjoint(matmat, slq_forward(bk, spec, steps, reorth), Gp)
+    return low, values, b * DEFLATION_DEPTH + g * steps
+
+
+def exact_trace_function(bk, op, n, spec, chunk_size):
+    """``sum f(eig(A))`` from the matrix assembled with ``n`` matvecs (refuses a non-symmetric one)."""
+    xp = bk.xp
+    fname, f, _, domain = spec
+    M = bk.matmat(op, xp.eye(n, dtype=bk.probe_dtype(op)), chunk_size)  # rows A e_i: M = A^T
+    bk.check_finite("op", M)
+    if bk.is_concrete(M):
+        asym = float(xp.max(xp.abs(M - M.T)))
+        if asym > 1e-6 * max(float(xp.max(xp.abs(M))), 1e-300):
+            raise ValueError(
+                f"op must be symmetric for trace_function (max |A - A^T| = {asym:.3g}); SLQ and the "
+                "spectral definition of f(A) used here need a symmetric operator"
+            )
+    theta = xp.linalg.eigvalsh((M + M.T) / 2)
+    fvals = apply_f(xp, f, domain, theta)
+    check_nodes(bk, fname, domain, theta, fvals)
+    return xp.sum(fvals)
+
+
+def trace_function(
+    key,
+    op,
+    f,
+    *,
+    num_matvecs,
+    lanczos_steps,
+    method="slq",
+    reorthogonalize=False,
+    sampler="rademacher",
+    chunk_size=None,
+    backend=None,
+    mesh=None,
+    allow_exact=True,
+):
+    """Estimate ``tr f(op)`` for a symmetric operator by stochastic Lanczos quadrature.
+
+    Each probe ``z`` starts ``lanczos_steps = s`` Lanczos steps (``s`` matvecs),
+    giving the Jacobi matrix ``T``; the ``s``-node Gauss quadrature
+    ``||z||^2 e1^T f(T) e1`` approximates ``z^T f(A) z`` (exactly for polynomials of
+    degree ``< 2s``, with error falling exponentially in ``s`` for ``f`` analytic on
+    the spectrum), and the mean over ``num_matvecs // s`` probes estimates the trace.
+
+    **Budget**: ``num_matvecs = probes x lanczos_steps``; ``num_matvecs // lanczos_steps``
+    probes are used and ``Estimate.num_matvecs`` reports the products spent. At a fixed
+    ``s`` the estimate is an unbiased estimate of the ``s``-point quadrature, whose bias
+    relative to ``tr f(A)`` vanishes as ``s`` grows; ``sem`` is the probe-to-probe
+    standard error (it does not include the quadrature error).
+
+    ``method="deflated"`` (Krylov-aware deflation, Chen and Hallman 2023): half of the
+    budget builds a block Krylov space ``[Ω, AΩ, A²Ω, A³Ω]`` from ``b`` random vectors
+    (``4b`` matvecs); the trace of ``f`` on its first two blocks ``P`` is read off the
+    block Jacobi matrix (``tr(P^T f(A) P) ~ tr(E^T f(T) E)``), and SLQ with probes
+    projected off ``P`` estimates the rest ``tr((I - PP^T) f(A) (I - PP^T))``. It
+    pays when ``f(A)`` has a few dominant eigenvalues (decaying spectra, e.g. the
+    log-determinant of a kernel matrix plus a nugget).
+
+    Parameters
+    ----------
+    key : jax.random key or numpy.random.Generator
+        Randomness (its type picks the backend).
+    op : operator
+        Square and symmetric; anything :func:`sketchtrace.as_operator` accepts. An
+        operator declaring ``symmetric=False`` is refused.
+    f : {"log", "inv", "exp", "sqrt"} or callable
+        The function: ``"log"`` (``log det``), ``"inv"`` (``tr A^{-1}``), ``"exp"``,
+        ``"sqrt"``, or a callable applied elementwise to an array of Ritz values
+        (use ``jax.numpy`` functions with a JAX key, NumPy with a Generator).
+        ``"log"``/``"inv"`` need a positive definite operator and ``"sqrt"`` a
+        positive semidefinite one: a Ritz value outside the domain raises (Ritz values
+        lie inside the spectrum), as does a callable returning NaN or inf.
+    num_matvecs : int
+        Total budget (static), at least ``lanczos_steps``.
+    lanczos_steps : int
+        Lanczos steps (quadrature nodes) per probe; capped at the dimension.
+    method : {"slq", "deflated"}
+    reorthogonalize : bool
+        Full reorthogonalisation of every Lanczos vector against all previous ones
+        (``O(s n)`` memory and ``O(s^2 n)`` work per probe). Off by default: plain
+        Lanczos loses orthogonality, but its quadrature stays accurate.
+    sampler : {"rademacher", "gaussian", "sphere"} or callable
+    chunk_size : int, optional
+        Apply the operator to at most this many vectors at a time.
+    backend : {"jax", "numba"}, optional
+    mesh : jax.sharding.Mesh, optional
+        Shard the probe rows of every block product across devices.
+    allow_exact : bool
+        ``True`` (default): a budget that reaches the dimension ``n`` assembles the
+        matrix with ``n`` matvecs and sums ``f`` over its eigenvalues (``sem = 0``).
+
+    Returns
+    -------
+    Estimate
+        ``value``, ``sem`` (``inf`` with one probe, 0 when exact), ``num_matvecs`` (spent).
+
+    Gradients (JAX): ``jax.grad`` through ``value`` differentiates with respect to the
+    arrays the operator is built from (matrix entries, kernel parameters closed over by
+    a matvec) without backpropagating through Lanczos: the gradient is
+    ``mean_i u_i^T (dA) z_i`` with ``u_i = ||z_i|| V_i f'(T_i) e1 ~ f'(A) z_i``, an
+    unbiased estimate (up to the quadrature error) of ``tr(f'(A) dA)``, the exact
+    gradient of ``tr f(A)``. Cost: one VJP of a block product. Memory: the forward pass
+    keeps the Lanczos vectors, ``probes x lanczos_steps x n`` numbers (no per-step
+    residuals of the iteration).
+
+    References
+    ----------
+    S. Ubaru, J. Chen, Y. Saad, "Fast estimation of tr(f(A)) via stochastic Lanczos
+    quadrature", SIAM J. Matrix Anal. Appl. 38 (2017). doi:10.1137/16M1104974
+    T. Chen, E. Hallman, "Krylov-aware stochastic trace estimation", SIAM J. Matrix
+    Anal. Appl. 44 (2023). doi:10.1137/22M1494257
+    """
+    check_choice(method, METHODS, name="method")
+    if not isinstance(reorthogonalize, bool):
+        raise TypeError(f"reorthogonalize must be True or False; got {reorthogonalize!r}")
+    bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend, mesh)
+    steps = check_steps(lanczos_steps, m, n)
+    if declared_symmetric(op) is False:
+        raise ValueError("op declares symmetric=False: trace_function (Lanczos quadrature) needs a symmetric operator")
+    spec = function_spec(bk, f)
+    if check_allow_exact(allow_exact) and m >= n:
+        value = exact_trace_function(bk, op, n, spec, chunk_size)
+        return Estimate(value, bk.xp.zeros((), value.dtype), n)
+    if method == "deflated":
+        low, values, spent = _deflated(bk, key, op, n, spec, m, steps, sampler, reorth=reorthogonalize, chunk_size=chunk_size)
+    else:
+        low = 0.0
+        values, spent = _slq(bk, key, op, n, spec, m, steps, sampler, reorthogonalize, chunk_size)
+    mean, sem = summarize(bk.xp, values[:, None], exact=False)
+    return Estimate(low + mean[0], sem[0], spent)
+
+
+def logdet(key, op, *, num_matvecs, lanczos_steps, **kwargs):
+    """``log det(op)`` of a symmetric positive definite operator: ``trace_function(key, op, "log", ...)``.
+
+    All keywords of :func:`trace_function` apply; ``jax.grad`` of ``value`` with respect
+    to the operator's parameters estimates ``tr(A^{-1} dA)`` without a backward pass
+    through Lanczos.
+    """
+    return trace_function(key, op, "log", num_matvecs=num_matvecs, lanczos_steps=lanczos_steps, **kwargs)
+
+
+def trace_inverse(key, op, *, num_matvecs, lanczos_steps, **kwargs):
+    """``tr(op^{-1})`` of a symmetric positive definite operator: ``trace_function(key, op, "inv", ...)``."""
+    return trace_function(key, op, "inv", num_matvecs=num_matvecs, lanczos_steps=lanczos_steps, **kwargs)
+
