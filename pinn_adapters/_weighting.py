@@ -1,11 +1,21 @@
-"""NTK loss weighting during training, optax-style (``init`` / ``update`` over a state pytree)."""
+"""NTK loss weighting during training, optax-style (``init`` / ``update`` over a state pytree).
+
+:func:`ntk_weighting` checks its configuration once and closes over it; the state
+holds arrays only. One small *strategy* per estimator turns parameters into raw
+block traces (``init`` and ``refresh``); one shared skeleton turns traces into
+weights (normalisation, rule, guards, ``ema``, ``every``).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
 import sketchtrace as st
 from sketchtrace.validation import check_choice, check_num_matvecs
@@ -18,7 +28,7 @@ FD_SCHEMES = ("jvp", "forward", "central")
 
 
 class WeightingState(NamedTuple):
-    """State of :func:`ntk_weighting` (a pytree: jit, vmap and checkpoint it).
+    """State of :func:`ntk_weighting` (a pytree of arrays: jit, vmap and checkpoint it).
 
     Attributes
     ----------
@@ -30,18 +40,37 @@ class WeightingState(NamedTuple):
         Number of ``update`` calls so far.
     rejected : int array
         Number of refreshes whose traces were not finite (weights kept).
-    pc : pytree
-        The predictor-corrector state (``()`` for the other estimators).
-    anchor : pytree
-        Parameters at the last refresh (pc with ``every > 1`` only, else ``()``).
+    inner : pytree
+        The estimator's own state: :class:`PCState` for ``"pc"`` with a fixed gamma,
+        ``(DynamicState, offset)`` for sketchtrace's dynamic estimators
+        (``"moving_average"``, pc with ``gamma="auto"``), ``()`` otherwise.
     """
 
     weights: dict
     traces: dict
     count: Any
     rejected: Any
-    pc: Any
+    inner: Any
+
+
+class PCState(NamedTuple):
+    """State of the predictor-corrector strategy.
+
+    Attributes
+    ----------
+    estimate : (R, B) array
+        Per-replica raw block traces (``R = num_probes``, blocks in ``blocks.names`` order).
+    anchor : pytree
+        Parameters at the last refresh (``every > 1`` only, else ``()``).
+    anchor_residuals : dict
+        Residuals at ``anchor`` on the batch of that refresh (``every > 1`` only): reused
+        as the unperturbed residuals when the caller signals a fixed batch by passing
+        ``residuals_prev``.
+    """
+
+    estimate: Any
     anchor: Any
+    anchor_residuals: Any
 
 
 class NTKWeighting(NamedTuple):
@@ -53,8 +82,16 @@ class NTKWeighting(NamedTuple):
     config: dict
 
 
-def _scalar_dict(d, dtype):
-    return {n: jnp.asarray(v, dtype) for n, v in d.items()}
+class _Strategy(NamedTuple):
+    """How one estimator produces raw (``normalize="sum"``) block traces.
+
+    ``init(key, params, batch) -> (raw, inner)``;
+    ``refresh(key, inner, params_prev, params, batch, residuals, residuals_prev) -> (raw, inner)``;
+    ``refresh is None`` means fixed unit weights.
+    """
+
+    init: Callable
+    refresh: Callable | None
 
 
 def ntk_weighting(
@@ -73,6 +110,8 @@ def ntk_weighting(
     h=None,
     fd="forward",
     gamma=0.02,
+    subsample=None,
+    batched=True,
     init_method="exact",
     init_matvecs=None,
     chunk_size=256,
@@ -90,70 +129,66 @@ def ntk_weighting(
     ----------
     blocks : ResidualBlocks
     estimator : {"pc", "exact", "hutchinson", "moving_average", "none"}
-        ``"pc"``: the predictor-corrector of Hirsch and Pichi (sketchtrace's
-        :func:`~sketchtrace.predictor_corrector`): the same ``num_probes`` probes on
-        ``params_prev`` and ``params``, ``T <- (1 - gamma) (T - q(params_prev)) + q(params)``,
-        unbiased at every step when the first estimate is. ``"exact"``: chunked
-        per-point gradients (``chunk_size``). ``"hutchinson"``: ``num_probes`` fresh
-        probes every refresh. ``"moving_average"``: sketchtrace's
-        :func:`~sketchtrace.moving_average` of fresh one-probe estimates with
-        ``beta = gamma`` (biased toward stale values). ``"none"``: all weights 1.
+        ``"pc"``: the predictor-corrector of Hirsch and Pichi: the same ``num_probes``
+        probes ``v`` on ``params_prev`` and ``params``,
+        ``T <- (1 - gamma) (T - q(params_prev)) + q(params)`` with
+        ``q(p) = ||J_b(p) v||^2``, unbiased at every step when the first estimate is.
+        ``"exact"``: chunked per-point gradients (``chunk_size``). ``"hutchinson"``:
+        ``num_probes`` fresh probes every refresh. ``"moving_average"``: sketchtrace's
+        :func:`~sketchtrace.moving_average` of fresh estimates with ``beta = gamma``
+        (biased toward stale values). ``"none"``: all weights 1.
     every : int
-        Refresh the weights on every ``every``-th ``update`` call (others keep them).
-        For ``"pc"`` with ``every > 1`` the parameters of the last refresh are kept in
-        the state and the correction runs between them and ``params``.
+        Refresh on every ``every``-th ``update`` call (others keep the weights). pc with
+        ``every > 1`` corrects between the parameters of the last refresh (kept in the
+        state, with their residuals) and ``params``.
     ema : float, optional
-        Momentum in ``[0, 1)``: ``w <- ema * w + (1 - ema) * w_new`` at refreshes
-        (jaxpi uses 0.9).
+        Momentum in ``[0, 1)``: ``w <- ema * w + (1 - ema) * w_new`` at refreshes.
     rule, cap, eps : see :func:`ntk_weights`
-        Guards: traces floored at ``eps * max_j T_j``; if a refresh produces non-finite
-        traces (non-finite residuals) the previous weights are kept and
-        ``state.rejected`` is incremented (outside ``jit`` the estimators raise instead).
+        If a refresh produces non-finite traces the previous weights (and estimator
+        state) are kept and ``state.rejected`` is incremented.
     normalize : {"sum", "mean", None}
-        Trace normalisation (see :func:`ntk_traces`). ``rule="jaxpi"`` always divides
-        by the block sizes itself, so use ``"sum"`` with it.
+        Trace normalisation (see :func:`ntk_traces`); ``rule="jaxpi"`` needs ``"sum"``.
     num_probes : int
-        Probes per refresh for ``"hutchinson"`` and ``"pc"``.
-    sampler : str, optional
+        Probes per refresh for ``"hutchinson"``, ``"pc"`` and ``"moving_average"``.
+    sampler : str or callable, optional
         Probe distribution (default ``"gaussian"`` for pc, ``"rademacher"`` for Hutchinson).
     side : {"auto", "params", "residuals"}
         Probe side for ``"hutchinson"``.
-    fd : {"forward", "central", "jvp"}
-        How pc evaluates ``J v``: finite differences of the residuals (``"forward"``:
-        one residual evaluation per probe and parameter point when the unperturbed
-        residuals are passed in; ``"central"``: two) or exact JVPs (``"jvp"``).
     h : float, optional
-        Finite-difference step (default: sketchtrace's per-dtype step scaled by the
-        parameter RMS).
+        Finite-difference step (default ``sketchtrace.default_step`` times ``1 + rms(params)``).
+    fd : {"forward", "central", "jvp"}
+        How pc evaluates ``J v``: finite differences of the residuals or exact JVPs.
     gamma : float or "auto"
-        pc damping in ``(0, 1]``; ``1`` is fresh one-probe Hutchinson. The best value
-        is about the relative change of the NTK per step (sketchtrace's
-        :func:`~sketchtrace.optimal_gamma`); the default 0.02 suits Adam at
-        learning rates around 1e-3 (docs/pinn.md has measurements: 0.1 doubles the
-        weight error there). ``"auto"`` lets sketchtrace choose it online; in our
-        PINN runs it sometimes collapsed to tiny values after the large early
-        changes and then kept an early error, so it is not the default.
-        For ``estimator="moving_average"`` this is the average's ``beta`` (a float).
+        pc damping in ``(0, 1]`` (``1`` is fresh Hutchinson); about the relative change
+        of the NTK per step is best (docs/schedules.md has measurements). ``"auto"``
+        uses sketchtrace's online choice (no ``subsample``/``batched`` then). For
+        ``"moving_average"`` it is the average's ``beta``.
+    subsample : int, float or dict, optional
+        pc only: draw one random subset of each block's points per refresh (an ``int``
+        count, or a ``float`` fraction in ``(0, 1]``; a dict gives one per block) and
+        scale its quadratic forms by ``n_b / m_b``. The same subset and probe serve
+        ``q(params_prev)`` and ``q(params)``, so every block trace stays unbiased over
+        subset and probe (docs/schedules.md gives the variance). Needs pointwise blocks.
+    batched : bool
+        pc only: evaluate the residuals at all parameter points of a refresh
+        (``params_prev + h v``, ``params + h v`` and, if not passed in, the
+        unperturbed ones) in one ``vmap``-ed call instead of one call each.
     init_method : {"exact", "hutchinson"}
-        First pc estimate: exact traces (zero variance; a one-off cost) or
-        ``init_matvecs`` Hutchinson probes.
+        First pc estimate: exact traces or ``init_matvecs`` Hutchinson probes.
     chunk_size : int
         Points per chunk for exact traces.
     mesh : jax.sharding.Mesh, optional
-        Spread exact traces (collocation points) and Hutchinson traces (probes) over
-        the mesh's devices, see :func:`ntk_traces`; this includes the exact first
-        estimate of ``"pc"``. The pc correction itself (one probe) is not split; to
-        spread its residual evaluations over devices, place the batch's points with
-        ``jax.device_put(points, NamedSharding(mesh, PartitionSpec(axis)))`` and jit
-        ``update`` (XLA partitions the point axis).
+        Spread exact traces (points) and Hutchinson traces (probes) over devices, see
+        :func:`ntk_traces` (this includes pc's exact first estimate).
 
     Notes
     -----
-    ``update`` accepts ``residuals=`` (the residual dict at ``params`` on ``batch``,
-    which training computes anyway) and ``residuals_prev=`` (at ``params_prev`` on the
-    same batch, available when the batch is fixed): with forward differences pc then
-    costs ``num_probes`` residual evaluations at each of the two parameter points,
-    i.e. about two extra residual evaluations per step for one probe.
+    ``update`` accepts ``residuals=`` (at ``params`` on ``batch``, which training
+    computes anyway) and ``residuals_prev=`` (at ``params_prev`` on the same batch;
+    passing it tells pc that the batch is fixed, so with ``every > 1`` the anchor's
+    stored residuals are reused too). pc with forward differences then costs one
+    residual evaluation per probe at each of the two parameter points, on the
+    subsampled points only.
 
     References
     ----------
@@ -162,155 +197,501 @@ def ntk_weighting(
     P. Dharangutte, C. Musco, "Dynamic trace estimation", NeurIPS 2021. arXiv:2110.13605
     S. Wang, X. Yu, P. Perdikaris, J. Comput. Phys. 449 (2022). doi:10.1016/j.jcp.2021.110768
     """
+    cfg = _configure(
+        blocks,
+        estimator=estimator,
+        every=every,
+        ema=ema,
+        rule=rule,
+        cap=cap,
+        eps=eps,
+        normalize=normalize,
+        num_probes=num_probes,
+        sampler=sampler,
+        side=side,
+        h=h,
+        fd=fd,
+        gamma=gamma,
+        subsample=subsample,
+        batched=batched,
+        init_method=init_method,
+        init_matvecs=init_matvecs,
+        chunk_size=chunk_size,
+    )
+    strategy = _STRATEGIES[_strategy_name(cfg)](blocks, cfg, mesh)
+    init, update = _skeleton(blocks, cfg, strategy)
+    return NTKWeighting(init, update, blocks, cfg)
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def _configure(blocks, **cfg) -> dict:
+    """Check every argument before any work; return the static configuration."""
     if not isinstance(blocks, ResidualBlocks):
-        raise TypeError(f"blocks must be a pinn_adapters.ResidualBlocks; got {type(blocks).__name__}")
-    check_choice(estimator, ESTIMATORS, name="estimator")
-    check_choice(fd, FD_SCHEMES, name="fd")
-    check_choice(init_method, ("exact", "hutchinson"), name="init_method")
-    if normalize not in ("sum", "mean", None):
-        raise ValueError(f"normalize must be 'sum', 'mean' or None; got {normalize!r}")
-    every = check_num_matvecs(every, name="every")
-    num_probes = check_num_matvecs(num_probes, name="num_probes")
+        raise TypeError(
+            f"blocks must be a pinn_adapters.ResidualBlocks; got {type(blocks).__name__}"
+        )
+    est = check_choice(cfg["estimator"], ESTIMATORS, name="estimator")
+    check_choice(cfg["fd"], FD_SCHEMES, name="fd")
+    check_choice(cfg["init_method"], ("exact", "hutchinson"), name="init_method")
+    if cfg["normalize"] not in ("sum", "mean", None):
+        raise ValueError(
+            f"normalize must be 'sum', 'mean' or None; got {cfg['normalize']!r}"
+        )
+    cfg["every"] = check_num_matvecs(cfg["every"], name="every")
+    cfg["num_probes"] = check_num_matvecs(cfg["num_probes"], name="num_probes")
+    ema, gamma = cfg["ema"], cfg["gamma"]
     if ema is not None and not (isinstance(ema, (int, float)) and 0 <= ema < 1):
         raise ValueError(f"ema must be None or a float in [0, 1); got {ema!r}")
     if gamma != "auto" and not (isinstance(gamma, (int, float)) and 0 < gamma <= 1):
         raise ValueError(f"gamma must be a float in (0, 1] or 'auto'; got {gamma!r}")
-    if rule == "jaxpi" and normalize == "mean":
-        raise ValueError("rule='jaxpi' divides by the block sizes itself; use normalize='sum' with it")
-    ntk_weights({"_": 1.0}, rule=rule, cap=cap, eps=eps)  # validates rule, cap, eps
-    normalize = normalize or blocks.reduction
-    sampler = sampler or ("gaussian" if estimator in ("pc", "moving_average") else "rademacher")
-    if init_matvecs is None:
-        init_matvecs = max(8, num_probes)
-    config = dict(
-        estimator=estimator, every=every, ema=ema, rule=rule, cap=cap, eps=eps, normalize=normalize,
-        num_probes=num_probes, sampler=sampler, side=side, h=h, fd=fd, gamma=gamma,
-        init_method=init_method, init_matvecs=init_matvecs, chunk_size=chunk_size,
-    )
-    names = blocks.names
-
-    pc = None
-    dynamic = estimator in ("pc", "moving_average")
-    # with an exact first estimate the core's own (Hutchinson) init is overwritten: spend 1 probe on it
-    core_init = num_probes if init_method == "exact" else init_matvecs
-    if estimator == "pc":
-        pc = st.predictor_corrector(num_probes=num_probes, gamma=gamma, sampler=sampler, init_matvecs=core_init)
-    elif estimator == "moving_average":
-        if gamma == "auto":
-            raise ValueError("gamma='auto' is for estimator='pc'; give the moving average a float beta as gamma")
-        pc = st.moving_average(num_probes=num_probes, beta=gamma, sampler=sampler, init_matvecs=core_init)
-
-    def scale(traces, rows):
-        if normalize == "mean":
-            return {n: traces[n] / rows[n] for n in names}
-        return traces
-
-    def weights_from(traces, rows, fallback):
-        sizes = rows if rule == "jaxpi" else None
-        w = ntk_weights(traces, rule=rule, cap=cap, eps=eps, sizes=sizes)
-        ok = jnp.all(jnp.stack([jnp.isfinite(traces[n]) for n in names]))
-        return {n: jnp.where(ok, w[n], fallback[n]) for n in names}, ok
-
-    def gram_op(params, batch, value):
-        f = blocks.residuals
-        if fd == "jvp":
-            return st.gram(st.JacobianOperator(f, params, batch, mode="fwd"), side="input")
-        return st.FiniteDifferenceGram(f, params, batch, h=h, scheme=fd, value=value)
-
-    def exact_traces(params, batch):
-        est = ntk_traces(
-            None, blocks, params, batch, method="exact", chunk_size=chunk_size, normalize="sum", mesh=mesh
+    if est == "moving_average" and gamma == "auto":
+        raise ValueError(
+            "gamma='auto' is for estimator='pc'; give the moving average a float beta as gamma"
         )
-        return {n: est[n].value for n in names}
+    if cfg["rule"] == "jaxpi" and cfg["normalize"] == "mean":
+        raise ValueError(
+            "rule='jaxpi' divides by the block sizes itself; use normalize='sum' with it"
+        )
+    ntk_weights(
+        {"_": 1.0}, rule=cfg["rule"], cap=cfg["cap"], eps=cfg["eps"]
+    )  # validates rule, cap, eps
+    if not isinstance(cfg["batched"], bool):
+        raise TypeError(f"batched must be True or False; got {cfg['batched']!r}")
+    cfg["subsample"] = _check_subsample(cfg["subsample"], blocks, est, gamma)
+    cfg["normalize"] = cfg["normalize"] or blocks.reduction
+    cfg["sampler"] = cfg["sampler"] or (
+        "gaussian" if est in ("pc", "moving_average") else "rademacher"
+    )
+    if cfg["init_matvecs"] is None:
+        cfg["init_matvecs"] = max(8, cfg["num_probes"])
+    return cfg
+
+
+def _check_subsample(spec, blocks, estimator, gamma):
+    """``None``, a count, a fraction, or a dict block -> count/fraction (pc with a fixed gamma only)."""
+    if spec is None:
+        return None
+    if estimator != "pc" or gamma == "auto":
+        raise ValueError(
+            f"subsample is for estimator='pc' with a float gamma; got estimator={estimator!r}, "
+            f"gamma={gamma!r}"
+        )
+    per_block = spec if isinstance(spec, dict) else {n: spec for n in blocks.names}
+    unknown = sorted(set(per_block) - set(blocks.names))
+    if unknown:
+        raise ValueError(
+            f"subsample names unknown block(s) {unknown}; blocks are {list(blocks.names)}"
+        )
+    for n, v in per_block.items():
+        ok_int = isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+        ok_frac = isinstance(v, float) and 0 < v <= 1
+        if not (ok_int or ok_frac or v is None):
+            raise ValueError(
+                f"subsample for block {n!r} must be a point count >= 1 or a fraction in (0, 1]; "
+                f"got {v!r}"
+            )
+    if blocks.pointwise is False:
+        raise ValueError(
+            "subsample needs pointwise residual blocks (ResidualBlocks(..., pointwise=True or "
+            "'auto')): slicing an opaque batch changes the residuals of the points kept"
+        )
+    return {n: per_block.get(n) for n in blocks.names}
+
+
+def _strategy_name(cfg) -> str:
+    if cfg["estimator"] == "pc" and cfg["gamma"] == "auto":
+        return "dynamic"
+    if cfg["estimator"] == "moving_average":
+        return "dynamic"
+    return cfg["estimator"]
+
+
+def sample_size(spec, n: int) -> int:
+    """Points kept of ``n`` for a ``subsample`` entry (a count, a fraction or ``None`` = all)."""
+    if spec is None:
+        return n
+    if isinstance(spec, float):
+        return max(1, min(n, math.ceil(spec * n)))
+    return min(int(spec), n)
+
+
+# ----------------------------------------------------------------------------- the shared skeleton
+
+
+def _skeleton(blocks, cfg, strategy):
+    """The ``init`` / ``update`` pair around a strategy: traces -> guarded, smoothed weights."""
+    names = blocks.names
+    every, ema = cfg["every"], cfg["ema"]
 
     def init(key, params, batch):
         batch = blocks.coerce_batch(batch)
         rows = residual_rows(blocks, params, batch)
-        dtype = jax.flatten_util.ravel_pytree(params)[0].dtype
-        pc_state, anchor = (), ()
-        if estimator == "none":
-            traces = {n: jnp.ones((), dtype) for n in names}
-            weights = {n: jnp.ones((), dtype) for n in names}
-            return WeightingState(weights, traces, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), (), ())
-        if estimator == "exact" or (dynamic and init_method == "exact"):
-            raw = exact_traces(params, batch)
-        else:
-            m = num_probes if estimator == "hutchinson" else init_matvecs
-            est = ntk_traces(key, blocks, params, batch, method="hutchinson", num_matvecs=m, side=side,
-                             sampler=sampler, normalize="sum", mesh=mesh)
-            raw = {n: est[n].value for n in names}
-        if dynamic:
-            op0 = gram_op(params, batch, None)
-            pc_state = pc.init(key, op0)
-            if init_method == "exact":
-                pc_state = _set_exact(pc_state, raw, op0)
-            if every > 1 and estimator == "pc":
-                anchor = params
-        traces = scale(raw, rows)
+        dtype = ravel_pytree(params)[0].dtype
         ones = {n: jnp.ones((), dtype) for n in names}
-        weights, _ = weights_from(traces, rows, ones)
+        zero = jnp.zeros((), jnp.int32)
+        if strategy.refresh is None:
+            return WeightingState(ones, ones, zero, zero, ())
+        raw, inner = strategy.init(key, params, batch)
+        traces = _normalized(raw, rows, cfg)
+        weights, _ = _weights_from(traces, rows, ones, cfg)
         return WeightingState(
-            _scalar_dict(weights, dtype), _scalar_dict(traces, dtype), jnp.zeros((), jnp.int32),
-            jnp.zeros((), jnp.int32), pc_state, anchor,
+            _cast(weights, dtype), _cast(traces, dtype), zero, zero, inner
         )
 
     def refresh(key, state, params_prev, params, batch, residuals, residuals_prev):
         rows = residual_rows(blocks, params, batch)
-        pc_state, anchor = state.pc, state.anchor
-        if estimator == "exact":
-            raw = exact_traces(params, batch)
-        elif estimator == "hutchinson":
-            est = ntk_traces(key, blocks, params, batch, method="hutchinson", num_matvecs=num_probes,
-                             side=side, sampler=sampler, normalize="sum", mesh=mesh)
-            raw = {n: est[n].value for n in names}
-        elif estimator == "moving_average":
-            est, pc_state = pc.update(key, state.pc, None, gram_op(params, batch, residuals))
-            raw = {n: est[n].value for n in names}
-        else:
-            if every > 1:
-                params_prev, residuals_prev = anchor, None
-                anchor = params
-            op_prev = gram_op(params_prev, batch, residuals_prev)
-            op_next = gram_op(params, batch, residuals)
-            est, pc_state = pc.update(key, state.pc, op_prev, op_next)
-            raw = {n: est[n].value for n in names}
-        traces = scale(raw, rows)
-        new_w, ok = weights_from(traces, rows, state.weights)
+        raw, inner = strategy.refresh(
+            key, state.inner, params_prev, params, batch, residuals, residuals_prev
+        )
+        traces = _normalized(raw, rows, cfg)
+        new_w, ok = _weights_from(traces, rows, state.weights, cfg)
         if ema is not None:
             new_w = {n: ema * state.weights[n] + (1 - ema) * new_w[n] for n in names}
         dtype = state.weights[names[0]].dtype
         traces = {n: jnp.where(ok, traces[n], state.traces[n]) for n in names}
-        if dynamic:
-            # a rejected correction must not poison the recursion: keep the old pc state
-            pc_state = jax.tree.map(lambda a, b: jnp.where(ok, a, b), pc_state, state.pc)
+        # a rejected refresh must not poison a recursion: keep the estimator's old state
+        inner = jax.tree.map(lambda a, b: jnp.where(ok, a, b), inner, state.inner)
+        rejected = state.rejected + jnp.where(ok, 0, 1).astype(jnp.int32)
         return WeightingState(
-            _scalar_dict(new_w, dtype), _scalar_dict(traces, dtype), state.count + 1,
-            state.rejected + jnp.where(ok, 0, 1).astype(jnp.int32), pc_state, anchor,
+            _cast(new_w, dtype), _cast(traces, dtype), state.count + 1, rejected, inner
         )
 
-    def update(key, state, params_prev, params, batch, *, residuals=None, residuals_prev=None):
+    def update(
+        key, state, params_prev, params, batch, *, residuals=None, residuals_prev=None
+    ):
         batch = blocks.coerce_batch(batch)
-        if estimator == "none":
+        if strategy.refresh is None:
             return state.weights, state._replace(count=state.count + 1)
+        args = (key, state, params_prev, params, batch, residuals, residuals_prev)
         if every == 1:
-            new = refresh(key, state, params_prev, params, batch, residuals, residuals_prev)
+            new = refresh(*args)
         else:
-            def skip(_):
-                return state._replace(count=state.count + 1)
-
-            def do(_):
-                return refresh(key, state, params_prev, params, batch, residuals, residuals_prev)
-
-            new = jax.lax.cond((state.count + 1) % every == 0, do, skip, None)
+            new = jax.lax.cond(
+                (state.count + 1) % every == 0,
+                lambda _: refresh(*args),
+                lambda _: state._replace(count=state.count + 1),
+                None,
+            )
         return new.weights, new
 
-    return NTKWeighting(init, update, blocks, config)
+    return init, update
 
 
-def _set_exact(pc_state, traces, op):
-    """Start a dynamic estimator from exact traces: every replica holds them, variance 0."""
-    order = op.block_names
-    T = jnp.stack([jnp.asarray(traces[n], pc_state.estimate.dtype) for n in order])
-    return pc_state._replace(
-        estimate=jnp.broadcast_to(T, pc_state.estimate.shape), variance=jnp.zeros_like(pc_state.variance)
+def _cast(d, dtype):
+    return {n: jnp.asarray(v, dtype) for n, v in d.items()}
+
+
+def _normalized(raw, rows, cfg):
+    if cfg["normalize"] == "mean":
+        return {n: raw[n] / rows[n] for n in raw}
+    return raw
+
+
+def _weights_from(traces, rows, fallback, cfg):
+    """Weights from traces; where any trace is not finite, ``fallback`` (and ``ok`` False)."""
+    names = list(traces)
+    sizes = rows if cfg["rule"] == "jaxpi" else None
+    w = ntk_weights(
+        traces, rule=cfg["rule"], cap=cfg["cap"], eps=cfg["eps"], sizes=sizes
     )
+    ok = jnp.all(jnp.stack([jnp.isfinite(traces[n]) for n in names]))
+    return {n: jnp.where(ok, w[n], fallback[n]) for n in names}, ok
+
+
+# ----------------------------------------------------------------------------- strategies
+
+
+def _exact_fn(blocks, cfg, mesh):
+    def exact(params, batch):
+        est = ntk_traces(
+            None,
+            blocks,
+            params,
+            batch,
+            method="exact",
+            chunk_size=cfg["chunk_size"],
+            normalize="sum",
+            mesh=mesh,
+        )
+        return {n: est[n].value for n in blocks.names}
+
+    return exact
+
+
+def _hutchinson_fn(blocks, cfg, mesh):
+    def hutchinson(key, params, batch, num_matvecs):
+        est = ntk_traces(
+            key,
+            blocks,
+            params,
+            batch,
+            method="hutchinson",
+            num_matvecs=num_matvecs,
+            side=cfg["side"],
+            sampler=cfg["sampler"],
+            normalize="sum",
+            mesh=mesh,
+        )
+        return {n: est[n].value for n in blocks.names}
+
+    return hutchinson
+
+
+def _none_strategy(blocks, cfg, mesh):
+    return _Strategy(init=None, refresh=None)
+
+
+def _exact_strategy(blocks, cfg, mesh):
+    exact = _exact_fn(blocks, cfg, mesh)
+    return _Strategy(
+        init=lambda key, params, batch: (exact(params, batch), ()),
+        refresh=lambda key, inner, pp, params, batch, r, rp: (exact(params, batch), ()),
+    )
+
+
+def _hutchinson_strategy(blocks, cfg, mesh):
+    hutch, m = _hutchinson_fn(blocks, cfg, mesh), cfg["num_probes"]
+    return _Strategy(
+        init=lambda key, params, batch: (hutch(key, params, batch, m), ()),
+        refresh=lambda key, inner, pp, params, batch, r, rp: (
+            hutch(key, params, batch, m),
+            (),
+        ),
+    )
+
+
+def _first_traces(blocks, cfg, mesh):
+    """The first estimate of the recursive strategies: exact, or ``init_matvecs`` Hutchinson probes."""
+    if cfg["init_method"] == "exact":
+        exact = _exact_fn(blocks, cfg, mesh)
+        return lambda key, params, batch: exact(params, batch)
+    hutch = _hutchinson_fn(blocks, cfg, mesh)
+    return lambda key, params, batch: hutch(key, params, batch, cfg["init_matvecs"])
+
+
+def _dynamic_strategy(blocks, cfg, mesh):
+    """sketchtrace's own dynamic estimators (moving average; pc with ``gamma="auto"``) on the Gram operator.
+
+    An exact first estimate is carried as an ``offset`` next to the core's state (which
+    starts from one probe): both recursions shrink the estimate's deviation by
+    ``1 - gamma_t`` per update, so ``offset <- (1 - gamma_t) offset`` keeps their sum unbiased.
+    """
+    names, g, m = blocks.names, cfg["gamma"], cfg["num_probes"]
+    if cfg["estimator"] == "pc":
+        core = st.predictor_corrector(
+            num_probes=m, gamma=g, sampler=cfg["sampler"], init_matvecs=m
+        )
+    else:
+        core = st.moving_average(
+            num_probes=m, beta=g, sampler=cfg["sampler"], init_matvecs=m
+        )
+    first = _first_traces(blocks, cfg, mesh)
+
+    def gram(params, batch, value):
+        if cfg["fd"] == "jvp":
+            return st.gram(
+                st.JacobianOperator(blocks.residuals, params, batch, mode="fwd"),
+                side="input",
+            )
+        return st.FiniteDifferenceGram(
+            blocks.residuals, params, batch, h=cfg["h"], scheme=cfg["fd"], value=value
+        )
+
+    def init(key, params, batch):
+        op = gram(params, batch, None)
+        state = core.init(key, op)
+        start = core.estimate(state, op.block_names)
+        exact = first(key, params, batch)
+        return exact, (state, {n: exact[n] - start[n].value for n in names})
+
+    def refresh(key, inner, params_prev, params, batch, residuals, residuals_prev):
+        state, offset = inner
+        op_next = gram(params, batch, residuals)
+        op_prev = (
+            gram(params_prev, batch, residuals_prev)
+            if cfg["estimator"] == "pc"
+            else None
+        )
+        kept = {n: 1 - state.gamma[i] for i, n in enumerate(op_next.block_names)}
+        est, state = core.update(key, state, op_prev, op_next)
+        offset = {n: kept[n] * offset[n] for n in names}
+        return {n: est[n].value + offset[n] for n in names}, (state, offset)
+
+    return _Strategy(init, refresh)
+
+
+def _pc_strategy(blocks, cfg, mesh):
+    """The predictor-corrector with row subsampling and one batched residual evaluation."""
+    names, gamma, every = blocks.names, cfg["gamma"], cfg["every"]
+    R = cfg["num_probes"]
+    first = _first_traces(blocks, cfg, mesh)
+
+    def init(key, params, batch):
+        raw = first(key, params, batch)
+        T = jnp.stack([raw[n] for n in names])
+        estimate = jnp.broadcast_to(T, (R, len(names)))
+        if every > 1:
+            return raw, PCState(estimate, params, blocks.residuals(params, batch))
+        return raw, PCState(estimate, (), ())
+
+    def refresh(key, inner, params_prev, params, batch, residuals, residuals_prev):
+        anchor, anchor_res = (), ()
+        if every > 1:
+            params_prev = inner.anchor
+            # the anchor's residuals are on the caller's batch only if it says the batch is fixed
+            residuals_prev = (
+                inner.anchor_residuals if residuals_prev is not None else None
+            )
+            if residuals is None:
+                residuals = blocks.residuals(params, batch)
+            anchor, anchor_res = params, residuals
+        x, y = pc_quad_forms(
+            key,
+            blocks,
+            params_prev,
+            params,
+            batch,
+            cfg,
+            residuals=residuals,
+            residuals_prev=residuals_prev,
+        )
+        T = (1.0 - gamma) * (inner.estimate - x) + y
+        value = T.mean(axis=0)
+        return {n: value[i] for i, n in enumerate(names)}, PCState(
+            T.astype(inner.estimate.dtype), anchor, anchor_res
+        )
+
+    return _Strategy(init, refresh)
+
+
+_STRATEGIES = {
+    "none": _none_strategy,
+    "exact": _exact_strategy,
+    "hutchinson": _hutchinson_strategy,
+    "dynamic": _dynamic_strategy,
+    "pc": _pc_strategy,
+}
+
+
+# ----------------------------------------------------------------------------- pc quadratic forms
+
+
+def subsample_scale(n: int, m: int) -> float:
+    """Scale of a block's subsampled quadratic form: ``n / m`` (uniform subset of ``m`` of ``n`` points)."""
+    return n / m
+
+
+def _subsample(key, blocks, batch, spec):
+    """One uniform random subset of each block's points: (sub-batch, indices or None, scale) per block."""
+    sizes = blocks.sizes(batch)
+    sub, idx, scale = {}, {}, {}
+    for i, n in enumerate(blocks.names):
+        m = sample_size(None if spec is None else spec[n], sizes[n])
+        if m == sizes[n]:
+            sub[n], idx[n], scale[n] = batch[n], None, 1.0
+            continue
+        ix = jax.random.choice(
+            jax.random.fold_in(key, i), sizes[n], (m,), replace=False
+        )
+        sub[n] = jax.tree.map(lambda a, ix=ix: a[ix], batch[n])
+        idx[n], scale[n] = ix, subsample_scale(sizes[n], m)
+    return sub, idx, sizes, scale
+
+
+def _take_rows(residuals, idx, sizes):
+    """The rows of the subsampled points (a point may own several residual rows)."""
+    if residuals is None:
+        return None
+    out = {}
+    for n, r in residuals.items():
+        out[n] = r if idx[n] is None else r.reshape(sizes[n], -1)[idx[n]].reshape(-1)
+    return out
+
+
+def _evaluate(g, points, batched):
+    """``g`` at each row of ``points``: one ``vmap``-ed call, or one call per row."""
+    if batched:
+        return jax.vmap(g)(points)
+    outs = [g(points[i]) for i in range(points.shape[0])]
+    return jax.tree.map(lambda *a: jnp.stack(a), *outs)
+
+
+def pc_quad_forms(
+    key, blocks, params_prev, params, batch, cfg, *, residuals=None, residuals_prev=None
+):
+    """``x = q(params_prev)``, ``y = q(params)``, each ``(R, B)``: ``scale_b ||J_b v_r||^2`` on one subset.
+
+    The subset (``cfg["subsample"]``) and the ``R`` probes are shared by both points.
+    With ``gamma == 1`` ``x`` is zero and ``params_prev`` is not evaluated.
+    """
+    k_sub, k_v = jax.random.split(key)
+    sub, idx, sizes, scale = _subsample(k_sub, blocks, batch, cfg["subsample"])
+    flat, unravel = ravel_pytree(params)
+    flat_prev = ravel_pytree(params_prev)[0] if cfg["gamma"] != 1 else None
+    keys = jax.random.split(k_v, cfg["num_probes"])
+    V = jax.vmap(
+        lambda k: ravel_pytree(st.sample_like(k, params, sampler=cfg["sampler"]))[0]
+    )(keys)
+
+    def g(x):
+        return blocks.residuals(unravel(x), sub)
+
+    anchors = [a for a in (flat_prev, flat) if a is not None]
+    bases = [_take_rows(r, idx, sizes) for r in (residuals_prev, residuals)][
+        -len(anchors) :
+    ]
+    jv = _jvps(
+        g, jnp.stack(anchors), bases, V.astype(flat.dtype), cfg
+    )  # dict: (points, R, rows)
+    q = jnp.stack(
+        [scale[n] * jnp.sum(jnp.square(jv[n]), axis=-1) for n in blocks.names], axis=-1
+    )
+    y = q[-1]
+    x = q[0] if len(anchors) == 2 else jnp.zeros_like(y)
+    return x, y
+
+
+def _jvps(g, anchors, bases, V, cfg):
+    """``J v`` at every anchor (``(A, P)``) for every probe (``(R, P)``): dict of ``(A, R, rows)``."""
+    A, R = anchors.shape[0], V.shape[0]
+    if cfg["fd"] == "jvp":
+        X = jnp.repeat(anchors, R, axis=0)
+        T = jnp.tile(V, (A, 1))
+        if cfg["batched"]:
+            out = jax.vmap(lambda x, t: jax.jvp(g, (x,), (t,))[1])(X, T)
+        else:
+            outs = [jax.jvp(g, (X[i],), (T[i],))[1] for i in range(A * R)]
+            out = jax.tree.map(lambda *a: jnp.stack(a), *outs)
+        return jax.tree.map(lambda a: a.reshape(A, R, -1), out)
+    h = cfg["h"]
+    if h is None:
+        rms = jnp.sqrt(jnp.mean(jnp.square(anchors[-1])))
+        h = st.default_step(anchors.dtype, cfg["fd"]) * (
+            1.0 + jax.lax.stop_gradient(rms)
+        )
+    h = jnp.asarray(h, anchors.dtype)
+    plus = (anchors[:, None, :] + h * V[None]).reshape(A * R, -1)
+    if cfg["fd"] == "central":
+        minus = (anchors[:, None, :] - h * V[None]).reshape(A * R, -1)
+        out = _evaluate(g, jnp.concatenate([plus, minus]), cfg["batched"])
+        return jax.tree.map(
+            lambda a: ((a[: A * R] - a[A * R :]) / (2 * h)).reshape(A, R, -1), out
+        )
+    missing = [i for i, b in enumerate(bases) if b is None]
+    out = _evaluate(
+        g,
+        jnp.concatenate([plus, anchors[jnp.asarray(missing, jnp.int32)]])
+        if missing
+        else plus,
+        cfg["batched"],
+    )
+    result = {}
+    for n in out:
+        f_plus = out[n][: A * R].reshape(A, R, -1)
+        base = []
+        for i, b in enumerate(bases):
+            base.append(out[n][A * R + missing.index(i)] if b is None else b[n])
+        result[n] = (f_plus - jnp.stack(base)[:, None, :]) / h
+    return result
