@@ -118,6 +118,9 @@ def read_checkpoint(path) -> tuple[dict, list]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                raise ValueError("not an .npz (zip) archive")
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):
             raise ValueError("a single NumPy array, not an archive")  # noqa: TRY004 (re-raised below)

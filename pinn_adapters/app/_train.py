@@ -53,7 +53,8 @@ class NonFiniteError(FloatingPointError):
         The residual block blamed (its loss, weight or gradient was not finite), or
         ``"parameters"`` when every block was finite but the optimizer update was not.
     state : TrainState
-        The last finite state (after step ``step - 1``).
+        The last finite state (after step ``step - 1``), with the non-finite flag
+        cleared, so it can be saved or resumed from (e.g. with a lower learning rate).
     """
 
     def __init__(self, message, step, block, state):
@@ -176,8 +177,8 @@ def _make_weighting(weighting, blocks):
         return weighting
     if weighting is None:
         weighting = "none"
-    if isinstance(weighting, str):
-        return ntk_weighting(blocks, estimator=weighting)
+    if isinstance(weighting, str):  # one object per (blocks, name): repeated calls reuse the compiled step
+        return _cached((blocks, weighting), lambda: ntk_weighting(blocks, estimator=weighting))
     raise TypeError(f"weighting must be None, an estimator name or pa.ntk_weighting(...); got {weighting!r}")
 
 
@@ -341,7 +342,7 @@ def _raise_non_finite(problem, state, batch_at, checkpoint):
         f"train: non-finite {what} at step {step} in block {block!r}: training stopped there and the last finite "
         f"state (after step {step - 1}) is in this error's .state{saved}. Lower the learning rate or check the "
         f"residuals and points of block {block!r}",
-        step, block, state,
+        step, block, state._replace(bad_step=jnp.zeros((), jnp.int32), bad_block=jnp.zeros((), jnp.int32)),
     )
 
 
