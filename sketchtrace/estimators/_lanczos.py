@@ -45,8 +45,8 @@ def ritz(xp, alpha, beta, norms):
     return xp.linalg.eigh(tridiagonal(xp, alpha, beta, norms))
 
 
-def check_nodes(bk, fname, domain, theta, fvals):
-    """Refuse Ritz values outside ``f``'s domain and non-finite ``f`` values (concrete values only)."""
+def check_domain(bk, fname, domain, theta):
+    """Refuse Ritz values outside ``f``'s domain (concrete values only; before ``f`` is applied)."""
     if not bk.is_concrete(theta):
         return
     th = np.asarray(theta)
@@ -59,7 +59,13 @@ def check_nodes(bk, fname, domain, theta, fvals):
             "(Ritz values lie within the spectrum, so op has an eigenvalue <= that value); "
             "shift the operator or use a function defined on the whole spectrum"
         )
-    fv = np.asarray(fvals)
+
+
+def check_values(bk, fname, theta, fvals):
+    """Refuse non-finite ``f`` values at the Ritz values (concrete values only)."""
+    if not bk.is_concrete(fvals):
+        return
+    th, fv = np.asarray(theta), np.asarray(fvals)
     if not np.all(np.isfinite(fv)):
         bad = th[~np.isfinite(fv)]
         raise ValueError(
@@ -68,11 +74,16 @@ def check_nodes(bk, fname, domain, theta, fvals):
         )
 
 
-def apply_f(xp, f, domain, theta):
-    """``f`` on the Ritz values (square roots of tiny negative rounding are taken at 0)."""
-    if domain == "nonneg":
-        theta = xp.maximum(theta, 0.0)
-    return f(theta)
+def apply_f(bk, spec, theta):
+    """``f`` on the Ritz values ``theta``, checked: domain first, then finiteness of the values.
+
+    Square roots of tiny negative rounding errors are taken at 0.
+    """
+    fname, f, _, domain = spec
+    check_domain(bk, fname, domain, theta)
+    fvals = f(bk.xp.maximum(theta, 0.0) if domain == "nonneg" else theta)
+    check_values(bk, fname, theta, fvals)
+    return fvals
 
 
 def f_prime(xp, f, fprime, theta):
@@ -91,15 +102,14 @@ def slq_forward(bk, spec, num_steps, reorthogonalize):
     (an approximation of ``f'(A) z_i`` from the same Krylov space), else ``U = None``.
     """
     xp = bk.xp
-    fname, f, fprime, domain = spec
+    _, f, fprime, _ = spec
 
     def forward(matmat, Z, adjoint):
         alpha, beta, basis, norms = bk.lanczos(
             matmat, Z, num_steps, reorthogonalize=reorthogonalize, keep_basis=adjoint
         )
         theta, vecs = ritz(xp, alpha, beta, norms)
-        fvals = apply_f(xp, f, domain, theta)
-        check_nodes(bk, fname, domain, theta, fvals)
+        fvals = apply_f(bk, spec, theta)
         first = vecs[:, 0, :]
         values = norms**2 * xp.sum(first * first * fvals, axis=1)
         if not adjoint:

@@ -12,7 +12,7 @@ import functools
 from .._estimate import Estimate
 from ..validation import check_choice, check_num_matvecs
 from ._common import check_allow_exact, setup, summarize
-from ._lanczos import FUNCTIONS, apply_f, check_nodes, slq_forward
+from ._lanczos import FUNCTIONS, apply_f, slq_forward
 
 METHODS = ("slq", "deflated")
 
@@ -88,7 +88,6 @@ def block_krylov(bk, op, Omega, depth, chunk_size):
 def _deflated(bk, key, op, n, spec, m, steps, sampler, reorth, chunk_size):
     """Krylov-aware deflation: ``(low, residual values, spent)``."""
     xp = bk.xp
-    fname, f, _, domain = spec
     b = min(max(1, (m // 2) // DEFLATION_DEPTH), max(1, n // (2 * DEFLATION_DEPTH)))
     g = (m - b * DEFLATION_DEPTH) // steps
     if g < 1:
@@ -101,8 +100,7 @@ def _deflated(bk, key, op, n, spec, m, steps, sampler, reorth, chunk_size):
     Omega = bk.probes(k_sketch, b, n, bk.probe_dtype(op), sampler)
     Qall, T = block_krylov(bk, op, Omega, DEFLATION_DEPTH, chunk_size)
     theta, V = xp.linalg.eigh(T)
-    fvals = apply_f(xp, f, domain, theta)
-    check_nodes(bk, fname, domain, theta, fvals)
+    fvals = apply_f(bk, spec, theta)
     r = b * DEFLATED_BLOCKS
     low = xp.sum((V[:r] * V[:r]) @ fvals)  # tr(E^T f(T) E): quadrature of tr(P^T f(A) P)
     P = Qall[:, :r]
@@ -116,7 +114,6 @@ def _deflated(bk, key, op, n, spec, m, steps, sampler, reorth, chunk_size):
 def exact_trace_function(bk, op, n, spec, chunk_size):
     """``sum f(eig(A))`` from the matrix assembled with ``n`` matvecs (refuses a non-symmetric one)."""
     xp = bk.xp
-    fname, f, _, domain = spec
     M = bk.matmat(op, xp.eye(n, dtype=bk.probe_dtype(op)), chunk_size)  # rows A e_i: M = A^T
     bk.check_finite("op", M)
     if bk.is_concrete(M):
@@ -127,8 +124,7 @@ def exact_trace_function(bk, op, n, spec, chunk_size):
                 "spectral definition of f(A) used here need a symmetric operator"
             )
     theta = xp.linalg.eigvalsh((M + M.T) / 2)
-    fvals = apply_f(xp, f, domain, theta)
-    check_nodes(bk, fname, domain, theta, fvals)
+    fvals = apply_f(bk, spec, theta)
     return xp.sum(fvals)
 
 
