@@ -6,7 +6,16 @@ randomness argument) and use only the members of the :class:`Backend` protocol.
 
 from ._jax import JaxBackend, map_chunks
 from ._protocol import Backend
-from ._select import BACKENDS, backend_for_key, backend_named, get_backend, is_jax_key, resolve_backend
+from ._select import (
+    BACKENDS,
+    backend_for_key,
+    backend_named,
+    get_backend,
+    is_jax_key,
+    is_torch_generator,
+    namespace_of,
+    resolve_backend,
+)
 from ._sharding import ShardedJaxBackend
 
 __all__ = [
@@ -18,6 +27,17 @@ __all__ = [
     "backend_named",
     "get_backend",
     "is_jax_key",
+    "is_torch_generator",
+    "namespace_of",
     "map_chunks",
     "resolve_backend",
 ]
+
+
+def __getattr__(name):
+    # the torch backend is loaded on first use, so that importing sketchtrace never imports torch
+    if name in ("TorchBackend", "torch_backend"):
+        from . import _torch
+
+        return getattr(_torch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

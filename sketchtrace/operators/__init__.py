@@ -40,3 +40,23 @@ __all__ = [
     "gram",
     "make_blocks",
 ]
+
+# torch operators are loaded on first use, so that importing sketchtrace never imports torch
+_TORCH_NAMES = (
+    "TorchOperator",
+    "TorchTensorOperator",
+    "TorchFunctionOperator",
+    "TorchJacobianOperator",
+    "TorchGramOperator",
+    "as_torch_operator",
+    "module_jacobian",
+    "torch_gram",
+)
+
+
+def __getattr__(name):
+    if name in _TORCH_NAMES:
+        from . import _torch
+
+        return getattr(_torch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,405 @@
+"""PyTorch operators: tensors (dense, sparse COO/CSR), callables on tensors, ``torch.func`` Jacobians.
+
+They follow the :class:`~sketchtrace.operators.LinearOperator` interface with torch
+tensors in place of JAX arrays: ``matmat(V)`` maps ``(k, n)`` probe rows to
+``(k, m)``, ``rmatmat(U)`` applies the transpose and ``quad_forms(V)`` returns the
+``(k, B)`` per-block quadratic forms. ``dtype`` is a ``torch.dtype`` and
+``device`` the device of the operator's tensors; the torch backend
+(a ``torch.Generator`` as the key) draws probes in that dtype on that device.
+
+This module imports torch; ``import sketchtrace`` does not (the public names are
+loaded lazily by :mod:`sketchtrace.operators`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+
+import torch
+from torch.func import functional_call, jvp, vjp, vmap
+
+from ..validation import check_choice
+from ._linear import ALL_PRODUCTS, LinearOperator, _check_structure, make_blocks
+
+_LAYOUTS = (torch.strided, torch.sparse_coo, torch.sparse_csr)
+
+
+def torch_block_sums(W, blocks):
+    """Sum the columns of ``W`` (``(k, m)``) over each block: ``(k, B)``."""
+    if blocks is None:
+        return W.sum(dim=-1, keepdim=True)
+    return torch.stack([W[..., a:b].sum(dim=-1) for _, a, b in blocks], dim=-1)
+
+
+def check_torch_dtype(dtype, *, name="dtype") -> torch.dtype:
+    """A real floating ``torch.dtype`` (``float32``/``float64``/...), or a clear error."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"{name} must be a real floating torch dtype (torch.float32 or torch.float64); got {dtype!r}")
+    return dtype
+
+
+class TorchOperator(LinearOperator):
+    """Base of the torch operators: ``shape``, ``dtype`` (torch), ``device`` and ``blocks``."""
+
+    device: torch.device
+
+    @property
+    def jax_dtype(self):  # the dtype estimators draw probes in (a torch dtype here)
+        return self.dtype
+
+    def with_blocks(self, blocks):
+        new = copy.copy(self)
+        new.blocks = make_blocks(blocks, self.shape[0])
+        return new
+
+    def quad_forms(self, V):
+        return torch_block_sums(V * self.matmat(V), self.blocks)
+
+    def __matmul__(self, v):
+        return self.matvec(v) if v.ndim == 1 else self.matmat(v.T).T
+
+    def __repr__(self):
+        return f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype}, device={self.device})"
+
+
+def _declare(op, symmetric, psd):
+    op.symmetric, op.psd = _check_structure(symmetric, psd)
+    if op.symmetric and op.shape[0] != op.shape[1]:
+        raise ValueError(f"symmetric=True needs a square operator; shape is {op.shape}")
+
+
+class TorchTensorOperator(TorchOperator):
+    """A 2-D torch tensor: dense (strided) or sparse (COO or CSR); integer tensors become float64.
+
+    ``symmetric`` / ``psd`` declare structure (see :class:`~sketchtrace.LinearOperator`).
+    """
+
+    def __init__(self, A, *, blocks=None, symmetric=None, psd=None):
+        if not isinstance(A, torch.Tensor):
+            raise TypeError(f"op: expected a torch.Tensor; got {type(A).__name__}")
+        if A.layout not in _LAYOUTS:
+            raise TypeError(f"op: torch layout {A.layout} is not supported; use a dense, COO or CSR tensor")
+        if A.ndim != 2:
+            raise ValueError(f"op: expected a 2-D matrix; got a tensor of shape {tuple(A.shape)}")
+        if A.is_complex():
+            raise TypeError(f"op: complex matrices are not supported; got dtype {A.dtype}")
+        if not A.is_floating_point():
+            A = A.to(torch.float64)
+        if A.layout == torch.sparse_coo:
+            A = A.coalesce()
+        self.A = A.detach()
+        self.shape = (int(A.shape[0]), int(A.shape[1]))
+        self.dtype = A.dtype
+        self.device = A.device
+        self.blocks = make_blocks(blocks, self.shape[0])
+        _declare(self, symmetric, psd)
+
+    @property
+    def is_sparse(self) -> bool:
+        return self.A.layout != torch.strided
+
+    def matmat(self, V):
+        if self.is_sparse:
+            return (self.A @ V.T).T
+        return V @ self.A.T
+
+    def rmatmat(self, U):
+        if self.is_sparse:
+            return (self.A.t() @ U.T).T
+        return U @ self.A
+
+    def diagonal(self):
+        """The diagonal (exact traces need no products for a stored matrix)."""
+        if self.A.layout == torch.strided:
+            return torch.diagonal(self.A).clone()
+        coo = self.A.to_sparse_coo().coalesce() if self.A.layout == torch.sparse_csr else self.A
+        i, j = coo.indices()
+        on = i == j
+        d = torch.zeros(min(self.shape), dtype=self.dtype, device=self.device)
+        return d.index_add_(0, i[on], coo.values()[on])
+
+
+class TorchFunctionOperator(TorchOperator):
+    """A linear callable on torch tensors, ``matvec(v) -> A v``, with declared shape and dtype.
+
+    ``matvec`` is applied to a block of probes with ``torch.func.vmap``; pass
+    ``vectorized=False`` for callables ``vmap`` cannot trace (then it is called
+    once per probe). ``rmatvec`` (``u -> A^T u``) is optional.
+    """
+
+    def __init__(
+        self, matvec, shape, dtype, *, device="cpu", rmatvec=None, blocks=None, vectorized=True, symmetric=None, psd=None
+    ):
+        if not callable(matvec):
+            raise TypeError(f"matvec must be callable; got {type(matvec).__name__}")
+        if rmatvec is not None and not callable(rmatvec):
+            raise TypeError(f"rmatvec must be callable or None; got {type(rmatvec).__name__}")
+        m, n = _as_shape(shape)
+        self.fn, self.rmatvec_fn, self.vectorized = matvec, rmatvec, bool(vectorized)
+        self.shape = (m, n)
+        self.dtype = check_torch_dtype(dtype)
+        self.device = torch.device(device)
+        self.blocks = make_blocks(blocks, m)
+        self.products = ALL_PRODUCTS if rmatvec is not None else frozenset({"matmat", "quad_forms"})
+        _declare(self, symmetric, psd)
+
+    def _apply(self, fn, V, out_dim, what):
+        Y = vmap(fn)(V) if self.vectorized else torch.stack([fn(v) for v in V])
+        if not isinstance(Y, torch.Tensor) or tuple(Y.shape) != (V.shape[0], out_dim):
+            got = tuple(Y.shape[1:]) if isinstance(Y, torch.Tensor) else type(Y).__name__
+            raise ValueError(
+                f"{what} returned shape {got} for a probe of shape ({V.shape[1]},); declared shape is "
+                f"{self.shape}, so it must return shape ({out_dim},)"
+            )
+        return Y.to(V.dtype)
+
+    def matmat(self, V):
+        return self._apply(self.fn, V, self.shape[0], "matvec")
+
+    def rmatmat(self, U):
+        if self.rmatvec_fn is None:
+            raise NotImplementedError("TorchFunctionOperator has no transpose product: pass rmatvec=")
+        return self._apply(self.rmatvec_fn, U, self.shape[1], "rmatvec")
+
+
+def _as_shape(shape):
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        shape = (shape, shape)
+    try:
+        m, n = (int(s) for s in shape)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"shape must be an int n or a pair (m, n); got {shape!r}") from exc
+    if m <= 0 or n <= 0:
+        raise ValueError(f"shape must have positive dimensions; got {(m, n)}")
+    return m, n
+
+
+# ----------------------------------------------------------------------------- Jacobians
+
+
+class _Flat:
+    """Flatten a tensor or an (ordered) dict of tensors to one vector and back."""
+
+    def __init__(self, tree, what):
+        if isinstance(tree, torch.Tensor):
+            self.names, self.shapes = None, [tuple(tree.shape)]
+            leaves = [tree]
+        elif isinstance(tree, Mapping) and tree and all(isinstance(v, torch.Tensor) for v in tree.values()):
+            self.names = tuple(str(k) for k in tree)
+            self.shapes = [tuple(v.shape) for v in tree.values()]
+            leaves = list(tree.values())
+        else:
+            raise TypeError(f"{what} must be a torch.Tensor or a non-empty dict of tensors; got {type(tree).__name__}")
+        for leaf in leaves:
+            if not leaf.is_floating_point():
+                raise TypeError(f"{what} must hold real floating tensors; got dtype {leaf.dtype}")
+        self.sizes = [math.prod(s) for s in self.shapes]
+        self.dtype = leaves[0].dtype
+        self.device = leaves[0].device
+
+    def ravel(self, tree):
+        leaves = [tree] if self.names is None else [tree[k] for k in self.names]
+        return torch.cat([leaf.reshape(-1) for leaf in leaves])
+
+    def unravel(self, flat):
+        parts = [p.reshape(s) for p, s in zip(torch.split(flat, self.sizes), self.shapes)]
+        return parts[0] if self.names is None else dict(zip(self.names, parts))
+
+    def blocks(self):
+        return None if self.names is None else make_blocks(dict(zip(self.names, self.sizes)), sum(self.sizes))
+
+
+class TorchJacobianOperator(TorchOperator):
+    """The Jacobian ``J = df/dx`` of a torch function at ``x``, applied with ``torch.func``.
+
+    Parameters
+    ----------
+    f : callable
+        ``f(x, *args)`` -> a tensor or a dict of tensors (the dict's keys, in order,
+        are the output blocks: e.g. the residual blocks of a PINN).
+    x : tensor or dict of tensors
+        The linearisation point (e.g. a module's parameters).
+    *args :
+        Held fixed (not differentiated).
+
+    ``matmat`` maps ``(k, n)`` rows to ``(k, m)`` with ``vmap`` of ``torch.func.jvp``
+    (forward mode); ``rmatmat`` uses the ``torch.func.vjp`` taken once here.
+    ``value`` holds ``f(x, *args)``. Use :func:`module_jacobian` for the Jacobian
+    with respect to an ``nn.Module``'s parameters.
+    """
+
+    def __init__(self, f, x, *args, blocks=None):
+        if not callable(f):
+            raise TypeError(f"f must be callable; got {type(f).__name__}")
+        self._xin = _Flat(x, "x")
+        x = x.detach() if isinstance(x, torch.Tensor) else {k: v.detach() for k, v in x.items()}
+        self.x_flat = self._xin.ravel(x)
+        self._f, self._args = f, args
+        y = f(x, *args)
+        self._yout = _Flat(y, "f(x)")
+        self.value = y.detach() if isinstance(y, torch.Tensor) else {k: v.detach() for k, v in y.items()}
+        self.value_flat = self._yout.ravel(self.value)
+        self.shape = (int(self.value_flat.shape[0]), int(self.x_flat.shape[0]))
+        self.dtype = torch.promote_types(self._xin.dtype, self._yout.dtype)
+        self.device = self._xin.device
+        self.blocks = make_blocks(blocks, self.shape[0]) if blocks is not None else self._yout.blocks()
+        self._vjp = None
+
+    def flat_f(self, x_flat):
+        return self._yout.ravel(self._f(self._xin.unravel(x_flat), *self._args))
+
+    def unravel_input(self, v):
+        return self._xin.unravel(v)
+
+    def unravel_output(self, u):
+        return self._yout.unravel(u)
+
+    def matmat(self, V):
+        xf = self.x_flat
+        out = vmap(lambda v: jvp(self.flat_f, (xf,), (v,))[1])(V.to(xf.dtype))
+        return out.to(V.dtype)
+
+    def rmatmat(self, U):
+        if self._vjp is None:
+            _, self._vjp = vjp(self.flat_f, self.x_flat)
+        return vmap(lambda u: self._vjp(u)[0])(U.to(self.value_flat.dtype)).to(U.dtype)
+
+
+def module_jacobian(module, f, *args, params=None, blocks=None):
+    """The Jacobian of ``f`` with respect to an ``nn.Module``'s parameters.
+
+    ``f(model, *args)`` receives ``model``, a callable that evaluates ``module`` with
+    the parameters being differentiated (``torch.func.functional_call``), and returns
+    a tensor or a dict of tensors (one block per key). ``params`` defaults to the
+    module's named parameters (detached).
+    """
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module; got {type(module).__name__}")
+    if params is None:
+        params = {k: v.detach() for k, v in module.named_parameters()}
+    if not params:
+        raise ValueError("module has no parameters to differentiate")
+
+    def g(p, *a):
+        return f(lambda *inputs: functional_call(module, p, inputs), *a)
+
+    return TorchJacobianOperator(g, params, *args, blocks=blocks)
+
+
+class TorchGramOperator(TorchOperator):
+    """``J J^T`` (``side="output"``) or ``J^T J`` (``side="input"``) of a torch operator ``J``.
+
+    As :class:`~sketchtrace.GramOperator`: quadratic forms cost one product with
+    ``J`` (input side) or ``J^T`` (output side, one per block); block ``b``'s trace is
+    ``||J_b||_F^2``.
+    """
+
+    symmetric = True
+    psd = True
+
+    def __init__(self, J, side):
+        self.J, self.side = J, side
+        m, n = J.shape
+        self.shape = (n, n) if side == "input" else (m, m)
+        self.dtype, self.device, self.blocks = J.dtype, J.device, J.blocks
+
+    def with_blocks(self, blocks):
+        return TorchGramOperator(self.J.with_blocks(blocks), self.side)
+
+    def matmat(self, V):
+        if self.side == "input":
+            return self.J.rmatmat(self.J.matmat(V))
+        return self.J.matmat(self.J.rmatmat(V))
+
+    rmatmat = matmat  # symmetric
+
+    def quad_forms(self, V):
+        J = self.J
+        if self.side == "input":
+            JV = J.matmat(V)
+            return torch_block_sums(JV * JV, J.blocks)
+        if J.blocks is None:
+            W = J.rmatmat(V)
+            return (W * W).sum(dim=-1, keepdim=True)
+        cols = []
+        for _, a, b in J.blocks:
+            mask = torch.zeros(J.shape[0], dtype=V.dtype, device=V.device)
+            mask[a:b] = 1
+            W = J.rmatmat(V * mask)
+            cols.append((W * W).sum(dim=-1))
+        return torch.stack(cols, dim=-1)
+
+
+def torch_gram(J, side="auto"):
+    """The Gram operator of a torch operator (``side`` as in :func:`sketchtrace.gram`)."""
+    check_choice(side, ("output", "input", "auto"), name="side")
+    J = as_torch_operator(J)
+    if side == "auto":
+        m, n = J.shape
+        side = "input" if n <= m else "output"
+    return TorchGramOperator(J, side)
+
+
+def as_torch_operator(obj, *, blocks=None, symmetric=None, psd=None) -> TorchOperator:
+    """Wrap a torch tensor (dense/COO/CSR) or a NumPy/SciPy matrix as a torch operator.
+
+    NumPy arrays and ``scipy.sparse`` matrices (and sketchtrace's Dense/Sparse
+    operators around them) are converted once to CPU tensors of the same dtype.
+    ``symmetric`` / ``psd`` declare structure (``None`` keeps the operator's own).
+    """
+    op = _convert(obj)
+    if blocks is not None:
+        op = op.with_blocks(blocks)
+    if symmetric is not None or psd is not None:
+        op = op.with_structure(symmetric=symmetric, psd=psd)
+    return op
+
+
+def _convert(obj) -> TorchOperator:
+    from ._linear import DenseOperator, SparseOperator
+
+    if isinstance(obj, TorchOperator):
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return TorchTensorOperator(obj)
+    if isinstance(obj, DenseOperator):
+        return TorchTensorOperator(_tensor_from_numpy(obj.A), blocks=obj.blocks, symmetric=obj.symmetric, psd=obj.psd)
+    if isinstance(obj, SparseOperator):
+        return TorchTensorOperator(_csr_from_scipy(obj.S), blocks=obj.blocks, symmetric=obj.symmetric, psd=obj.psd)
+    import numpy as np
+    import scipy.sparse as sp
+
+    if isinstance(obj, np.ndarray):
+        return TorchTensorOperator(_tensor_from_numpy(obj))
+    if sp.issparse(obj):
+        return TorchTensorOperator(_csr_from_scipy(obj))
+    if callable(obj) and not isinstance(obj, LinearOperator):
+        raise TypeError(
+            "op: a bare callable has no declared shape or dtype; wrap it as "
+            "sketchtrace.operators.TorchFunctionOperator(matvec, shape, dtype)"
+        )
+    raise TypeError(
+        f"op: the torch backend (a torch.Generator as key) takes torch tensors, torch operators "
+        f"(sketchtrace.operators.TorchFunctionOperator, TorchJacobianOperator, torch_gram) or NumPy/SciPy "
+        f"matrices; got {type(obj).__name__} (JAX operators need a jax.random key)"
+    )
+
+
+def _tensor_from_numpy(A):
+    import numpy as np
+
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(A)))
+
+
+def _csr_from_scipy(S):
+    import numpy as np
+
+    S = S.tocsr()
+    return torch.sparse_csr_tensor(
+        torch.from_numpy(S.indptr.astype(np.int64)),
+        torch.from_numpy(S.indices.astype(np.int64)),
+        torch.from_numpy(np.ascontiguousarray(S.data)),
+        size=S.shape,
+    )
