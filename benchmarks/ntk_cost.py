@@ -12,6 +12,9 @@ one run, on the wave problem of Wang et al. (``pa.problems.wave1d``), float32:
    traces with a fixed chunk size against unchunked per-point gradients (jaxpi's
    ``vmap`` of ``jacrev`` over all points: the n x p per-point Jacobian), as the number
    of collocation points grows. Target: flat for the chunked version.
+3. Exact traces of a non-pointwise 4,000-row stencil block of a 609-parameter network, in
+   gradient steps: opaque block (``min(p, rows)`` whole-block products) against
+   :class:`pinn_adapters.MixedBlock`. Target: <= 20 gradient steps.
 """
 
 from __future__ import annotations
@@ -112,19 +115,68 @@ def memory_table(width, points, chunk):
         print(f"| {n} | {peak(exact):.1f} | {peak(full):.1f} | {n * npar * 4 / 2**20:.1f} |")
 
 
+def stencil_table(n, repeats):
+    """Exact traces of a non-pointwise block (a second-difference stencil over ``n`` points of a
+    2-16-16-16-1 tanh network, 609 parameters), in gradient steps of the same block."""
+    layers = (2, 16, 16, 16, 1)
+    keys = jax.random.split(jax.random.key(0), len(layers) - 1)
+    params = [{"W": jax.random.normal(k, (a, b)) / np.sqrt(a), "b": jnp.zeros(b)}
+              for k, a, b in zip(keys, layers[:-1], layers[1:])]
+
+    def features(p, x):
+        h = x
+        for layer in p[:-1]:
+            h = jnp.tanh(h @ layer["W"] + layer["b"])
+        return (h @ p[-1]["W"] + p[-1]["b"])[:, 0]
+
+    def mix(u, x):
+        return (u[2:] - 2 * u[1:-1] + u[:-2]) * (n - 1) ** 2 + jnp.sin(x[1:-1, 0])
+
+    t = jnp.linspace(0.0, 1.0, n)
+    batch = {"fd": jnp.stack([t, jnp.sin(3 * t)], axis=1)}
+    opt = optax.adam(1e-3)
+
+    @jax.jit
+    def step(p, s, b):
+        g = jax.grad(lambda q: jnp.mean(jnp.square(mix(features(q, b["fd"]), b["fd"]))))(p)
+        upd, s = opt.update(g, s, p)
+        return optax.apply_updates(p, upd), s
+
+    t_step = median_time(step, params, opt.init(params), batch, repeats=repeats)
+    print(f"\n## exact traces of a {n - 2}-row stencil block, 609 parameters (median of {repeats})\n")
+    print(f"gradient step: {1e3 * t_step:.2f} ms\n")
+    print("| block | exact traces ms | gradient steps |")
+    print("|---|---|---|")
+    for label, blocks in [
+        ("opaque (pointwise=False): min(p, rows) whole-block JVPs",
+         pa.ResidualBlocks({"fd": lambda p, x: mix(features(p, x), x)}, pointwise=False)),
+        ("MixedBlock(features, mix): per-point gradients + p JVPs of mix",
+         pa.ResidualBlocks({"fd": pa.MixedBlock(features, mix)})),
+    ]:
+        exact = jax.jit(lambda p, b, blocks=blocks: pa.ntk_traces(None, blocks, p, b, chunk_size=64)["fd"].value)
+        blocks.pointwise_modes(params, batch)  # the one-off pointwise check, outside the timing
+        t = median_time(exact, params, batch, repeats=repeats)
+        print(f"| {label} | {1e3 * t:.1f} | {t / t_step:.1f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     ap.add_argument("--memory-only", action="store_true", help="only the memory table")
+    ap.add_argument("--stencil-only", action="store_true", help="only the non-pointwise (stencil) table")
     args = ap.parse_args()
-    if args.memory_only:
+    if args.stencil_only:
+        stencil_table(n=4002, repeats=10)
+    elif args.memory_only:
         memory_table(width=128, points=(256, 1024, 4096), chunk=128)
     elif args.quick:
         cost_table(widths=(32,), sizes=((100, 25),), k=4, repeats=5)
         memory_table(width=32, points=(64, 256), chunk=32)
+        stencil_table(n=202, repeats=3)
     else:
         cost_table(widths=(64, 256), sizes=((300, 100), (1200, 400)), k=8, repeats=15)
         memory_table(width=128, points=(256, 1024, 4096), chunk=128)
+        stencil_table(n=4002, repeats=10)
 
 
 if __name__ == "__main__":

@@ -5,13 +5,14 @@ functions that need them; importing this package needs only JAX and sketchtrace.
 """
 
 from . import problems
-from ._blocks import ResidualBlocks
+from ._blocks import MixedBlock, ResidualBlocks
 from ._ntk import ntk_traces, ntk_weights
 from .app import TrainResult, TrainState, load_checkpoint, save_checkpoint, train
 from ._weighting import NTKWeighting, WeightingState, ntk_weighting
 
 __all__ = [
     "ResidualBlocks",
+    "MixedBlock",
     "ntk_traces",
     "ntk_weights",
     "ntk_weighting",

@@ -9,16 +9,12 @@ import jax
 import jax.numpy as jnp
 
 import sketchtrace as st
-from sketchtrace.validation import check_choice, check_chunk_size, check_num_matvecs
+from sketchtrace.validation import check_choice, check_num_matvecs, is_concrete
 
 from ._blocks import ResidualBlocks, check_finite_residuals
 
 METHODS = ("exact", "hutchinson", "hutchpp", "xtrace")
 RULES = ("wang2022", "jaxpi")
-
-
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
 
 
 def residual_rows(blocks: ResidualBlocks, params, batch) -> dict[str, int]:
@@ -142,7 +138,7 @@ def ntk_traces(
             norms = _sharded_exact_traces(blocks, params, batch, mesh, chunk_size)
         out = {}
         for name, tr in norms.items():
-            if _is_concrete(tr) and not bool(jnp.isfinite(tr)):
+            if is_concrete(tr) and not bool(jnp.isfinite(tr)):
                 raise ValueError(f"ntk_traces: block {name!r} has non-finite per-point gradients")
             out[name] = st.Estimate(tr, jnp.zeros_like(tr), rows[name])
     else:
@@ -258,7 +254,7 @@ def ntk_weights(traces, *, rule="wang2022", cap=None, eps=1e-6, sizes=None, fall
     for n, t in T.items():
         if t.ndim != 0:
             raise ValueError(f"traces[{n!r}] must be a scalar; got shape {t.shape}")
-        if _is_concrete(t) and not bool(jnp.isfinite(t)):
+        if is_concrete(t) and not bool(jnp.isfinite(t)):
             raise ValueError(
                 f"ntk_weights: trace of block {n!r} is {float(t)}; weights need finite traces "
                 "(non-finite residuals or gradients upstream?)"
@@ -267,7 +263,7 @@ def ntk_weights(traces, *, rule="wang2022", cap=None, eps=1e-6, sizes=None, fall
     if rule == "jaxpi" and sizes is not None:
         vals = vals / jnp.asarray([float(sizes[n]) for n in names], vals.dtype)
     top = jnp.max(vals)
-    if _is_concrete(top) and not bool(top > 0):
+    if is_concrete(top) and not bool(top > 0):
         raise ValueError(
             f"ntk_weights: every trace is <= 0 ({ {n: float(T[n]) for n in names} }); there is no "
             "scale to weight against (an all-zero Jacobian, or a very poor estimate)"

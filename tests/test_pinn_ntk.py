@@ -233,3 +233,66 @@ def test_bad_arguments(setup):
         pa.ntk_traces(None, blocks, params, batch, normalize="max")
     with pytest.raises(TypeError, match="ResidualBlocks"):
         pa.ntk_traces(None, {"a": 1}, params, batch)
+
+
+# ---------------------------------------------------------------------------- non-pointwise blocks
+
+
+def _stencil_problem(n=12, widths=(2, 6, 5, 2)):
+    params = init(jax.random.key(5), widths)
+    t = jnp.linspace(0.0, 1.0, n)
+    pts = jnp.stack([t, jnp.sin(3 * t)], axis=1)
+
+    def features(p, x):
+        return jax.vmap(lambda y: net(p, y))(x)  # (n, 2) pointwise
+
+    def mix(u, x):  # a second-difference stencil over the batch
+        return (u[2:] - 2 * u[1:-1] + u[:-2]) * (n - 1) ** 2 + jnp.sin(x[1:-1, :1])
+
+    def truth(fn):
+        J = jax.jacfwd(lambda p: jnp.ravel(fn(p, pts)))(params)
+        return sum(float(jnp.sum(leaf**2)) for leaf in jax.tree.leaves(J))
+
+    return params, pts, features, mix, truth
+
+
+@pytest.mark.parametrize("widths", [(2, 3, 2), (2, 8, 8, 2)])  # p < rows (JVPs) and p > rows (VJPs)
+def test_non_pointwise_exact_traces_both_sides(widths):
+    params, pts, features, mix, truth = _stencil_problem(widths=widths)
+    stencil = lambda p, x: mix(features(p, x), x)
+    blocks = pa.ResidualBlocks({"fd": stencil}, pointwise="auto")
+    assert blocks.pointwise_modes(params, {"fd": pts}) == (False,)  # detected
+    tr = pa.ntk_traces(None, blocks, params, {"fd": pts}, chunk_size=3)
+    np.testing.assert_allclose(float(tr["fd"].value), truth(stencil), rtol=1e-10)
+    declared = pa.ResidualBlocks({"fd": stencil}, pointwise=False)
+    np.testing.assert_allclose(float(pa.ntk_traces(None, declared, params, {"fd": pts})["fd"].value),
+                               truth(stencil), rtol=1e-10)
+
+
+def test_mixed_block_exact_traces_and_feature_check():
+    params, pts, features, mix, truth = _stencil_problem()
+    blocks = pa.ResidualBlocks({"fd": pa.MixedBlock(features, mix)})
+    tr = pa.ntk_traces(None, blocks, params, {"fd": pts}, chunk_size=5)
+    np.testing.assert_allclose(float(tr["fd"].value), truth(lambda p, x: mix(features(p, x), x)), rtol=1e-10)
+    jitted = jax.jit(lambda p: pa.ntk_traces(None, blocks, p, {"fd": pts})["fd"].value)
+    np.testing.assert_allclose(float(jitted(params)), float(tr["fd"].value), rtol=1e-10)
+    mixing_features = pa.ResidualBlocks({"fd": pa.MixedBlock(lambda p, x: features(p, x) - features(p, x).mean(0), mix)})
+    with pytest.raises(ValueError, match="'fd' is a MixedBlock whose features are not pointwise"):
+        pa.ntk_traces(None, mixing_features, params, {"fd": pts})
+    with pytest.raises(TypeError, match="mix must be callable"):
+        pa.MixedBlock(features, None)
+
+
+@pytest.mark.parametrize("kind", ["stencil", "sum"])
+def test_wrong_pointwise_declaration_refused(kind):
+    params, pts, features, mix, truth = _stencil_problem()
+    fn = {"stencil": lambda p, x: mix(features(p, x), x), "sum": lambda p, x: features(p, x).sum()[None]}[kind]
+    blocks = pa.ResidualBlocks({"bad": fn})  # pointwise=True is the default declaration
+    with pytest.raises(ValueError, match="block 'bad' was declared pointwise=True"):
+        pa.ntk_traces(None, blocks, params, {"bad": pts})
+
+
+def test_pointwise_detection_accepts_pointwise_blocks(setup):
+    blocks, params, batch, truth = setup
+    assert pa.ResidualBlocks(blocks.fns, pointwise="auto").pointwise_modes(params, batch) == (True, True)
+    assert blocks.check_pointwise(params, batch) == {"bc": True, "res": True}

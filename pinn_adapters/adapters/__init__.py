@@ -18,11 +18,11 @@ from ._jaxpi import compute_diag_ntk, jaxpi_ntk_method
 from ._jinns import from_jinns, jinns_ntk_weights
 
 __all__ = [
+    "compute_diag_ntk",
     "from_equinox",
+    "from_jinns",
     "from_linen",
     "from_nnx",
-    "from_jinns",
-    "jinns_ntk_weights",
-    "compute_diag_ntk",
     "jaxpi_ntk_method",
+    "jinns_ntk_weights",
 ]

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 import sketchtrace as st
-
 from sketchtrace.validation import check_choice, check_num_matvecs
 
 from .._blocks import ResidualBlocks

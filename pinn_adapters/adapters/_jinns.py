@@ -1,8 +1,12 @@
 """jinns losses: NTK weights from its per-sample residual terms, written into its loss weights.
 
-Tested with jinns 1.10.2. jinns has no NTK weighting of its own; its losses expose
-``evaluate_per_sample(params, batch)`` (the unreduced residual of every loss term at
-every sample), which is all we need.
+Tested with jinns 1.10.2. jinns' own dynamic loss weights (``update_weight_method``:
+``soft_adapt``, ``lr_annealing``, ``ReLoBRaLo``, ``prior_loss``) are a closed list, and its
+``update_weights`` hook receives only the reduced loss terms and their gradients, never the
+parameters and the batch that NTK traces need. So the weights are computed here from
+``evaluate_per_sample(params, batch)`` (the unreduced residual of every loss term at every
+sample), and :func:`pinn_adapters.adapters.jinns_train` is a training loop over jinns' loss
+and data objects that refreshes them inside one compiled run.
 """
 
 from __future__ import annotations
@@ -12,18 +16,92 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .._blocks import ResidualBlocks
 from .._ntk import ntk_traces, ntk_weights, residual_rows
 
+# loss term -> the batch field holding its samples (jinns 1.10: _prepare_loss_terms)
+TERM_FIELDS = {
+    "dyn_loss": ("domain_batch", "temporal_batch"),
+    "boundary_loss": ("border_batch",),
+    "initial_condition": ("initial_batch",),
+}
+_OPAQUE_FIELDS = ("param_batch_dict", "obs_batch_dict")
+
+
+def _term_field(batch, name):
+    for field in TERM_FIELDS.get(name, ()):
+        if getattr(batch, field, None) is not None:
+            return field
+    return None
+
 
 class JinnsBlocks(ResidualBlocks):
-    """Residual blocks of a jinns loss; a batch is a jinns batch object (shared by all blocks)."""
+    """Residual blocks of a jinns loss; a batch is a jinns batch object.
+
+    A term with its own samples (``dyn_loss``: ``domain_batch``/``temporal_batch``,
+    ``boundary_loss``: ``border_batch``, ``initial_condition``: ``initial_batch``) gets
+    those samples as its points, so exact traces use per-point gradients (verified
+    pointwise at the first concrete call, see :meth:`ResidualBlocks.check_pointwise`).
+    Other terms (observations, normalisation), and every term when the batch carries
+    ``param_batch_dict`` or ``obs_batch_dict``, get the whole batch (an opaque block:
+    exact traces take ``min(p, rows)`` whole-block Jacobian products).
+    """
+
+    def __init__(self, fns, *, per_point, **kwargs):
+        super().__init__(fns, **kwargs)
+        self._per_point = bool(per_point)
+        self._template = None
+
+    def _opaque(self, batch) -> bool:
+        return not self._per_point or any(getattr(batch, f, None) is not None for f in _OPAQUE_FIELDS)
 
     def coerce_batch(self, batch):
         if isinstance(batch, Mapping):
             return batch
-        return {n: batch for n in self.names}
+        if not hasattr(batch, "__dataclass_fields__") and not hasattr(batch, "domain_batch") and not hasattr(
+            batch, "temporal_batch"
+        ):
+            raise TypeError(f"batch must be a jinns batch object (from data.get_batch()); got {type(batch).__name__}")
+        if self._opaque(batch):
+            return {n: batch for n in self.names}
+        # one sample of every field, as zeros from the shapes only (safe under jit: no tracer is kept)
+        self._template = jax.tree.map(lambda a: np.zeros((1,) + tuple(a.shape[1:]), a.dtype), batch)
+        out = {}
+        for n in self.names:
+            field = _term_field(batch, n)
+            out[n] = getattr(batch, field) if field is not None else batch
+        return out
+
+    def pointwise_modes(self, params, batch):
+        batch = self.coerce_batch(batch)
+        if any(not isinstance(batch[n], (jax.Array, np.ndarray)) for n in self.names):
+            modes = super().pointwise_modes(params, {n: batch[n] for n in self.names})
+            return tuple(m and isinstance(batch[n], (jax.Array, np.ndarray)) for m, n in zip(modes, self.names))
+        return super().pointwise_modes(params, batch)
+
+    def full_batch(self, name, points):
+        """A jinns batch for term ``name``: ``points`` (its samples), or the batch itself."""
+        if not isinstance(points, (jax.Array, np.ndarray)):
+            return points
+        if self._template is None:
+            raise ValueError("JinnsBlocks: pass a jinns batch object before per-term points")
+        import equinox as eqx
+
+        field = _term_field(self._template, name)
+        return eqx.tree_at(lambda b: getattr(b, field), self._template, points)
+
+
+def _check_loss(loss, params):
+    for attr in ("evaluate_per_sample", "loss_weights", "u"):
+        if not hasattr(loss, attr):
+            raise TypeError(
+                f"loss must be a jinns loss (LossPDEStatio, LossPDENonStatio, LossODE) with "
+                f"evaluate_per_sample and loss_weights; got {type(loss).__name__} (no {attr!r})"
+            )
+    if not hasattr(params, "nn_params"):
+        raise TypeError(f"params must be jinns.parameters.Params (with nn_params); got {type(params).__name__}")
 
 
 def _active_terms(loss):
@@ -50,28 +128,63 @@ def from_jinns(loss, params, *, terms=None):
     (JinnsBlocks, nn_params)
         A batch for these blocks is the jinns batch object itself (e.g. from
         ``data_generator.get_batch()``). The reduction is jinns' mean over samples.
-        Exact traces use chunked residual-row VJPs (``pointwise=False``), because a
-        jinns batch cannot be sliced per point generically.
+        For a PINN network each term's samples are its points (per-point exact
+        traces, about one gradient step's cost); for a SPINN, or a batch with
+        parameter or observation batches, the whole batch is one opaque block
+        (``min(p, rows)`` whole-block Jacobian products).
     """
     import equinox as eqx
 
+    _check_loss(loss, params)
     names = tuple(terms) if terms is not None else _active_terms(loss)
     if not names:
         raise ValueError("the jinns loss has no active terms (no loss weight is set)")
+    try:
+        from jinns.nn import PINN
+
+        per_point = isinstance(loss.u, PINN)
+    except ImportError:  # pragma: no cover - jinns layout changed
+        per_point = False
+    holder = {}
 
     def make(name):
-        def fn(nn_params, batch):
+        def fn(nn_params, points):
             p = eqx.tree_at(lambda q: q.nn_params, params, nn_params)
-            per_sample = loss.evaluate_per_sample(p, batch)
-            part = getattr(per_sample, name)
-            leaves = jax.tree.leaves(part)
+            per_sample = loss.evaluate_per_sample(p, holder["blocks"].full_batch(name, points))
+            leaves = jax.tree.leaves(getattr(per_sample, name))
             if not leaves:
                 raise ValueError(f"jinns loss term {name!r} has no residuals for this batch")
-            return jnp.concatenate([jnp.ravel(x) for x in leaves])
+            if len(leaves) == 1:
+                return leaves[0].reshape(leaves[0].shape[0], -1)
+            return jnp.concatenate([x.reshape(x.shape[0], -1) for x in leaves], axis=1)
 
         return fn
 
-    return JinnsBlocks({n: make(n) for n in names}, reduction="mean", pointwise=False), params.nn_params
+    blocks = holder["blocks"] = JinnsBlocks(
+        {n: make(n) for n in names}, reduction="mean", pointwise=True, per_point=per_point
+    )
+    return blocks, params.nn_params
+
+
+def jinns_loss_with_weights(loss, weights, *, terms=None):
+    """``loss`` with ``loss_weights`` set from ``weights`` (dict term -> scalar; jit-safe).
+
+    A term whose weight is a tuple (several dynamic losses) gets the block weight in
+    every entry. ``loss`` itself is unchanged (an Equinox ``tree_at``).
+    """
+    import equinox as eqx
+
+    lw = loss.loss_weights
+    new = {}
+    for name in terms or weights:
+        if name not in weights:
+            raise ValueError(f"weights has no entry for loss term {name!r}; it has {sorted(weights)}")
+        old = getattr(lw, name)
+        val = jnp.asarray(weights[name])
+        new[name] = tuple(val for _ in old) if isinstance(old, tuple) else val
+    if not dataclasses.is_dataclass(lw):  # pragma: no cover - jinns weights are dataclass-like eqx modules
+        raise TypeError(f"cannot rebuild jinns loss weights of type {type(lw).__name__}")
+    return eqx.tree_at(lambda l: l.loss_weights, loss, dataclasses.replace(lw, **new))
 
 
 def jinns_ntk_weights(key, loss, params, batch, *, method="exact", num_matvecs=None, rule="wang2022", cap=None,
@@ -84,26 +197,48 @@ def jinns_ntk_weights(key, loss, params, batch, *, method="exact", num_matvecs=N
     A term whose weight is a tuple (several dynamic losses) gets the block weight in
     every entry.
 
+    The computation is compiled (``equinox.filter_jit``; ``method``, ``num_matvecs``,
+    ``rule``, ``cap``, ``chunk_size`` and ``terms`` are static): the first call with a
+    given loss structure and batch shape compiles, later calls (new parameters, new
+    batches, the loss returned by the previous call) reuse it. Exact traces of a PINN's
+    terms take per-point gradients (jinns evaluates every term sample by sample), about
+    one gradient step's cost; :func:`jinns_train` refreshes the weights inside its own
+    compiled training loop.
+
     Returns
     -------
     (new_loss, weights)
         ``new_loss`` is ``loss`` with its ``loss_weights`` replaced (an Equinox
         ``tree_at``; ``loss`` itself is unchanged); ``weights`` is the dict used.
     """
-    import equinox as eqx
+    _check_loss(loss, params)
+    global _JITTED
+    if _JITTED is None:
+        import equinox as eqx
 
+        _JITTED = eqx.filter_jit(_jinns_ntk_weights)
+    terms = None if terms is None else tuple(terms)
+    return _JITTED(key, loss, params, batch, method=method, num_matvecs=num_matvecs, rule=rule, cap=cap,
+                   chunk_size=chunk_size, terms=terms)
+
+
+_JITTED = None
+
+
+def _jinns_ntk_weights(key, loss, params, batch, *, method, num_matvecs, rule, cap, chunk_size, terms):
     blocks, nn_params = from_jinns(loss, params, terms=terms)
-    tr = ntk_traces(key, blocks, nn_params, batch, method=method, num_matvecs=num_matvecs, normalize="sum",
-                    chunk_size=chunk_size)
-    sizes = residual_rows(blocks, nn_params, blocks.coerce_batch(batch)) if rule == "jaxpi" else None
-    w = ntk_weights(tr, rule=rule, cap=cap, sizes=sizes)
-    lw = loss.loss_weights
-    new = {}
-    for name in blocks.names:
-        old = getattr(lw, name)
-        val = jnp.asarray(w[name])
-        new[name] = tuple(val for _ in old) if isinstance(old, tuple) else val
-    new_lw = dataclasses.replace(lw, **new) if dataclasses.is_dataclass(lw) else None
-    if new_lw is None:  # pragma: no cover - jinns weights are dataclass-like eqx modules
-        raise TypeError(f"cannot rebuild jinns loss weights of type {type(lw).__name__}")
-    return eqx.tree_at(lambda l: l.loss_weights, loss, new_lw), w
+    w = jinns_weights_fn(blocks, method=method, num_matvecs=num_matvecs, rule=rule, cap=cap,
+                         chunk_size=chunk_size)(key, nn_params, batch)
+    return jinns_loss_with_weights(loss, w, terms=blocks.names), w
+
+
+def jinns_weights_fn(blocks, *, method="exact", num_matvecs=None, rule="wang2022", cap=None, chunk_size=256):
+    """``weights(key, nn_params, batch) -> dict``: NTK weights of ``blocks`` (traceable, jit-safe)."""
+
+    def weights(key, nn_params, batch):
+        tr = ntk_traces(key, blocks, nn_params, batch, method=method, num_matvecs=num_matvecs, normalize="sum",
+                        chunk_size=chunk_size)
+        sizes = residual_rows(blocks, nn_params, blocks.coerce_batch(batch)) if rule == "jaxpi" else None
+        return ntk_weights(tr, rule=rule, cap=cap, sizes=sizes)
+
+    return weights
