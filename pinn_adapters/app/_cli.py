@@ -7,6 +7,7 @@ entry-point group; sketchtrace's command line calls it with its subparsers.
 from __future__ import annotations
 
 from ._experiment import PROBLEMS, WaveConfig, compare, fd_bias, run_wave
+from ._sweep import register as register_sweep
 
 
 def register(sub):
@@ -31,6 +32,7 @@ def register(sub):
     w.add_argument("--x64", action="store_true", help="train in float64")
     w.add_argument("--no-progress", action="store_true", help="no progress bar")
     w.set_defaults(func=run_pinn)
+    register_sweep(w)  # sketchtrace pinn sweep PROBLEM
     return w
 
 

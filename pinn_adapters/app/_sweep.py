@@ -1,0 +1,455 @@
+"""``sketchtrace pinn sweep PROBLEM``: which weighting schedule should I use? Measured.
+
+Runs a grid of weighting schedules (none; exact every 1, 10, 100, 1000 steps;
+Hutchinson every 10 steps with 8 probes; predictor-corrector every step and every
+4 steps, all rows and subsampled rows, for several gammas) for several seeds at a
+fixed step budget, one JSON file per run (written atomically, so an interrupted sweep
+resumes without rerunning finished runs), and summarises them in ``sweep.json``,
+``sweep.md`` and ``pareto.png`` (final error against wall time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ._experiment import PROBLEMS, WaveConfig, make_problem
+
+GAMMAS = (0.02, 0.1)
+SUBSAMPLE = 0.1  # fraction of each block's points for the subsampled pc schedules
+
+
+def default_schedules(gammas=GAMMAS, subsample=SUBSAMPLE) -> dict:
+    """Schedule name -> :func:`~pinn_adapters.ntk_weighting` keyword arguments (the issue's grid)."""
+    grid = {"none": {"estimator": "none"}}
+    for every in (1, 10, 100, 1000):
+        grid[f"exact/{every}"] = {"estimator": "exact", "every": every}
+    grid["hutchinson8/10"] = {"estimator": "hutchinson", "num_probes": 8, "every": 10}
+    for every in (1, 4):
+        for g in gammas:
+            grid[f"pc/{every} g={g:g}"] = {
+                "estimator": "pc",
+                "every": every,
+                "gamma": g,
+            }
+            grid[f"pc-sub/{every} g={g:g}"] = {
+                "estimator": "pc",
+                "every": every,
+                "gamma": g,
+                "subsample": subsample,
+            }
+    return grid
+
+
+@dataclasses.dataclass
+class SweepConfig:
+    """What a sweep runs: the problem's base configuration, schedules and seeds."""
+
+    base: WaveConfig
+    schedules: dict
+    seeds: int = 3
+    out: str = "runs/sweep"
+
+
+def check_sweep(cfg: SweepConfig) -> Path:
+    """Every argument checked before any training; returns the (created, writable) output folder."""
+    cfg.base.validate()
+    if isinstance(cfg.seeds, bool) or not isinstance(cfg.seeds, int) or cfg.seeds < 1:
+        raise ValueError(
+            f"seeds must be a positive integer (runs per schedule); got {cfg.seeds!r}"
+        )
+    if not cfg.schedules:
+        raise ValueError("schedules: the sweep needs at least one schedule")
+    out = Path(cfg.out)
+    try:
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out / "runs", prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise ValueError(
+            f"sweep output folder {str(out)!r} is not writable: {exc.strerror or exc}"
+        ) from None
+    return out
+
+
+def select_schedules(names, grid=None) -> dict:
+    """The named schedules of ``grid`` (all of them for ``names=None``); unknown names are refused."""
+    grid = default_schedules() if grid is None else grid
+    if names is None:
+        return dict(grid)
+    unknown = [n for n in names if n not in grid]
+    if unknown:
+        raise ValueError(f"unknown schedule(s) {unknown}; known: {list(grid)}")
+    return {n: grid[n] for n in names}
+
+
+def _slug(name: str) -> str:
+    return name.replace("/", "-every").replace(" ", "_").replace("=", "")
+
+
+def _run_path(out: Path, name: str, seed: int) -> Path:
+    return out / "runs" / f"{_slug(name)}__seed{seed}.json"
+
+
+def _write_atomic(path: Path, data) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _finished(path: Path, key: dict):
+    """The stored run if it exists, parses and was made with the same configuration, else ``None``."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if data.get("key") == key else None
+
+
+def _one_run(prob, optimizer, weighting, base: WaveConfig, seed: int) -> dict:
+    """Train one seed (after a one-step warm-up that compiles, so wall time is training time)."""
+    from ._train import train
+
+    kw = {
+        "weighting": weighting,
+        "optimizer": optimizer,
+        "seed": seed,
+        "log_every": base.log_every,
+        "progress": False,
+    }
+    train(
+        prob, steps=1, track_weight_error=False, **kw
+    )  # compile (the compiled step is cached)
+    tracked = weighting.config["estimator"] not in ("none", "exact")
+    t0 = time.perf_counter()
+    res = train(prob, steps=base.steps, track_weight_error=tracked, **kw)
+    wall = time.perf_counter() - t0
+    hist = res.history
+    errs = [e for e in hist["weight_error"] if e is not None]
+    return {
+        "relative_l2": hist["relative_l2"][-1],
+        "wall_time_s": wall,
+        "time_per_step_s": res.time_per_step,
+        "median_weight_rel_error": float(np.median(errs)) if errs else None,
+        "final_weights": hist["weights"][-1],
+        "relative_l2_history": hist["relative_l2"],
+        "steps_logged": hist["step"],
+    }
+
+
+def run_sweep(cfg: SweepConfig, *, progress=True) -> dict:
+    """Run (or resume) the grid; write ``runs/*.json``, ``sweep.json``, ``sweep.md`` and ``pareto.png``."""
+    from .._weighting import ntk_weighting
+
+    out = check_sweep(cfg)
+    base = dataclasses.asdict(cfg.base)
+    prob = make_problem(cfg.base)
+    optimizer = prob.default_optimizer()
+    # every schedule's configuration is checked here, before any training
+    weightings = {
+        name: ntk_weighting(prob.blocks, **kw) for name, kw in cfg.schedules.items()
+    }
+    todo = [(n, s) for n in cfg.schedules for s in range(cfg.seeds)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="sweep", unit="run")
+    records = []
+    try:
+        for name, seed in todo:
+            key = {
+                "schedule": name,
+                "weighting": _jsonable(cfg.schedules[name]),
+                "seed": seed,
+                "base": base,
+            }
+            path = _run_path(out, name, seed)
+            rec = _finished(path, key)
+            if rec is None:
+                if bar is not None:
+                    bar.set_postfix_str(f"{name} seed {seed}")
+                rec = {
+                    "key": key,
+                    "metrics": _one_run(
+                        prob, optimizer, weightings[name], cfg.base, seed
+                    ),
+                }
+                _write_atomic(path, rec)
+            records.append(rec)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return write_summary(out, records, cfg)
+
+
+def _jsonable(kw):
+    return json.loads(json.dumps(kw))
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def summarize(records) -> list:
+    """Per schedule (grid order): median and min/max over seeds of error, wall time, time/step, weight error."""
+    by = {}
+    for r in records:
+        by.setdefault(r["key"]["schedule"], []).append(r["metrics"])
+    rows = []
+    for name, ms in by.items():
+        row = {"schedule": name, "seeds": len(ms)}
+        for k in (
+            "relative_l2",
+            "wall_time_s",
+            "time_per_step_s",
+            "median_weight_rel_error",
+        ):
+            vals = [m[k] for m in ms if m[k] is not None]
+            row[k] = _stats(vals)
+        rows.append(row)
+    front = pareto_front(
+        [(r["wall_time_s"]["median"], r["relative_l2"]["median"]) for r in rows]
+    )
+    for i, r in enumerate(rows):
+        r["pareto"] = i in front
+    return rows
+
+
+def _stats(vals):
+    if not vals:
+        return None
+    return {
+        "median": float(np.median(vals)),
+        "min": float(np.min(vals)),
+        "max": float(np.max(vals)),
+    }
+
+
+def pareto_front(points) -> list:
+    """Indices of the points not dominated in (time, error), both minimised, sorted by time."""
+    idx = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
+    front, best = [], float("inf")
+    for i in idx:
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def format_markdown(rows, cfg: SweepConfig) -> str:
+    b = cfg.base
+    head = (
+        f"{b.problem}, MLP width {b.width} x {b.depth}, {b.steps} Adam steps, batch {b.n_res} interior + "
+        f"{b.n_bc} per boundary piece (redrawn every step), {cfg.seeds} seeds; median [min, max] over seeds. "
+        "Wall time: the training call after a one-step compile warm-up (includes the logging every "
+        f"{b.log_every} steps). Weight error: median over log steps of the max over blocks of "
+        "|w - w_exact| / w_exact (estimators that are not exact only). * = on the error-vs-time Pareto front "
+        "(medians).\n\n"
+    )
+    lines = [
+        "| schedule | final relative L2 | wall time (s) | time/step (ms) | weight error vs exact | front |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def f(s, fmt, scale=1.0):
+        if s is None:
+            return "-"
+        return f"{s['median'] * scale:{fmt}} [{s['min'] * scale:{fmt}}, {s['max'] * scale:{fmt}}]"
+
+    for r in rows:
+        lines.append(
+            f"| {r['schedule']} | {f(r['relative_l2'], '.3e')} | {f(r['wall_time_s'], '.1f')} | "
+            f"{f(r['time_per_step_s'], '.2f', 1e3)} | {f(r['median_weight_rel_error'], '.3f')} | "
+            f"{'*' if r['pareto'] else ''} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def write_summary(out: Path, records, cfg: SweepConfig) -> dict:
+    rows = summarize(records)
+    from ._experiment import _versions
+
+    summary = {
+        "config": {
+            "base": dataclasses.asdict(cfg.base),
+            "schedules": cfg.schedules,
+            "seeds": cfg.seeds,
+        },
+        "summary": rows,
+        "runs": records,
+        "versions": _versions(),
+    }
+    _write_atomic(out / "sweep.json", summary)
+    md = format_markdown(rows, cfg)
+    (out / "sweep.md").write_text(md)
+    pareto_figure(out / "pareto.png", records, rows)
+    print(md)
+    return summary
+
+
+def pareto_figure(path: Path, records, rows) -> None:
+    """Final error against wall time: one marker per run, schedule medians joined along the front."""
+    from .._mpl import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.5), constrained_layout=True)
+    colors = plt.get_cmap("tab20")
+    for i, r in enumerate(rows):
+        ms = [x["metrics"] for x in records if x["key"]["schedule"] == r["schedule"]]
+        c = colors(i % 20)
+        ax.scatter(
+            [m["wall_time_s"] for m in ms],
+            [m["relative_l2"] for m in ms],
+            s=14,
+            color=c,
+            alpha=0.5,
+        )
+        ax.scatter(
+            [r["wall_time_s"]["median"]],
+            [r["relative_l2"]["median"]],
+            s=60,
+            color=c,
+            edgecolor="k",
+            marker="D" if r["pareto"] else "o",
+            label=r["schedule"],
+        )
+    front = sorted(
+        (r for r in rows if r["pareto"]), key=lambda r: r["wall_time_s"]["median"]
+    )
+    ax.plot(
+        [r["wall_time_s"]["median"] for r in front],
+        [r["relative_l2"]["median"] for r in front],
+        "k--",
+        lw=1,
+        label="Pareto front (medians)",
+    )
+    ax.set_xscale("log"), ax.set_yscale("log")
+    ax.set_xlabel("wall time (s)"), ax.set_ylabel("final relative L2 error")
+    ax.legend(fontsize=7, ncol=2)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def register(pinn):
+    """Teach the ``sketchtrace pinn`` parser ``sketchtrace pinn sweep PROBLEM [options]``.
+
+    ``sweep`` takes the place of the problem; the sweep's own problem is the next
+    positional. The run-size flags (``--steps``, ``--width``, ``--depth``,
+    ``--log-every``, ``--n-res``, ``--n-bc``, ``--out``, ``--no-progress``) are the
+    ``pinn`` command's own.
+    """
+    pinn.add_argument(
+        "sweep_problem",
+        nargs="?",
+        default=None,
+        metavar="SWEEP_PROBLEM",
+        help=f"with 'sweep': the problem to sweep, one of {sorted(PROBLEMS)}",
+    )
+    pinn.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="sweep: runs per schedule (seeds 0 .. N-1; default 3)",
+    )
+    pinn.add_argument(
+        "--schedules",
+        default=None,
+        help="sweep: comma-separated schedule names (default: the whole grid, docs/schedules.md)",
+    )
+    pinn.add_argument(
+        "--gammas",
+        default=None,
+        help="sweep: comma-separated pc gammas (default 0.02,0.1)",
+    )
+    pinn.add_argument(
+        "--subsample",
+        type=float,
+        default=SUBSAMPLE,
+        help=f"sweep: point fraction of the pc-sub schedules (default {SUBSAMPLE})",
+    )
+    pinn.epilog = (
+        (pinn.epilog or "")
+        + " 'sketchtrace pinn sweep PROBLEM' runs a grid of weighting "
+        "schedules over seeds and writes sweep.json, sweep.md and pareto.png."
+    ).strip()
+    single = pinn.get_default("func")
+
+    def dispatch(args):
+        if args.problem == "sweep":
+            return run_cli(args)
+        if args.sweep_problem is not None:
+            raise ValueError(
+                f"sketchtrace pinn: unexpected argument {args.sweep_problem!r} after the problem "
+                "(did you mean 'sketchtrace pinn sweep PROBLEM'?)"
+            )
+        return single(args)
+
+    pinn.set_defaults(func=dispatch)
+    return pinn
+
+
+def config_from_args(args) -> SweepConfig:
+    """The sweep configuration of ``sketchtrace pinn sweep PROBLEM ...`` (errors before any training)."""
+    problem = args.sweep_problem
+    if problem not in PROBLEMS:
+        raise ValueError(
+            f"sketchtrace pinn sweep: PROBLEM must be one of {sorted(PROBLEMS)}; got {problem!r}"
+        )
+    over = {
+        "steps": args.steps,
+        "width": args.width,
+        "depth": args.depth,
+        "log_every": args.log_every,
+        "n_res": args.n_res,
+        "n_bc": args.n_bc,
+    }
+    base = WaveConfig(
+        problem=problem, **{k: v for k, v in over.items() if v is not None}
+    ).validate()
+    gammas = GAMMAS
+    if args.gammas:
+        try:
+            gammas = tuple(float(g) for g in args.gammas.split(","))
+        except ValueError:
+            raise ValueError(
+                f"--gammas must be comma-separated numbers; got {args.gammas!r}"
+            ) from None
+    if not 0 < args.subsample <= 1:
+        raise ValueError(
+            f"--subsample must be a fraction in (0, 1]; got {args.subsample}"
+        )
+    grid = default_schedules(gammas, args.subsample)
+    names = (
+        None
+        if args.schedules is None
+        else [s.strip() for s in args.schedules.split(",") if s.strip()]
+    )
+    return SweepConfig(
+        base=base,
+        schedules=select_schedules(names, grid),
+        seeds=args.seeds,
+        out=args.out or f"runs/sweep-{problem}",
+    )
+
+
+def run_cli(args):
+    cfg = config_from_args(args)
+    return run_sweep(cfg, progress=not args.no_progress)
