@@ -1,0 +1,26 @@
+"""NTK traces and loss weights for PyTorch PINNs (sketchtrace's torch backend).
+
+Needs PyTorch (``pip install 'sketchtrace[torch]'``). Host adapters live in
+:mod:`pinn_adapters.torch.pina` (PINA weighting) and
+:mod:`pinn_adapters.torch.deepxde` (DeepXDE callback); they import their host
+only when used.
+"""
+
+try:
+    import torch  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised without torch
+    raise ImportError("pinn_adapters.torch needs PyTorch: pip install 'sketchtrace[torch]'") from exc
+
+from ._blocks import TorchResidualBlocks, module_params
+from ._ntk import TorchNTKWeighting, TorchWeightingState, exact_traces, jacobian_operator, ntk_traces, ntk_weighting
+
+__all__ = [
+    "TorchNTKWeighting",
+    "TorchResidualBlocks",
+    "TorchWeightingState",
+    "exact_traces",
+    "jacobian_operator",
+    "module_params",
+    "ntk_traces",
+    "ntk_weighting",
+]
