@@ -64,3 +64,86 @@ def is_concrete(x) -> bool:
     import jax
 
     return not isinstance(x, jax.core.Tracer)
+
+
+def _is_number(value, kind) -> bool:
+    """A Python or NumPy scalar of ``kind`` (``numbers.Integral`` / ``numbers.Real``), not a bool."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    return isinstance(value, kind)
+
+
+def check_int(value, *, name: str, minimum: int | None = None) -> int:
+    """``value`` (a Python or NumPy integer) as a Python int, or raise naming ``name``."""
+    want = "an integer" if minimum is None else f"an integer >= {minimum}"
+    if not _is_number(value, numbers.Integral):
+        raise TypeError(f"{name} must be {want}; got {type(value).__name__} {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be {want}; got {value}")
+    return value
+
+
+def check_real(value, *, name: str, low=None, high=None, low_open=False, high_open=False) -> float:
+    """``value`` (a Python or NumPy real number) as a finite Python float in the given range.
+
+    ``low``/``high`` are bounds (``None``: unbounded), closed unless ``low_open``/``high_open``.
+    """
+    lo = "" if low is None else ("(" if low_open else "[") + f"{low}"
+    hi = "" if high is None else f"{high}" + (")" if high_open else "]")
+    want = f"a real number in {lo or '(-inf'}, {hi or 'inf)'}"
+    if not _is_number(value, numbers.Real):
+        raise TypeError(f"{name} must be {want}; got {type(value).__name__} {value!r}")
+    value = float(value)
+    bad = not np.isfinite(value)
+    bad |= low is not None and (value <= low if low_open else value < low)
+    bad |= high is not None and (value >= high if high_open else value > high)
+    if bad:
+        raise ValueError(f"{name} must be {want}; got {value!r}")
+    return value
+
+
+def check_csr(S, *, name: str = "op"):
+    """Full structural check of a SciPy CSR matrix (``indptr`` monotone and within ``data``,
+    column indices in range) before compiled kernels index memory with it."""
+    try:
+        S.check_format(full_check=True)
+    except ValueError as exc:
+        raise ValueError(
+            f"{name}: corrupt sparse matrix: {exc} (scipy check_format); rebuild it with scipy.sparse.csr_matrix"
+        ) from None
+    return S
+
+
+def check_matvec_output(y, shape, *, what: str):
+    """Refuse an operator output of the wrong shape or a complex one (before it is cast and used)."""
+    y = np.asarray(y)
+    if np.iscomplexobj(y):
+        raise TypeError(
+            f"{what} returned complex values (dtype {y.dtype}); sketchtrace estimates traces of real operators "
+            "(the imaginary part would be dropped)"
+        )
+    if y.shape != tuple(shape):
+        raise ValueError(f"{what} returned shape {y.shape}; expected {tuple(shape)}")
+    return y
+
+
+def probe_matvec(matvec, shape, dtype, *, what: str):
+    """Call a host-side ``matvec`` once on a zero vector and check its output (shape, real).
+
+    Used at setup for operators whose output cannot be checked statically (SciPy
+    ``LinearOperator``, Python callables), so a wrong shape is reported up front.
+    """
+    try:
+        y = matvec(np.zeros(shape[1], dtype))
+    except Exception as exc:  # noqa: BLE001 - any failure of user code, reported with its origin
+        raise ValueError(f"{what} failed on a probe of shape ({shape[1]},): {type(exc).__name__}: {exc}") from exc
+    if np.shape(y) == (shape[0], 1):  # SciPy's own convention allows a column
+        y = np.asarray(y)[:, 0]
+    check_matvec_output(y, (shape[0],), what=what)
+
+
+def scipy_raw_matvec(L):
+    """The user's matvec of a SciPy ``LinearOperator`` without SciPy's reshape of its output
+    (which would hide a wrong output shape behind a reshape error)."""
+    return getattr(L, "_matvec", L.matvec)

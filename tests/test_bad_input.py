@@ -105,7 +105,7 @@ def test_backend_and_key_must_agree(key):
     with pytest.raises(TypeError, match="jax.random key when backend='jax'"):
         st.hutchinson(np.random.default_rng(0), A, num_matvecs=2, backend="jax")
     with pytest.raises(ValueError, match="backend must be one of"):
-        st.hutchinson(key, A, num_matvecs=2, backend="torch")
+        st.hutchinson(key, A, num_matvecs=2, backend="cupy")
 
 
 def test_non_finite_operator_output(key):
@@ -141,3 +141,109 @@ def test_gram_side_and_jacobian_mode():
 def test_jacobian_of_integer_input_refused():
     with pytest.raises(TypeError, match="x dtype must be a real floating dtype"):
         st.JacobianOperator(lambda x: x, jnp.ones(2, dtype=jnp.int32))
+
+
+# ----------------------------------------------------------------------------- issue 15: what slipped through
+
+RNG = np.random.default_rng
+
+
+def _csr_2i6():
+    return sp.csr_matrix(2.0 * np.eye(6))
+
+
+@pytest.mark.parametrize("estimator", ["hutchinson", "hutchpp", "xtrace"])
+@pytest.mark.parametrize("corrupt", ["indptr", "indices"])
+@pytest.mark.parametrize("backend", ["numba", "jax"])
+def test_corrupt_csr_refused_before_any_kernel_reads_it(estimator, corrupt, backend, key):
+    S = _csr_2i6()
+    if corrupt == "indptr":
+        S.indptr[2] = 40  # read past the end of indices/data: segfaulted in the numba kernels
+    else:
+        S.indices[3] = 5000  # an out-of-range column: silently wrong before
+    rand = RNG(0) if backend == "numba" else key
+    with pytest.raises(ValueError, match=r"op: corrupt sparse matrix: .*(indptr|indices)"):
+        getattr(st, estimator)(rand, S, num_matvecs=3)
+
+
+def test_float16_on_jax_accumulates_in_float32(key):
+    d = np.linspace(1.0, 100.0, 101)
+    A16 = np.diag(d).astype(np.float16)
+    est = st.hutchinson(key, A16, num_matvecs=8)
+    assert est.value.dtype == jnp.float32 and np.isfinite(float(est.sem))
+    assert float(est.value) == pytest.approx(float(np.trace(A16.astype(np.float64))), rel=1e-6)
+    assert st.as_operator(A16).dtype == np.float32
+
+
+def test_float16_declared_operator_refused_on_jax(key):
+    op = st.FunctionOperator(lambda v: v, 40, jnp.float16)
+    with pytest.raises(TypeError, match=r"op dtype float16.*float32 or float64"):
+        st.hutchinson(key, op, num_matvecs=4)
+
+
+def test_numba_function_operator_returning_complex_refused():
+    op = st.FunctionOperator(lambda v: v * (1 + 1j), 40, np.float64)
+    with pytest.raises(TypeError, match=r"matvec of op .* returned complex values"):
+        st.hutchinson(RNG(0), op, num_matvecs=4)
+
+
+def test_duplicate_block_names_refused():
+    with pytest.raises(ValueError, match="blocks: duplicate block name 'a'"):
+        st.as_operator(np.eye(6), blocks=(("a", 0, 3), ("a", 3, 6)))
+
+
+@pytest.mark.parametrize("backend", ["numba", "jax"])
+def test_scipy_linear_operator_of_the_wrong_output_shape_refused_up_front(backend, key):
+    from scipy.sparse.linalg import LinearOperator as SciPyLinearOperator
+
+    calls = []
+
+    def matvec(v):
+        calls.append(1)
+        return np.ones(41)
+
+    L = SciPyLinearOperator((40, 40), matvec=matvec, dtype=np.float64)
+    rand = RNG(0) if backend == "numba" else key
+    with pytest.raises(ValueError, match=r"op \(a SciPy LinearOperator of shape \(40, 40\)\) returned shape \(41,\); expected \(40,\)"):
+        st.hutchinson(rand, L, num_matvecs=4)
+    assert len(calls) == 1  # one probe at setup, before any estimation
+
+
+@pytest.mark.parametrize("backend", ["numba", "jax"])
+def test_sampler_returning_the_wrong_shape_refused(backend, key):
+    xp = np if backend == "numba" else jnp
+    rand = RNG(0) if backend == "numba" else key
+    with pytest.raises(ValueError, match=r"sampler returned shape \(3,\); expected"):
+        st.hutchinson(rand, np.eye(40), num_matvecs=4, sampler=lambda k, shape, dtype: xp.ones(3, dtype))
+
+
+@pytest.mark.parametrize("backend", ["numba", "jax"])
+def test_big_endian_arrays_are_accepted_with_the_same_result(backend, key):
+    A_native = np.diag(np.arange(1.0, 41.0)) + 0.01
+    A_big = A_native.astype(">f8")
+    rand = (lambda: RNG(3)) if backend == "numba" else (lambda: key)
+    a = st.hutchinson(rand(), A_big, num_matvecs=6)
+    b = st.hutchinson(rand(), A_native, num_matvecs=6)
+    assert float(a.value) == float(b.value) and float(a.sem) == float(b.sem)
+
+
+@pytest.mark.parametrize("scalar", [np.int64(6), np.int32(6), np.uint8(6)])
+def test_numpy_integers_accepted_as_budgets(scalar, key):
+    assert st.hutchinson(key, np.eye(40), num_matvecs=scalar).num_matvecs == 6
+
+
+def test_validation_number_helpers_accept_numpy_scalars_and_name_the_argument():
+    from sketchtrace.validation import check_int, check_real
+
+    assert check_real(np.float32(1e-3), name="eps", low=0, high=1, low_open=True, high_open=True) == pytest.approx(1e-3)
+    assert check_int(np.int64(3), name="steps", minimum=0) == 3
+    for bad in ("0.1", True, None):
+        with pytest.raises(TypeError, match=r"eps must be a real number in \(0, 1\)"):
+            check_real(bad, name="eps", low=0, high=1, low_open=True, high_open=True)
+    for bad in (np.float64(2.0), np.nan, 0.0):
+        with pytest.raises(ValueError, match=r"eps must be a real number in \(0, 1\)"):
+            check_real(bad, name="eps", low=0, high=1, low_open=True, high_open=True)
+    with pytest.raises(ValueError, match="steps must be an integer >= 0; got -1"):
+        check_int(np.int8(-1), name="steps", minimum=0)
+    with pytest.raises(TypeError, match="steps must be an integer"):
+        check_int(np.float64(3.0), name="steps")

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._samplers import get_sampler, probe_rows
-from ..operators import FunctionOperator, LinearOperator, as_operator
-from ..validation import is_concrete
+from ..operators import FunctionOperator, LinearOperator, ScipyOperator, SparseOperator, as_operator
+from ..validation import check_csr, is_concrete, probe_matvec, scipy_raw_matvec
 from ._krylov import lanczos_jax
 
 def map_chunks(fn, xs, chunk_size):
@@ -44,6 +44,34 @@ def map_chunks(fn, xs, chunk_size):
     if rem:
         out = jnp.concatenate([out, fn(xs[nfull * chunk_size :])], axis=0)
     return out
+
+
+def _check_jax_dtype(op):
+    """Refuse half precision: JAX would accumulate the quadratic forms in it (``as_operator``
+    already turns float16 arrays into float32; this is for declared operators)."""
+    dt = np.dtype(op.dtype)
+    if np.issubdtype(dt, np.floating) and dt.itemsize < 4:
+        raise TypeError(
+            f"op dtype {dt}: the JAX backend computes in the operator's dtype and {dt} cannot hold a trace "
+            "estimate (its sum overflows or rounds away); declare the operator as float32 or float64"
+        )
+
+
+def _checked_sampler(sampler):
+    """A callable sampler wrapped so that a wrong output shape is refused (shapes are static)."""
+    if not callable(sampler):
+        return sampler
+
+    def draw(key, shape, dtype):
+        v = sampler(key, shape, dtype)
+        if jnp.shape(v) != tuple(shape):
+            raise ValueError(
+                f"sampler returned shape {jnp.shape(v)}; expected {tuple(shape)} (on the JAX backend a callable "
+                "sampler is called as sampler(key, shape, dtype) and draws one probe of that shape)"
+            )
+        return jnp.asarray(v, dtype)
+
+    return draw
 
 
 class JaxBackend:
@@ -95,17 +123,25 @@ class JaxBackend:
     @staticmethod
     def prepare(op) -> LinearOperator:
         op = as_operator(op)
+        _check_jax_dtype(op)
         if isinstance(op, FunctionOperator):
             op.validate_jax()
+        elif isinstance(op, SparseOperator) and is_concrete(op.indptr) and is_concrete(op.indices):
+            check_csr(op.S)  # JAX would silently drop or misplace entries of a corrupt structure
+        elif isinstance(op, ScipyOperator) and not op.__dict__.get("_probed"):
+            # its output shape is only seen inside an XLA callback: check one matvec up front
+            probe_matvec(scipy_raw_matvec(op.L), op.shape, op.dtype, what=f"op (a SciPy LinearOperator of shape {op.shape})")
+            object.__setattr__(op, "_probed", True)
         return op
 
     @staticmethod
     def probes(key, num, dim, dtype, sampler="rademacher"):
-        return probe_rows(jax.random.split(key, num), dim, dtype, sampler)
+        return probe_rows(jax.random.split(key, num), dim, dtype, _checked_sampler(sampler))
 
     @staticmethod
     def quad_forms(key, op, num, sampler, chunk_size):
         get_sampler(sampler)
+        sampler = _checked_sampler(sampler)
         n, dt = op.probe_dim, op.jax_dtype
         return map_chunks(lambda ks: op.quad_forms(probe_rows(ks, n, dt, sampler)), jax.random.split(key, num), chunk_size)
 

@@ -40,7 +40,7 @@ import math
 import numpy as np
 
 from . import _numba_kernels as K
-from ._krylov import lanczos_numpy
+from ._numba_lanczos import lanczos_numba
 from ..operators import (
     DenseOperator,
     FunctionOperator,
@@ -52,6 +52,7 @@ from ..operators import (
     make_blocks,
 )
 from .._samplers import SAMPLERS
+from ..validation import check_csr, check_matvec_output, probe_matvec, scipy_raw_matvec
 
 _SAMPLER_NAMES = {fn: name for name, fn in SAMPLERS.items()}
 
@@ -160,6 +161,7 @@ def _prepare_new(op) -> NumbaOperator:
         S = op.S  # as_operator converted it to CSR once
         if S.format != "csr":  # a SparseOperator built by hand around CSC/COO
             S = S.tocsr()
+        check_csr(S)  # the kernels index memory with indptr/indices: a corrupt structure would crash
         dt = _compute_dtype(S.dtype)
         itype = np.int32 if S.nnz < np.iinfo(np.int32).max and S.shape[1] < np.iinfo(np.int32).max else np.int64
         data = (
@@ -169,6 +171,7 @@ def _prepare_new(op) -> NumbaOperator:
         )
         return NumbaOperator("csr", S.shape, dt, blocks, data, op)
     if isinstance(op, ScipyOperator):
+        probe_matvec(scipy_raw_matvec(op.L), op.shape, op.dtype, what=f"op (a SciPy LinearOperator of shape {op.shape})")
         return NumbaOperator("scipy", op.shape, _compute_dtype(op.dtype), blocks, op.L, op)
     if isinstance(op, FunctionOperator):
         kind = "numba_fn" if isinstance(op.fn, CPUDispatcher) else "py_fn"
@@ -264,7 +267,7 @@ def _parallel_calls(V) -> bool:
 
 
 def _py_apply(op, v):
-    y = op.data(v)
+    y = check_matvec_output(op.data(v), (op.shape[0],), what=f"matvec of op (FunctionOperator, declared shape {op.shape})")
     return check_output(y, (op.shape[0],), op.dtype, what=f"matvec (declared shape {op.shape})")
 
 
@@ -279,7 +282,7 @@ def _matmat_rows(op, V) -> np.ndarray:
         K.csr_matmat(indptr, indices, data, np.ascontiguousarray(V.T), op.row_chunks[0], out)
         return out.T
     if op.kind == "scipy":
-        Y = op.data.matmat(V.T)
+        Y = check_matvec_output(op.data.matmat(V.T), (m, V.shape[0]), what=f"op (a SciPy LinearOperator of shape {op.shape})")
         return check_output(Y, (m, V.shape[0]), op.dtype, what=f"LinearOperator (declared shape {op.shape})").T
     if op.kind == "numba_fn":
         _check_numba_fn(op, V)
@@ -369,8 +372,8 @@ class NumbaBackend:
     def jit(fn, static_argnames=()):
         return fn
 
-    #: Batched Lanczos (see :mod:`sketchtrace.backends._krylov`): a Python loop of block products.
-    lanczos = staticmethod(lanczos_numpy)
+    #: Batched Lanczos: block products plus fused row-parallel updates (see ``_numba_lanczos``).
+    lanczos = staticmethod(lanczos_numba)
 
     @staticmethod
     def with_adjoint(matmat, forward, Z):

@@ -68,6 +68,8 @@ def make_blocks(blocks, num_rows: int) -> Blocks | None:
     for name, spec in items:
         if not isinstance(name, str):
             raise TypeError(f"blocks: block names must be strings; got {name!r}")
+        if any(name == prev for prev, _, _ in out):
+            raise ValueError(f"blocks: duplicate block name {name!r}; every block needs its own name")
         if isinstance(spec, slice):
             start, stop = spec.start or 0, spec.stop
         elif isinstance(spec, tuple) and len(spec) == 2:
@@ -559,10 +561,10 @@ def as_operator(obj, *, blocks=None) -> LinearOperator:
             raise TypeError(f"op: complex matrices are not supported; got dtype {obj.dtype}")
         if not np.issubdtype(obj.dtype, np.floating):
             obj = obj.astype(np.float64) if isinstance(obj, np.ndarray) else obj.astype(float)
-        op = DenseOperator(obj)
+        op = DenseOperator(_native_float(obj))
     elif _is_scipy_sparse(obj):
         check_float_dtype(obj.dtype, name="op dtype")
-        op = SparseOperator(obj.tocsr())
+        op = SparseOperator(_native_float(obj).tocsr())
     elif _is_scipy_linop(obj):
         check_float_dtype(obj.dtype, name="op dtype")
         op = ScipyOperator(obj)
@@ -581,6 +583,17 @@ def as_operator(obj, *, blocks=None) -> LinearOperator:
     if blocks is not None:
         op = op.with_blocks(blocks)
     return op
+
+
+def _native_float(obj):
+    """Big-endian data in native byte order (JAX refuses it); float16 in float32 (half
+    precision cannot accumulate a trace: its sums round away or overflow)."""
+    dt = np.dtype(obj.dtype)
+    if dt.itemsize < 4:
+        return obj.astype(np.float32)
+    if not dt.isnative:
+        return obj.astype(dt.newbyteorder("="))
+    return obj
 
 
 def _is_scipy_sparse(obj) -> bool:
