@@ -1,0 +1,122 @@
+"""True NTK loss weights for PINA (``pina-mathlab``): a weighting that plugs in where PINA's do.
+
+PINA's own ``NeuralTangentKernelWeighting`` weighs each condition by the norm of
+the gradient of its summed loss, which is not the NTK trace. :class:`NTKWeighting`
+is a ``pina.weighting.BaseWeighting``: pass it as ``weighting=`` to a PINA solver
+(e.g. ``PhysicsInformedSingleModelSolver``) and at each refresh it computes, per
+condition ``c``, ``tr(K_cc) = ||d r_c / d theta||_F^2`` of the condition's residuals
+``r_c`` on the condition's points, exactly, with Hutchinson, or with the
+predictor-corrector (pc), and turns the traces into weights with
+:func:`pinn_adapters.ntk_weights`' rule (``lambda_c = sum_j T_j / T_c`` by default).
+
+Residuals are PINA's own: ``equation.residual(x, solver.forward(x), solver._params)``
+for equation conditions and ``solver.forward(x) - target`` for data conditions,
+evaluated with the parameters being differentiated (``torch.func.functional_call``
+on the solver).
+"""
+
+from __future__ import annotations
+
+try:
+    from pina.weighting import BaseWeighting
+except ImportError as exc:  # pragma: no cover - exercised without PINA
+    raise ImportError("pinn_adapters.torch.pina needs PINA: pip install 'sketchtrace[pina]'") from exc
+
+import torch
+
+from ._blocks import TorchResidualBlocks
+from ._ntk import ntk_weighting
+
+
+def condition_points(problem, name):
+    """The points of PINA condition ``name`` (its ``input``, or its discretised domain)."""
+    cond = problem.conditions[name]
+    pts = getattr(cond, "input", None)
+    if pts is None and hasattr(cond, "domain"):
+        domains = problem.discretised_domains
+        if cond.domain not in domains:
+            raise ValueError(f"condition {name!r}: domain {cond.domain!r} is not discretised (call problem.discretise_domain)")
+        pts = domains[cond.domain]
+    if pts is None:
+        raise ValueError(f"condition {name!r} has neither input points nor a domain")
+    return pts
+
+
+def condition_residual(solver, name):
+    """``fn(model, points)``: the residuals of PINA condition ``name`` (as PINA computes them)."""
+    cond = solver.problem.conditions[name]
+    equation = getattr(cond, "equation", None)
+    target = getattr(cond, "target", None)
+    if equation is None and target is None:
+        raise ValueError(f"condition {name!r} has no equation and no target: no residual to weight")
+
+    def fn(model, points):
+        x = points.clone().requires_grad_(True) if equation is not None else points
+        out = model(x)
+        r = equation.residual(x, out, solver._params) if equation is not None else out - target
+        return torch.as_tensor(r.as_subclass(torch.Tensor) if isinstance(r, torch.Tensor) else r)
+
+    return fn
+
+
+class NTKWeighting(BaseWeighting):
+    """NTK weights for a PINA solver's conditions (exact, ``"hutchinson"`` or ``"pc"``).
+
+    Parameters
+    ----------
+    estimator : {"exact", "hutchinson", "pc"}
+        How the per-condition NTK traces are computed (see
+        :func:`pinn_adapters.torch.ntk_weighting`).
+    seed : int
+        Seed of the ``torch.Generator`` used by the sketched estimators.
+    update_every_n_epochs : int
+        PINA's refresh period (in epochs).
+    **options
+        Passed to :func:`pinn_adapters.torch.ntk_weighting` (``num_probes``, ``gamma``,
+        ``rule``, ``normalize``, ``jvp``, ``ema``, ...). PINA's residuals use
+        ``torch.autograd``, so exact traces take one autograd call per residual row
+        and pc's ``J v`` are forward differences by default (``jvp="autograd"`` is exact).
+    """
+
+    def __init__(self, estimator="exact", *, seed=0, update_every_n_epochs=1, **options):
+        super().__init__(update_every_n_epochs=update_every_n_epochs, aggregator="sum")
+        self.estimator, self.options = estimator, options
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self._weighting = self._blocks = self._state = self._params_prev = None
+        ntk_weighting(_probe_blocks(), estimator=estimator, **options)  # check the options before training
+
+    def _setup(self, names):
+        solver = self.solver
+        fns = {n: condition_residual(solver, n) for n in names}
+        self._blocks = TorchResidualBlocks(solver, fns, reduction="mean", per_sample="loop")
+        self._weighting = ntk_weighting(self._blocks, estimator=self.estimator, **self.options)
+
+    def batch(self):
+        """Block name -> points (every condition's points)."""
+        return {n: condition_points(self.solver.problem, n) for n in self._blocks.names}
+
+    def update_weights(self, losses):
+        """PINA's hook: ``{condition: weight}`` from the NTK traces at the current parameters."""
+        if self._blocks is None or set(self._blocks.names) != set(losses):
+            self._setup(tuple(losses))
+            self._state = None
+        params = self._blocks.params()
+        batch = self.batch()
+        if self._state is None:
+            self._state = self._weighting.init(self.generator, params, batch)
+            weights = self._state.weights
+        else:
+            weights, self._state = self._weighting.update(self.generator, self._state, self._params_prev, params, batch)
+        self._params_prev = params
+        return {n: weights[n].to(losses[n].dtype) for n in losses}
+
+    @property
+    def traces(self) -> dict:
+        """The latest per-condition NTK traces."""
+        return {} if self._state is None else dict(self._state.traces)
+
+
+def _probe_blocks():
+    """A one-parameter stand-in used only to check the options before the solver exists."""
+    lin = torch.nn.Linear(1, 1)
+    return TorchResidualBlocks(lin, {"a": lambda model, x: model(x), "b": lambda model, x: model(x)})
