@@ -1,0 +1,350 @@
+"""Oracle tests: every estimator against its formula recomputed in plain NumPy.
+
+Each test draws the SAME probes the estimator draws (same key, through the public
+sampler API: ``st.probe_rows`` over ``jax.random.split(key, num)`` for JAX keys, the
+numba backend's ``probes`` for a ``numpy.random.Generator``), evaluates the
+estimator's published formula directly (dense NumPy, no downdating, no shared
+code with the estimator) and requires agreement to rounding in ``value``, ``sem``
+and ``num_matvecs``. There is no statistical noise, so a 1% scale, an off-by-one
+budget split or a dropped term fails at once.
+"""
+
+import copy
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+import sketchtrace as st
+from sketchtrace.backends import backend_named
+
+RTOL = 1e-9
+N = 24
+
+
+def _matrix(n=N, seed=0, nonsym=False):
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    A = (Q * (0.8 ** np.arange(n) + 0.05)) @ Q.T
+    A = 0.5 * (A + A.T)
+    if nonsym:
+        A = A + 0.3 * rng.standard_normal((n, n)) / np.sqrt(n)
+    return A
+
+
+class Draw:
+    """Randomness for the estimator and the same probes for the oracle, per backend."""
+
+    def __init__(self, backend, seed=3):
+        self.backend, self.seed = backend, seed
+
+    def key(self):
+        if self.backend == "jax":
+            return jax.random.key(self.seed)
+        return np.random.default_rng(self.seed)
+
+    def rows(self, num, n, sampler, key=None):
+        """``(num, n)`` probe rows drawn from ``key`` (default: a fresh copy of :meth:`key`)."""
+        key = self.key() if key is None else copy.deepcopy(key)
+        if self.backend == "jax":
+            return np.asarray(st.probe_rows(jax.random.split(key, num), n, jnp.float64, sampler))
+        return np.asarray(backend_named("numba").probes(key, num, n, np.float64, sampler))
+
+
+BACKENDS = ["jax", "numba"]
+
+
+def _mean_sem(samples, axis=0):
+    samples = np.asarray(samples, dtype=float)
+    k = samples.shape[axis]
+    if k == 1:  # one sample: the spread is unknown
+        return samples.mean(axis=axis), np.full(samples.mean(axis=axis).shape, np.inf)
+    return samples.mean(axis=axis), samples.std(axis=axis, ddof=1) / math.sqrt(k)
+
+
+def assert_matches(est, value, sem, spent):
+    np.testing.assert_allclose(np.asarray(est.value), value, rtol=RTOL, atol=RTOL * np.max(np.abs(value)))
+    np.testing.assert_allclose(np.asarray(est.sem), sem, rtol=1e-7, atol=RTOL * np.max(np.abs(value)))
+    assert int(est.num_matvecs) == spent
+
+
+def _orth(M):
+    return np.linalg.qr(M)[0]
+
+
+# ----------------------------------------------------------------------------- Hutchinson family
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sampler", ["rademacher", "gaussian", "sphere"])
+@pytest.mark.parametrize("m", [1, 7])
+def test_hutchinson(backend, sampler, m):
+    A, d = _matrix(), Draw(backend)
+    est = st.hutchinson(d.key(), A, num_matvecs=m, sampler=sampler)
+    V = d.rows(m, N, sampler)
+    q = np.einsum("ij,jk,ik->i", V, A, V)
+    sem = np.inf if m == 1 else q.std(ddof=1) / math.sqrt(m)
+    assert_matches(est, q.mean(), sem, m)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_block_traces(backend):
+    A, d, m = _matrix(), Draw(backend), 9
+    op = st.as_operator(A, blocks={"a": 10, "b": 14})
+    out = st.block_traces(d.key(), op, num_matvecs=m)
+    V = d.rows(m, N, "rademacher")
+    W = V * (V @ A.T)  # v_j (A v)_j
+    for name, sl in (("a", slice(0, 10)), ("b", slice(10, N))):
+        mean, sem = _mean_sem(W[:, sl].sum(axis=1))
+        assert_matches(out[name], mean, sem, m)
+
+
+def _hutchpp_split(m):
+    k = min(math.ceil(m / 3), (m - 1) // 2)
+    return k, m - 2 * k
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("m", [3, 8, 10])
+@pytest.mark.parametrize("nonsym", [False, True])
+def test_hutchpp(backend, m, nonsym):
+    A, d = _matrix(nonsym=nonsym), Draw(backend)
+    est = st.hutchpp(d.key(), A, num_matvecs=m)
+    k, g = _hutchpp_split(m)
+    V = d.rows(k + g, N, "rademacher")
+    Q = _orth(A @ V[:k].T)
+    P = np.eye(N) - Q @ Q.T
+    G = V[k:] @ P  # rows (I - QQ^T) g_j
+    resid = np.einsum("ij,jk,ik->i", G, A, G)
+    mean, sem = _mean_sem(resid)
+    assert_matches(est, np.trace(Q.T @ A @ Q) + mean, sem, m)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_block_traces_hutchpp(backend):
+    A, d, m = _matrix(), Draw(backend), 11
+    op = st.as_operator(A, blocks={"a": 10, "b": 14})
+    out = st.block_traces(d.key(), op, num_matvecs=m, method="hutchpp")
+    k, g = _hutchpp_split(m)
+    V = d.rows(k + g, N, "rademacher")
+    Q = _orth(A @ V[:k].T)
+    G = V[k:] @ (np.eye(N) - Q @ Q.T)
+    for name, sl in (("a", slice(0, 10)), ("b", slice(10, N))):
+        low = np.trace((Q.T @ A)[:, sl] @ Q[sl])  # tr(Q^T A_b Q), A_b = rows of the block
+        resid = np.sum(G[:, sl] * (G @ A.T)[:, sl], axis=1)
+        mean, sem = _mean_sem(resid)
+        assert_matches(out[name], low + mean, sem, m)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("m", [3, 12, 17])
+def test_na_hutchpp(backend, m):
+    A, d = _matrix(), Draw(backend)
+    est = st.na_hutchpp(d.key(), A, num_matvecs=m)
+    s, r = max(1, m // 6), max(1, m // 3)
+    V = d.rows(m, N, "rademacher")
+    S, R, G = V[:s].T, V[s : s + r].T, V[s + r :].T
+    Z, W = A @ R, A @ S
+    Ahat = Z @ np.linalg.pinv(S.T @ Z) @ W.T
+    resid = np.einsum("ji,jk,ki->i", G, A - Ahat, G)
+    mean, sem = _mean_sem(resid)
+    assert_matches(est, np.trace(Ahat) + mean, sem, m)
+
+
+# ----------------------------------------------------------------------------- XTrace family
+
+
+_TV = {"improved": ("sphere", True), "sphere": ("sphere", False), "rademacher": ("rademacher", False),
+       "gaussian": ("gaussian", False)}
+
+
+def xtrace_samples(A, Om, improved):
+    """Direct leave-one-out XTrace samples (``Om``: test vectors as columns)."""
+    n, k = Om.shape
+    Y = A @ Om
+    t = np.empty(k)
+    for i in range(k):
+        Qi = _orth(np.delete(Y, i, axis=1))
+        u = Om[:, i] - Qi @ (Qi.T @ Om[:, i])
+        scale = (n - k + 1) / (u @ u) if improved else 1.0
+        t[i] = np.trace(Qi.T @ A @ Qi) + scale * (u @ A @ u)
+    return t
+
+
+def xnystrace_samples(A, Om, improved):
+    """Direct leave-one-out XNysTrace samples (Nystrom approximations with pseudo-inverses)."""
+    n, k = Om.shape
+    Y = A @ Om
+    t = np.empty(k)
+    for i in range(k):
+        Oi, Yi = np.delete(Om, i, axis=1), np.delete(Y, i, axis=1)
+        Ahat = Yi @ np.linalg.pinv(Oi.T @ Yi) @ Yi.T
+        w = Om[:, i]
+        if improved:
+            Po = _orth(Oi)
+            r = w - Po @ (Po.T @ w)
+            scale = (n - k + 1) / (r @ r)
+        else:
+            scale = 1.0
+        t[i] = np.trace(Ahat) + scale * (w @ (A - Ahat) @ w)
+    return t
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sampler", ["improved", "sphere", "rademacher", "gaussian"])
+@pytest.mark.parametrize("m", [4, 11])
+def test_xtrace(backend, sampler, m):
+    A, d = _matrix(nonsym=True), Draw(backend)
+    est = st.xtrace(d.key(), A, num_matvecs=m, sampler=sampler)
+    probe, improved = _TV[sampler]
+    k = m // 2
+    mean, sem = _mean_sem(xtrace_samples(A, d.rows(k, N, probe).T, improved))
+    assert_matches(est, mean, sem, 2 * k)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sampler", ["improved", "rademacher", "gaussian"])
+@pytest.mark.parametrize("m", [2, 9])
+def test_xnystrace(backend, sampler, m):
+    A, d = _matrix(), Draw(backend)  # PSD
+    est = st.xnystrace(d.key(), A, num_matvecs=m, sampler=sampler)
+    probe, improved = _TV[sampler]
+    mean, sem = _mean_sem(xnystrace_samples(A, d.rows(m, N, probe).T, improved))
+    assert_matches(est, mean, sem, m)
+
+
+# ----------------------------------------------------------------------------- diagonal
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("sampler", ["rademacher", "gaussian"])
+def test_diagonal_hutchinson(backend, sampler):
+    A, d, m = _matrix(nonsym=True), Draw(backend), 6
+    est = st.diagonal(d.key(), A, num_matvecs=m, sampler=sampler)
+    V = d.rows(m, N, sampler)
+    mean, sem = _mean_sem(V * (V @ A.T))
+    assert_matches(est, mean, sem, m)
+
+
+def xdiag_samples(A, Om):
+    """Direct leave-one-out XDiag samples ``(k, n)``: ``diag(P_i A) + omega_i * ((I - P_i) A omega_i)``."""
+    n, k = Om.shape
+    Y = A @ Om
+    D = np.empty((k, n))
+    for i in range(k):
+        Qi = _orth(np.delete(Y, i, axis=1))
+        Pi = Qi @ Qi.T
+        D[i] = np.diag(Pi @ A) + Om[:, i] * (Y[:, i] - Pi @ Y[:, i])
+    return D
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("nonsym", [False, True])
+@pytest.mark.parametrize("m", [4, 13])
+def test_diagonal_xdiag(backend, nonsym, m):
+    A, d = _matrix(nonsym=nonsym), Draw(backend)
+    est = st.diagonal(d.key(), A, num_matvecs=m, method="xdiag")
+    k = m // 2
+    mean, sem = _mean_sem(xdiag_samples(A, d.rows(k, N, "rademacher").T))
+    assert_matches(est, mean, sem, 2 * k)
+
+
+# ----------------------------------------------------------------------------- adaptive trace
+
+
+def _stops(value, sem, k, *, rtol, sem_factor, confidence=0.95):
+    half = sem_factor * stats.t.ppf((1 + confidence) / 2, k - 1) * sem
+    return half, rtol * abs(value)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("method", ["xtrace", "xnystrace"])
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # xnystrace runs out of budget: the last estimate
+def test_adaptive_x_family(backend, method):
+    """Doubling rounds of fresh test vectors (a split key per round) until the interval meets rtol."""
+    A, d, rtol, first, cap = _matrix(n=60), Draw(backend), 1e-3, 8, 56
+    est = st.trace(d.key(), A, rtol=rtol, max_matvecs=cap, method=method, first_matvecs=first)
+    per = 2 if method == "xtrace" else 1
+    fn = xtrace_samples if method == "xtrace" else xnystrace_samples
+    bk, key, cols, k = backend_named(backend), d.key(), [], 0
+    k_next = first // per
+    while True:
+        key, rk = bk.split(key, 2)
+        cols.append(d.rows(k_next - k, 60, "sphere", key=rk))
+        k = k_next
+        mean, sem = _mean_sem(fn(A, np.concatenate(cols).T, True))
+        half, tol = _stops(mean, sem, k, rtol=rtol, sem_factor=2.0)
+        k_next = min(2 * k, (cap - per * k) // per + k, 59 // per)
+        if half <= tol or k_next <= k:
+            break
+    assert len(cols) >= 2  # the case exercises extension of the sketch
+    assert_matches(est, mean, sem, per * k)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("rtol", [0.01, 0.004])  # met after growing; budget runs out (a warning)
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_adaptive_hutchinson(backend, rtol):
+    """Batches sized from the standard error: ``ceil(1.2 k (half/tol)^2)`` rounded up to ``first * 2^j``."""
+    A, d, first, cap = _matrix(n=200), Draw(backend), 8, 150
+    A = A + 0.2 * np.eye(200)
+    est = st.trace(d.key(), A, rtol=rtol, max_matvecs=cap, method="hutchinson", first_matvecs=first)
+    bk, key, q, k = backend_named(backend), d.key(), [], 0
+    k_next = first
+    while True:
+        key, rk = bk.split(key, 2)
+        V = d.rows(k_next - k, 200, "rademacher", key=rk)
+        q.append(np.einsum("ij,jk,ik->i", V, A, V))
+        k = k_next
+        mean, sem = _mean_sem(np.concatenate(q))
+        half, tol = _stops(mean, sem, k, rtol=rtol, sem_factor=1.0)
+        want, k_want = math.ceil(1.2 * k * (half / tol) ** 2), first
+        while k_want < want and k_want < 4 * k:
+            k_want *= 2
+        k_next = min(max(k_want, 2 * k), cap)
+        if half <= tol or k_next <= k:
+            break
+    assert len(q) >= 2
+    assert_matches(est, mean, sem, k)
+
+
+# ----------------------------------------------------------------------------- predictor-corrector
+
+
+def _pc_sequence(n=N):
+    A0 = _matrix(n)
+    E = _matrix(n, seed=5, nonsym=True)
+    return [A0 + 0.05 * t * (E + E.T) for t in range(4)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("num_probes,sem", [(3, "replicas"), (1, "recursion"), (3, "recursion")])
+@pytest.mark.parametrize("sampler", ["gaussian", "rademacher"])
+def test_predictor_corrector(backend, num_probes, sem, sampler):
+    """``T <- (1 - g)(T - v^T A_t v) + v^T A_{t+1} v`` per replica; sem from replicas or the variance recursion."""
+    gamma, m0, seq = 0.25, 4, _pc_sequence()
+    pc = st.predictor_corrector(num_probes=num_probes, gamma=gamma, sampler=sampler, init_matvecs=m0 * num_probes,
+                                sem=sem)
+    seeds = [Draw(backend, seed=s) for s in (10, 11, 12, 13)]
+    state = pc.init(seeds[0].key(), seq[0])
+    V0 = seeds[0].rows(m0 * num_probes, N, sampler)
+    q0 = np.einsum("ij,jk,ik->i", V0, seq[0], V0)
+    T = q0.reshape(num_probes, m0).mean(axis=1)
+    var, c_prev = q0.var(ddof=1) / q0.size, None
+    for t in (1, 2, 3):
+        est, state = pc.update(seeds[t].key(), state, seq[t - 1], seq[t])
+        V = seeds[t].rows(num_probes, N, sampler)
+        x, y = (np.einsum("ij,jk,ik->i", V, seq[s], V) for s in (t - 1, t))
+        c = y - (1 - gamma) * x
+        T = (1 - gamma) * T + c
+        if num_probes >= 2:
+            s2 = c.var(ddof=1)
+        else:
+            s2 = c[0] ** 2 if c_prev is None else 0.5 * (c[0] - c_prev) ** 2
+        var, c_prev = (1 - gamma) ** 2 * var + s2 / num_probes, c[0]
+        want_sem = T.std(ddof=1) / math.sqrt(num_probes) if sem == "replicas" else math.sqrt(var)
+        assert_matches(est, T.mean(), want_sem, 2 * num_probes)
+    assert int(state.matvecs) == m0 * num_probes + 6 * num_probes
