@@ -102,12 +102,42 @@ def test_exact_paths(method):
     np.testing.assert_allclose(np.asarray(e.value), np.diag(L), rtol=1e-9, atol=1e-10)
 
 
+class _SymmetricCounting(Counting):
+    symmetric = True  # declared structure: XDiag uses (A Q)^T for Q^T A
+
+
+class _TransposeCounting(Counting):
+    def rmatmat(self, U):  # A^T products count as matvecs too
+        self.count += U.shape[0]
+        return U @ self.A
+
+
 def test_budget_counts():
     A, _ = _matrix(n=30)
-    for method, m, spent in (("hutchinson", 7, 7), ("xdiag", 9, 8)):
-        op = Counting(A)
+    cases = (("hutchinson", 7, 7, Counting), ("xdiag", 9, 8, _SymmetricCounting), ("xdiag", 9, 8, _TransposeCounting))
+    for method, m, spent, cls in cases:
+        op = cls(A)
         est = st.diagonal(jax.random.key(0), op, num_matvecs=m, method=method)
         assert op.count == int(est.num_matvecs) == spent
+
+
+def test_xdiag_refuses_operator_without_transpose_or_declared_symmetry():
+    op = Counting(_matrix(n=30)[0])
+    with pytest.raises(ValueError, match="needs Q\\^T A.*symmetric.*rmatmat"):
+        st.diagonal(jax.random.key(0), op, num_matvecs=8, method="xdiag")
+    assert op.count == 0  # refused before any work
+    fn = st.FunctionOperator(lambda v: v.copy(), 30, np.float64)  # NumPy callable, numba backend: no transpose
+    with pytest.raises(ValueError, match="transpose"):
+        st.diagonal(np.random.default_rng(0), fn, num_matvecs=8, method="xdiag")
+
+
+def test_xdiag_exact_on_nonsymmetric_low_rank():
+    """matfree's case: a non-symmetric rank-9 50 x 50 ``A B``, 20 matvecs (10 test vectors > rank)."""
+    rng = np.random.default_rng(1)
+    M = rng.standard_normal((50, 9)) @ rng.standard_normal((9, 50))
+    for key in (jax.random.key(2), np.random.default_rng(2)):
+        est = st.diagonal(key, M, num_matvecs=20, method="xdiag")
+        np.testing.assert_allclose(np.asarray(est.value), np.diag(M), rtol=1e-8, atol=1e-8)
 
 
 def test_by_block():

@@ -2,10 +2,96 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from .._estimate import Estimate
-from ._common import check_minimum, setup, summarize, use_exact
 from ..validation import check_choice
+from ._common import check_minimum, setup, summarize, use_exact
 from ._xtrace import xdiag_samples, xsketch
+
+
+def _declared_symmetric(op) -> bool:
+    """Whether ``op`` declares itself symmetric (the operator contract's ``symmetric``/``psd``)."""
+    from ..operators import GramOperator
+
+    return bool(getattr(op, "symmetric", False) or getattr(op, "psd", False)) or isinstance(op, GramOperator)
+
+
+def _adjoint(bk, op):
+    """An operator for ``A^T`` that ``bk.matmat`` can apply, or ``None`` when ``A`` has no transpose product."""
+    from ..operators import (
+        DenseOperator,
+        FunctionOperator,
+        ScipyOperator,
+        SparseOperator,
+        as_operator,
+    )
+
+    src = getattr(op, "source", op)  # the numba backend keeps the user's operator as ``source``
+    products = getattr(src, "products", None)
+    if products is not None and "rmatmat" not in products:
+        return None
+    if bk.name != "numba":
+        return None if type(src).rmatmat is _base_rmatmat() else src.T
+    if isinstance(src, DenseOperator):
+        return as_operator(np.asarray(src.A).T)
+    if isinstance(src, SparseOperator):
+        return as_operator(src.S.T.tocsr())
+    if isinstance(src, ScipyOperator):
+        return as_operator(src.L.T)
+    if isinstance(src, FunctionOperator) and src.rmatvec_fn is not None:
+        return FunctionOperator(src.rmatvec_fn, src.shape[::-1], src.dtype)
+    return None
+
+
+def _traceable(adj, dtype):
+    """``adj`` if its products trace under JAX (checked abstractly with ``jax.eval_shape``), else ``None``."""
+    import jax
+
+    try:
+        jax.eval_shape(adj.matmat, jax.ShapeDtypeStruct((1, adj.shape[1]), dtype))
+    except Exception:  # noqa: BLE001 - any tracing failure means: no usable transpose
+        return None
+    return adj
+
+
+def _base_rmatmat():
+    from ..operators import LinearOperator
+
+    return LinearOperator.rmatmat
+
+
+def xdiag_adjoint(bk, op, method_name="diagonal(method='xdiag')"):
+    """``None`` for a declared-symmetric ``op`` (``Q^T A = (A Q)^T``), else an operator for ``A^T``.
+
+    XDiag needs the rows of ``Q^T A``. For an operator that does not declare itself
+    symmetric they come from ``k`` transpose products (the same budget as ``A Q``);
+    an operator with neither is refused here, before any matvec.
+    """
+    if _declared_symmetric(getattr(op, "source", op)):
+        return None
+    adj = _adjoint(bk, op)
+    if adj is not None and bk.name != "numba" and getattr(op, "rmatvec_fn", True) is None:
+        adj = _traceable(adj, bk.probe_dtype(op))  # a transpose JAX derives (jax.linear_transpose)
+    if adj is None:
+        raise ValueError(
+            f"{method_name} needs Q^T A: op is not declared symmetric (symmetric=True) and has no transpose "
+            f"product (rmatmat) on the {bk.name} backend. Declare the symmetry if op is symmetric, give it "
+            "a transpose (e.g. FunctionOperator(..., rmatvec=...)), or use method='hutchinson'"
+        )
+    return adj
+
+
+def _xdiag_state(bk, op, adj, Om, chunk_size):
+    """The XDiag sketch with ``Z = A^T Q`` (so that ``Z^T = Q^T A`` for any square ``A``)."""
+    if adj is None:
+        return xsketch(bk, op, Om, chunk_size)
+    Y = bk.matmat(op, Om, chunk_size).T
+    bk.check_finite("op", Y)
+    Q, R = bk.xp.linalg.qr(Y)
+    Zt = bk.matmat(adj, Q.T, chunk_size).T
+    bk.check_finite("op", Zt)
+    return {"Om": Om.T, "Y": Y, "Q": Q, "R": R, "Z": Zt}
 
 
 def _exact_diagonal(bk, op, n, chunk_size):
@@ -53,16 +139,19 @@ def diagonal(
     leave-one-out estimator of Epperly, Tropp and Webber: ``k = m // 2`` sign test
     vectors, a basis ``Q`` of ``A Omega`` and ``Z = A Q`` (``2k`` matvecs), and for
     each ``i`` the exact diagonal of the projection ``P_(i) A`` onto the sketch of
-    the other test vectors plus a Hutchinson correction with ``omega_i``. XDiag
-    assumes ``A`` symmetric (it uses ``Q^T A = (A Q)^T``); it is exact when
-    ``rank(A) <= k - 1``. When ``num_matvecs >= n`` the exact diagonal is computed
+    the other test vectors plus a Hutchinson correction with ``omega_i``. The rows
+    of ``Q^T A`` come from ``k`` transpose products ``A^T Q`` (same budget), or from
+    ``(A Q)^T`` when the operator declares itself symmetric (``symmetric``/``psd``,
+    Gram operators); an operator with neither is refused before any matvec. Exact
+    when ``rank(A) <= k - 1``, symmetric or not. When ``num_matvecs >= n`` the exact diagonal is computed
     from the standard basis (``sem = 0``).
 
     Parameters
     ----------
     key : jax.random key or numpy.random.Generator
     op : operator
-        Square (symmetric for ``"xdiag"``).
+        Square. ``"xdiag"`` needs a transpose product (``rmatmat``) unless the
+        operator declares itself symmetric.
     num_matvecs : int
         Budget (>= 1 for ``"hutchinson"``, >= 4 for ``"xdiag"``).
     method : {"hutchinson", "xdiag"}
@@ -96,7 +185,7 @@ def diagonal(
     doi:10.1137/23M1548323, arXiv:2301.07825
     """
     check_choice(method, ("hutchinson", "xdiag"), name="method")
-    bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend, mesh)
+    bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend, mesh, method="diagonal")
     xp = bk.xp
     if use_exact(m, n, allow_exact, f"diagonal(method={method!r})", can_oversample=method == "hutchinson"):
         d, s = _exact_diagonal(bk, op, n, chunk_size)
@@ -109,9 +198,10 @@ def diagonal(
         est = Estimate(d, s, m)
     else:
         check_minimum(m, 4, "diagonal(method='xdiag')", "two test vectors, each applied with its basis vector")
+        adj = xdiag_adjoint(bk, op)
         k = m // 2
         Om = bk.probes(key, k, n, bk.probe_dtype(op), "rademacher")
-        st = xsketch(bk, op, Om, chunk_size)
+        st = _xdiag_state(bk, op, adj, Om, chunk_size)
         D = xdiag_samples(xp, st)
         bk.check_finite("op", D)
         d, s = summarize(xp, D, exact=False)
