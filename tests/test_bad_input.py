@@ -247,3 +247,67 @@ def test_validation_number_helpers_accept_numpy_scalars_and_name_the_argument():
         check_int(np.int8(-1), name="steps", minimum=0)
     with pytest.raises(TypeError, match="steps must be an integer"):
         check_int(np.float64(3.0), name="steps")
+
+
+# ----------------------------------------------------------------------------- issue 15: pinn_adapters
+
+
+def _tiny_problem():
+    import pinn_adapters as pa
+
+    return pa.problems.poisson1d(layers=(1, 4, 1), n_res=4, n_bc=1)
+
+
+@pytest.mark.parametrize(("kw", "err", "msg"), [
+    ({"seed": "abc"}, TypeError, r"seed must be an integer >= 0; got str 'abc'"),
+    ({"seed": -1}, ValueError, r"seed must be an integer >= 0; got -1"),
+    ({"steps": 2.5}, TypeError, r"steps must be an integer >= 0"),
+    ({"log_every": 0}, ValueError, r"log_every must be an integer >= 1"),
+    ({"checkpoint_every": np.float32(2)}, TypeError, r"checkpoint_every must be an integer >= 1"),
+])
+def test_train_arguments_named_before_any_work(kw, err, msg):
+    import pinn_adapters as pa
+
+    with pytest.raises(err, match=msg):
+        pa.train(_tiny_problem(), **{"steps": 2, "progress": False, **kw})
+
+
+def test_train_accepts_numpy_integers():
+    import pinn_adapters as pa
+
+    res = pa.train(_tiny_problem(), steps=np.int64(2), log_every=np.int32(1), seed=np.uint8(0), progress=False)
+    assert res.history["step"] == [1, 2]
+
+
+@pytest.mark.parametrize("problem", ["poisson1d", "wave1d", "qtensor2d"])
+@pytest.mark.parametrize(("kw", "msg"), [({"n_res": 0}, "n_res"), ({"n_bc": -1}, "n_bc")])
+def test_problem_point_counts_must_be_positive(problem, kw, msg):
+    import pinn_adapters as pa
+
+    with pytest.raises(ValueError, match=rf"{msg} must be a"):
+        getattr(pa.problems, problem)(**kw)
+
+
+def test_from_equinox_refuses_a_list_of_fns_and_a_non_module():
+    eqx = pytest.importorskip("equinox")
+    from pinn_adapters import adapters
+
+    model = eqx.nn.Linear(1, 1, key=jax.random.key(0))
+    with pytest.raises(TypeError, match=r"from_equinox: fns must be a mapping block name -> fn\(model, points\)"):
+        adapters.from_equinox(model, [lambda m, x: x[:, 0]])
+    with pytest.raises(TypeError, match=r"from_equinox: fns must map block names \(str\) to callables"):
+        adapters.from_equinox(model, {"res": 1.0})
+    with pytest.raises(TypeError, match="from_equinox: model must be an equinox.Module; got dict"):
+        adapters.from_equinox({"w": jnp.ones(2)}, {"res": lambda m, x: x[:, 0]})
+
+
+def test_from_nnx_refuses_a_dict_and_from_linen_a_list():
+    pytest.importorskip("flax")
+    from pinn_adapters import adapters
+
+    with pytest.raises(TypeError, match="from_nnx: model must be a flax.nnx.Module; got dict"):
+        adapters.from_nnx({"not": "a module"}, {"res": lambda m, x: x[:, 0]})
+    with pytest.raises(TypeError, match="from_nnx: fns must be a mapping"):
+        adapters.from_nnx({"not": "a module"}, [lambda m, x: x[:, 0]])
+    with pytest.raises(TypeError, match="from_linen: module must be a flax.linen.Module"):
+        adapters.from_linen(object(), {"params": {}}, {"res": lambda u, x: x[:, 0]})

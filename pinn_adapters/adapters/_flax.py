@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .._blocks import ResidualBlocks
+from ._equinox import check_fns
 
 
 def from_linen(module, variables, fns, *, reduction="mean", collection="params"):
@@ -23,6 +24,13 @@ def from_linen(module, variables, fns, *, reduction="mean", collection="params")
     (ResidualBlocks, params)
         ``params = variables[collection]``.
     """
+    from collections.abc import Mapping
+
+    fns = check_fns(fns, "from_linen")
+    if not callable(getattr(module, "apply", None)):
+        raise TypeError(f"from_linen: module must be a flax.linen.Module (with .apply); got {type(module).__name__}")
+    if not isinstance(variables, Mapping):
+        raise TypeError(f"from_linen: variables must be the dict from module.init; got {type(variables).__name__}")
     if collection not in variables:
         raise ValueError(f"variables has no collection {collection!r}; it has {sorted(variables)}")
     rest = {k: v for k, v in variables.items() if k != collection}
@@ -54,6 +62,9 @@ def from_nnx(model, fns, *, reduction="mean"):
     """
     from flax import nnx
 
+    fns = check_fns(fns, "from_nnx")
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"from_nnx: model must be a flax.nnx.Module; got {type(model).__name__}")
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def wrap(fn):

@@ -9,7 +9,6 @@ or parameter stops training at the step where it first appears
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import os
 import time
 from typing import Any, NamedTuple
@@ -18,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
+
+from sketchtrace.validation import check_int
 
 from .._ntk import ntk_traces, ntk_weights, residual_rows
 from .._weighting import NTKWeighting, ntk_weighting
@@ -165,11 +166,7 @@ def _run_manifest(problem, w, params_template, seed, resample, reuse_residuals) 
 def _check_int(name, value, minimum, *, optional=False):
     if optional and value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
+    return check_int(value, name=name, minimum=minimum)  # NumPy integers are accepted
 
 
 def _make_weighting(weighting, blocks):

@@ -7,6 +7,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from sketchtrace.validation import check_int
+
 from .._blocks import ResidualBlocks
 from ._mlp import mlp_apply, mlp_init
 from ._problem import Problem
@@ -25,6 +27,7 @@ def poisson1d(*, a=4.0, layers=(1, 32, 32, 1), n_res=128, n_bc=1, reduction="mea
     S. Wang, X. Yu, P. Perdikaris, "When and why PINNs fail to train: a neural tangent
     kernel perspective", J. Comput. Phys. 449 (2022). doi:10.1016/j.jcp.2021.110768
     """
+    n_res, n_bc = check_int(n_res, name="n_res", minimum=1), check_int(n_bc, name="n_bc", minimum=1)
     layers = tuple(layers)
     if layers[0] != 1 or layers[-1] != 1:
         raise ValueError(f"layers must start and end with width 1 for poisson1d; got {layers}")

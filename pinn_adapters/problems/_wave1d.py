@@ -7,6 +7,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from sketchtrace.validation import check_int
+
 from .._blocks import ResidualBlocks
 from ._mlp import mlp_apply, mlp_init
 from ._problem import Problem
@@ -50,6 +52,7 @@ def wave1d(
     S. Wang, X. Yu, P. Perdikaris, "When and why PINNs fail to train: a neural tangent
     kernel perspective", J. Comput. Phys. 449 (2022). doi:10.1016/j.jcp.2021.110768
     """
+    n_res, n_bc = check_int(n_res, name="n_res", minimum=1), check_int(n_bc, name="n_bc", minimum=1)
     layers = tuple(layers)
     if layers[0] != 2 or layers[-1] != 1:
         raise ValueError(f"layers must start with width 2 (x, t) and end with width 1 for wave1d; got {layers}")
