@@ -12,7 +12,7 @@ under ``torch.no_grad()`` (``torch.func`` transforms inside operators still work
 
 Probe streams (chunk-invariant: for a given seed the probes, hence the result, do
 not depend on ``chunk_size``): a Rademacher block is ``1 - 2 * torch.randint(0, 2,
-(num, n))``; a Gaussian block is Box-Muller from ``torch.rand((2, num, n))`` drawn
+(num, n))``; a Gaussian block is Box-Muller from ``torch.rand((num, 2, n))`` drawn
 in float64; a sphere block is a Gaussian block scaled to norm ``sqrt(n)``. A
 callable sampler is called as ``sampler(generator, (num, n), dtype)``.
 """
@@ -121,8 +121,8 @@ def draw(gen, num, dim, dtype, sampler):
     if sampler == "rademacher":
         return (1 - 2 * torch.randint(0, 2, (num, dim), generator=gen, device=dev, dtype=torch.int8)).to(dtype)
     if sampler in ("gaussian", "sphere"):
-        u = torch.rand((2, num, dim), generator=gen, device=dev, dtype=torch.float64)
-        V = torch.sqrt(-2.0 * torch.log1p(-u[0])) * torch.cos(2.0 * math.pi * u[1])
+        u = torch.rand((num, 2, dim), generator=gen, device=dev, dtype=torch.float64)  # probe by probe
+        V = torch.sqrt(-2.0 * torch.log1p(-u[:, 0])) * torch.cos(2.0 * math.pi * u[:, 1])
         if sampler == "sphere":
             V = V * (math.sqrt(dim) / torch.linalg.vector_norm(V, dim=1, keepdim=True))
         return V.to(dtype)

@@ -1,0 +1,261 @@
+"""The torch backend: a torch.Generator key runs every estimator unchanged on torch tensors.
+
+Conformance: unbiasedness (t-test whose tolerance comes from the estimator's own spread,
+shown to catch a deliberately biased estimator), agreement in distribution with the JAX and
+numba backends, exact paths, reproducibility and clear errors.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import jax  # noqa: E402
+import scipy.sparse as sp  # noqa: E402
+from scipy import stats  # noqa: E402
+
+import sketchtrace as st  # noqa: E402
+from sketchtrace.backends import get_backend  # noqa: E402
+from sketchtrace.operators import (  # noqa: E402
+    TorchFunctionOperator,
+    TorchJacobianOperator,
+    as_torch_operator,
+    module_jacobian,
+    torch_gram,
+)
+from sketchtrace.testing import assert_unbiased  # noqa: E402
+
+N = 24
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(int(seed))
+
+
+@pytest.fixture(scope="module")
+def spd():
+    rng = np.random.default_rng(1)
+    G = rng.standard_normal((N, N))
+    A = G @ G.T / N + np.diag(np.linspace(0.1, 3.0, N))
+    return A
+
+
+@pytest.fixture(scope="module")
+def At(spd):
+    return torch.from_numpy(spd)
+
+
+def test_import_does_not_import_torch():
+    code = "import sys, sketchtrace, sketchtrace.operators, sketchtrace.backends; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_generator_selects_torch_backend(At):
+    bk, op = get_backend(gen(0), At)
+    assert bk.name == "torch" and op.dtype == torch.float64 and op.device.type == "cpu"
+    with pytest.raises(TypeError, match="torch.Generator"):
+        st.hutchinson(gen(0), At, num_matvecs=4, backend="jax")
+    with pytest.raises(TypeError, match="torch.Generator"):
+        st.hutchinson(np.random.default_rng(0), At.numpy(), num_matvecs=4, backend="torch")
+    with pytest.raises(ValueError, match="mesh"):
+        st.hutchinson(gen(0), At, num_matvecs=4, mesh=object())
+
+
+def test_results_are_torch_and_follow_dtype(At):
+    est = st.hutchinson(gen(0), At.float(), num_matvecs=5)
+    assert isinstance(est.value, torch.Tensor) and est.value.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------- unbiasedness
+
+ESTIMATORS = {
+    "hutchinson": lambda g, A: st.hutchinson(g, A, num_matvecs=6),
+    "hutchinson_gaussian": lambda g, A: st.hutchinson(g, A, num_matvecs=6, sampler="gaussian"),
+    "hutchpp": lambda g, A: st.hutchpp(g, A, num_matvecs=9),
+    "na_hutchpp": lambda g, A: st.na_hutchpp(g, A, num_matvecs=12),
+    "xtrace": lambda g, A: st.xtrace(g, A, num_matvecs=8),
+    "xnystrace": lambda g, A: st.xnystrace(g, A, num_matvecs=8),
+    "diagonal": lambda g, A: st.diagonal(g, A, num_matvecs=4).value.sum(),
+    "block_traces": lambda g, A: st.block_traces(g, as_torch_operator(A, blocks={"a": 10, "b": N - 10}), num_matvecs=5)[
+        "b"
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_unbiased(name, At):
+    fn = ESTIMATORS[name]
+    truth = float(torch.trace(At[10:, 10:])) if name == "block_traces" else float(torch.trace(At))
+    assert_unbiased(lambda s: fn(gen(s), At), truth, num_trials=150)
+
+
+def test_biased_estimator_is_caught(At):
+    # the same test rejects an estimator biased by 3% (about 1.5 of its standard deviations / sqrt(150) * 12)
+    with pytest.raises(AssertionError, match="biased"):
+        assert_unbiased(lambda s: 1.03 * st.hutchinson(gen(s), At, num_matvecs=6).value, float(torch.trace(At)), num_trials=150)
+
+
+def test_predictor_corrector_unbiased(At):
+    A1 = At + 0.1 * torch.eye(N, dtype=At.dtype)
+    pc = st.predictor_corrector(num_probes=2, gamma=0.3, init_matvecs=4)
+
+    def run(s):
+        g = gen(s)
+        state = pc.init(g, At)
+        est, state = pc.update(g, state, At, A1)
+        return est
+
+    assert_unbiased(run, float(torch.trace(A1)), num_trials=150)
+
+
+# ----------------------------------------------------------------------------- across backends
+
+
+def _samples(key_of, A, num=300):
+    return np.array([float(st.hutchinson(key_of(s), A, num_matvecs=3).value) for s in range(num)])
+
+
+def test_agrees_in_distribution_with_jax_and_numba(spd, At):
+    t = _samples(gen, At)
+    j = _samples(lambda s: jax.random.key(s), spd)
+    nb = _samples(np.random.default_rng, spd)
+    for other in (j, nb):
+        assert stats.ks_2samp(t, other).pvalue > 1e-4
+    # the spread matches Hutchinson's Rademacher variance 2 (||A||_F^2 - sum a_ii^2) / m
+    var = 2 * (np.sum(spd**2) - np.sum(np.diag(spd) ** 2)) / 3
+    assert 0.7 < t.var(ddof=1) / var < 1.4
+    # and the two-sample test has power: the same samples shifted by half a standard deviation are told apart
+    assert stats.ks_2samp(t, j + 0.5 * j.std()).pvalue < 1e-4
+
+
+# ----------------------------------------------------------------------------- exact paths and operators
+
+
+def _operators(spd):
+    A = torch.from_numpy(spd)
+    S = sp.random(N, N, density=0.3, random_state=2, format="csr") + sp.eye(N)
+    return {
+        "dense": (A, np.trace(spd)),
+        "coo": (A.to_sparse(), np.trace(spd)),
+        "csr": (A.to_sparse_csr(), np.trace(spd)),
+        "numpy": (spd, np.trace(spd)),
+        "scipy": (S, S.diagonal().sum()),
+        "function": (TorchFunctionOperator(lambda v: A @ v, N, torch.float64), np.trace(spd)),
+        "function_loop": (TorchFunctionOperator(lambda v: A @ v, N, torch.float64, vectorized=False), np.trace(spd)),
+    }
+
+
+@pytest.mark.parametrize("name", ["dense", "coo", "csr", "numpy", "scipy", "function", "function_loop"])
+def test_exact_paths(name, spd):
+    op, truth = _operators(spd)[name]
+    for est in (
+        st.hutchinson(gen(0), op, num_matvecs=N),
+        st.hutchpp(gen(0), op, num_matvecs=N),
+        st.na_hutchpp(gen(0), op, num_matvecs=N),
+        st.xtrace(gen(0), op, num_matvecs=N),
+    ):
+        assert float(est.sem) == 0 and est.num_matvecs == N
+        np.testing.assert_allclose(float(est.value), truth, rtol=1e-12)
+    d = st.diagonal(gen(0), op, num_matvecs=N)
+    dense = op.to_dense() if isinstance(op, torch.Tensor) else None
+    if dense is not None:
+        np.testing.assert_allclose(d.value.numpy(), torch.diagonal(dense).numpy(), rtol=1e-12)
+
+
+def test_sparse_products_match_dense(At):
+    V = torch.randn(3, N, dtype=torch.float64, generator=gen(3))
+    dense = as_torch_operator(At)
+    for layout in (At.to_sparse(), At.to_sparse_csr()):
+        op = as_torch_operator(layout)
+        torch.testing.assert_close(op.matmat(V), dense.matmat(V))
+        torch.testing.assert_close(op.rmatmat(V), dense.rmatmat(V))
+
+
+def test_reproducible_and_chunk_invariant(At):
+    for sampler in ("rademacher", "gaussian", "sphere"):
+        a = st.hutchinson(gen(5), At, num_matvecs=7, sampler=sampler)
+        b = st.hutchinson(gen(5), At, num_matvecs=7, sampler=sampler, chunk_size=2)
+        assert float(a.value) == float(b.value)
+    assert float(st.xtrace(gen(5), At, num_matvecs=8).value) == float(st.xtrace(gen(5), At, num_matvecs=8).value)
+
+
+def test_adaptive_trace_and_xdiag(At):
+    est = st.trace(gen(0), At, rtol=0.2, max_matvecs=N)
+    assert abs(float(est.value) - float(torch.trace(At))) <= 0.2 * float(torch.trace(At)) or float(est.sem) == 0
+    d = st.diagonal(gen(0), as_torch_operator(At, symmetric=True), num_matvecs=8, method="xdiag")
+    assert d.value.shape == (N,) and bool(torch.all(torch.isfinite(d.value)))
+
+
+# ----------------------------------------------------------------------------- Jacobians
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(2, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)).double()
+
+
+def test_jacobian_operator_and_gram_blocks():
+    net = _mlp()
+    x = torch.linspace(-1, 1, 10, dtype=torch.float64).reshape(5, 2)
+
+    def f(model, pts):
+        out = model(pts).reshape(-1)
+        return {"interior": out[:3], "boundary": 2 * out[3:]}
+
+    J = module_jacobian(net, f, x)
+    assert J.block_names == ("interior", "boundary") and J.shape == (5, sum(p.numel() for p in net.parameters()))
+    params = dict(net.named_parameters())
+    full = torch.autograd.functional.jacobian(
+        lambda *leaves: torch.cat(list(f(lambda inp: torch.func.functional_call(net, dict(zip(params, leaves)), (inp,)), x).values())),
+        tuple(p.detach() for p in params.values()),
+    )
+    Jd = torch.cat([j.reshape(5, -1) for j in full], dim=1)
+    V = torch.randn(4, J.shape[1], dtype=torch.float64, generator=gen(1))
+    U = torch.randn(4, 5, dtype=torch.float64, generator=gen(2))
+    torch.testing.assert_close(J.matmat(V), V @ Jd.T)
+    torch.testing.assert_close(J.rmatmat(U), U @ Jd)
+    truth = {"interior": float(Jd[:3].square().sum()), "boundary": float(Jd[3:].square().sum())}
+    for side in ("input", "output"):
+        K = torch_gram(J, side=side)
+        ex = st.block_traces(gen(0), K, num_matvecs=K.shape[0])
+        for name, t in truth.items():
+            np.testing.assert_allclose(float(ex[name].value), t, rtol=1e-10)
+    assert_unbiased(
+        lambda s: st.block_traces(gen(s), torch_gram(J, side="input"), num_matvecs=3)["boundary"],
+        truth["boundary"],
+        num_trials=100,
+    )
+
+
+def test_jacobian_of_tensor_input():
+    J = TorchJacobianOperator(lambda x: torch.sin(x) * x.sum(), torch.linspace(0, 1, 4, dtype=torch.float64))
+    assert J.shape == (4, 4) and J.blocks is None
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_clear_errors(At):
+    with pytest.raises(TypeError, match="complex"):
+        as_torch_operator(torch.zeros(3, 3, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="2-D"):
+        as_torch_operator(torch.zeros(3, 3, 3))
+    with pytest.raises(TypeError, match="FunctionOperator"):
+        st.hutchinson(gen(0), lambda v: v, num_matvecs=3)
+    with pytest.raises(TypeError, match="floating torch dtype"):
+        TorchFunctionOperator(lambda v: v, 3, np.float64)
+    bad = TorchFunctionOperator(lambda v: v[:2], 3, torch.float64)
+    with pytest.raises(ValueError, match="must return shape"):
+        st.hutchinson(gen(0), bad, num_matvecs=2)
+    with pytest.raises(ValueError, match="sampler returned"):
+        st.hutchinson(gen(0), At, num_matvecs=2, sampler=lambda g, shape, dtype: torch.zeros(1))
+    nan = At.clone()
+    nan[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        st.hutchinson(gen(0), nan, num_matvecs=3)
+    with pytest.raises(TypeError, match="got Tensor"):  # a JAX key does not take torch tensors
+        st.hutchinson(jax.random.key(0), At, num_matvecs=3)
