@@ -215,3 +215,42 @@ def test_host_libraries_imported_lazily():
             "bad = [m for m in ('flax', 'equinox', 'jinns', 'optax', 'tqdm', 'matplotlib') if m in sys.modules]; "
             "print(bad); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+
+
+def test_jinns_train_refreshes_weights_inside_one_run(mlp):
+    jinns = pytest.importorskip("jinns")
+    optax = pytest.importorskip("optax")
+    from jinns.loss import Dirichlet, LossPDEStatio, LossWeightsPDEStatio, PDEStatio
+    from jinns.parameters import Params
+
+    class Poisson(PDEStatio):
+        def equation(self, x, u, params):
+            return (jax.hessian(lambda y: u(y, params)[0])(x)[0, 0] + jnp.sin(x[0]))[None]
+
+    u, nn_params = jinns.nn.PINN_MLP.create(eqx_network=mlp, eq_type="PDEStatio")
+    params = Params(nn_params=nn_params, eq_params={})
+    loss = LossPDEStatio(
+        u=u, dynamic_loss=Poisson(), boundary_condition=Dirichlet(),
+        loss_weights=LossWeightsPDEStatio(dyn_loss=1.0, boundary_loss=1.0), params=params,
+    )
+    data = jinns.data.CubicMeshPDEStatio(key=jax.random.key(1), n=12, nb=2, dim=1, min_pts=(0.0,), max_pts=(1.0,),
+                                         method="uniform")
+    batch0 = data.get_batch()[1]
+    opt = optax.adam(1e-2)
+    res = adapters.jinns_train(None, loss, params, data, opt, n_iter=3, every=2)
+    h = res.history
+    _, w0 = adapters.jinns_ntk_weights(None, loss, params, batch0)
+    for n in ("dyn_loss", "boundary_loss"):
+        assert h["weights"][n].shape == (3,)
+        np.testing.assert_allclose(float(h["weights"][n][0]), float(w0[n]), rtol=1e-6)
+        assert float(h["weights"][n][1]) == float(h["weights"][n][0])  # kept between refreshes
+        assert float(h["weights"][n][2]) != float(h["weights"][n][0])  # refreshed at iteration 2
+    total = sum(h["weights"][n] * h["terms"][n] for n in ("dyn_loss", "boundary_loss"))
+    np.testing.assert_allclose(np.asarray(h["loss"]), np.asarray(total), rtol=1e-6)
+    plain = adapters.jinns_train(None, loss, params, data, opt, n_iter=3, every=None)
+    _, terms0 = loss.evaluate(params, batch0)  # unweighted terms are reported, the loss's own weights used
+    np.testing.assert_allclose(float(plain.history["terms"]["dyn_loss"][0]), float(sum(jax.tree.leaves(terms0.dyn_loss))), rtol=1e-6)
+    assert np.all(np.asarray(plain.history["weights"]["dyn_loss"]) == 1.0)
+    assert set(res.seconds) == {"compile", "run"}
+    with pytest.raises(ValueError, match="every"):
+        adapters.jinns_train(None, loss, params, data, opt, n_iter=3, every=0)

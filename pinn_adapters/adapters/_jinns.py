@@ -12,11 +12,15 @@ and data objects that refreshes them inside one compiled run.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from sketchtrace.validation import check_num_matvecs
 
 from .._blocks import ResidualBlocks
 from .._ntk import ntk_traces, ntk_weights, residual_rows
@@ -242,3 +246,111 @@ def jinns_weights_fn(blocks, *, method="exact", num_matvecs=None, rule="wang2022
         return ntk_weights(tr, rule=rule, cap=cap, sizes=sizes)
 
     return weights
+
+
+class JinnsTrainResult(NamedTuple):
+    """Outcome of :func:`jinns_train`.
+
+    ``history`` holds one entry per iteration: ``"loss"`` the weighted total jinns
+    minimised, ``"terms"`` dict term -> the *unweighted* loss term (comparable across
+    weightings), ``"weights"`` dict term -> the weight used at that iteration.
+    ``seconds``: wall time of the one compilation (``"compile"``) and of the run (``"run"``).
+    """
+
+    params: Any
+    loss: Any
+    opt_state: Any
+    data: Any
+    history: dict
+    seconds: dict
+
+
+def jinns_train(key, loss, params, data, optimizer, *, n_iter, every=250, method="exact", num_matvecs=None,
+                rule="wang2022", cap=None, chunk_size=256, terms=None, opt_state=None):
+    """Train a jinns problem with NTK loss weights refreshed inside one compiled run.
+
+    jinns' ``solve`` has no place for weights that need the parameters and the
+    batch (its ``update_weight_method`` is a closed list whose hook sees only the
+    reduced loss terms and their gradients), so this is the same gradient loop built
+    from jinns' public pieces: ``data.get_batch()``, ``loss.values_and_grads``,
+    ``loss.ponderate_and_sum_gradient`` / ``ponderate_and_sum_loss`` and an optax
+    ``optimizer``, inside one ``jax.lax.scan`` compiled once (``equinox.filter_jit``).
+    Every ``every`` iterations (from iteration 0) the loss weights are recomputed with
+    :func:`jinns_weights_fn` at the current parameters and batch (``jax.lax.cond``: the
+    other iterations pay nothing). ``every=None`` trains with ``loss``'s own weights
+    (the unweighted reference on the same loop).
+
+    Parameters
+    ----------
+    key : jax.random key or None
+        Randomness for the sketched methods (split once per iteration); may be
+        ``None`` for ``method="exact"`` or ``every=None``.
+    loss, params : jinns loss and jinns.parameters.Params
+    data : jinns data generator (``get_batch()`` returning ``(data, batch)``)
+    optimizer : optax.GradientTransformation
+    n_iter : int
+        Iterations.
+    every : int or None
+        Refresh period of the NTK weights.
+    method, num_matvecs, rule, cap, chunk_size, terms : see :func:`jinns_ntk_weights`
+    opt_state : optional
+        Optimizer state to continue from (default ``optimizer.init(params)``).
+
+    Returns
+    -------
+    JinnsTrainResult
+        Final parameters, the loss carrying the last weights, optimizer state, data
+        generator and the per-iteration history.
+    """
+    import equinox as eqx
+
+    _check_loss(loss, params)
+    n_iter = check_num_matvecs(n_iter, name="n_iter")
+    every = None if every is None else check_num_matvecs(every, name="every")
+    if not callable(getattr(data, "get_batch", None)):
+        raise TypeError(f"data must be a jinns data generator with get_batch(); got {type(data).__name__}")
+    blocks, _ = from_jinns(loss, params, terms=terms)
+    names = blocks.names
+    if every is not None:
+        weights_fn = jinns_weights_fn(blocks, method=method, num_matvecs=num_matvecs, rule=rule, cap=cap,
+                                      chunk_size=chunk_size)
+        blocks.pointwise_modes(params.nn_params, data.get_batch()[1])  # the one-off pointwise check, concrete
+    if key is None:
+        if every is not None and method != "exact":
+            raise ValueError(f"key is required for method={method!r} (a jax.random.key); only 'exact' takes None")
+        key = jax.random.key(0)  # never used for randomness: exact weights or no weighting
+    if opt_state is None:
+        opt_state = optimizer.init(params)
+    dtype = jax.flatten_util.ravel_pytree(params.nn_params)[0].dtype
+    w0 = {n: jnp.asarray(jax.tree.leaves(getattr(loss.loss_weights, n))[0], dtype) for n in names}
+
+    def refresh(key, params, batch):
+        return {n: v.astype(dtype) for n, v in weights_fn(key, params.nn_params, batch).items()}
+
+    def one(carry, i):
+        params, opt_state, w, data, key = carry
+        data, batch = data.get_batch()
+        key, sub = jax.random.split(key)
+        if every is not None:
+            w = jax.lax.cond(i % every == 0, lambda: refresh(sub, params, batch), lambda: w)
+        weighted = jinns_loss_with_weights(loss, w, terms=names)
+        loss_terms, grad_terms = weighted.values_and_grads(params, batch)
+        updates, opt_state = optimizer.update(weighted.ponderate_and_sum_gradient(grad_terms), opt_state, params)
+        params = eqx.apply_updates(params, updates)
+        record = {
+            "loss": weighted.ponderate_and_sum_loss(loss_terms),
+            "terms": {n: sum(jax.tree.leaves(getattr(loss_terms, n))) for n in names},
+            "weights": dict(w),
+        }
+        return (params, opt_state, w, data, key), record
+
+    @eqx.filter_jit
+    def run(params, opt_state, w, data, key):
+        return jax.lax.scan(one, (params, opt_state, w, data, key), jnp.arange(n_iter))
+
+    t0 = time.perf_counter()
+    compiled = run.lower(params, opt_state, w0, data, key).compile()
+    t1 = time.perf_counter()
+    (params, opt_state, w, data, _), history = jax.block_until_ready(compiled(params, opt_state, w0, data, key))
+    seconds = {"compile": t1 - t0, "run": time.perf_counter() - t1}
+    return JinnsTrainResult(params, jinns_loss_with_weights(loss, w, terms=names), opt_state, data, history, seconds)
