@@ -7,7 +7,8 @@ one run, on the wave problem of Wang et al. (``pa.problems.wave1d``), float32:
    divided by the median time of one jitted training step (residuals, VJP, Adam),
    for exact traces (chunked per-point gradients), Hutchinson with k probes, and the
    predictor-corrector (forward differences reusing the step's residuals, fixed batch:
-   two extra residual evaluations). Target: pc <= 0.3 steps.
+   two extra residual evaluations; with ``subsample=0.1`` on a tenth of each block's points).
+   Target: pc <= 0.3 steps, subsampled pc <= 0.15 steps.
 2. Peak temporary memory (XLA's compiled memory analysis, no run needed) of exact
    traces with a fixed chunk size against unchunked per-point gradients (jaxpi's
    ``vmap`` of ``jacrev`` over all points: the n x p per-point Jacobian), as the number
@@ -73,15 +74,17 @@ def step_and_residuals(prob, opt):
 
 def cost_table(widths, sizes, k, repeats):
     print(f"\n## weight update cost / training step cost (median of {repeats}; k = {k} probes)\n")
-    print("| width | n_res + n_bc points | params | step ms | exact | hutchinson-k | pc (fd, 1 probe) | pc (jvp) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| width | n_res + n_bc points | params | step ms | exact | hutchinson-k | pc (fd, 1 probe) | pc (jvp) "
+          "| pc (fd, subsample=0.1) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for width in widths:
         for n_res, n_bc in sizes:
             prob, key, params, p1, batch, opt, step, w1, R, R1 = wave_setup(width, n_res, n_bc)
             t_step = median_time(step, params, opt.init(params), batch, w1, repeats=repeats)
             row = []
             for est, kw in [("exact", dict(chunk_size=128)), ("hutchinson", dict(num_probes=k)),
-                            ("pc", dict(fd="forward")), ("pc", dict(fd="jvp"))]:
+                            ("pc", dict(fd="forward")), ("pc", dict(fd="jvp")),
+                            ("pc", dict(fd="forward", subsample=0.1))]:
                 w = pa.ntk_weighting(prob.blocks, estimator=est, **kw)
                 s = w.init(key, params, batch)
                 upd = jax.jit(lambda key, s, a, b, bt, r, rp, w=w: w.update(key, s, a, b, bt, residuals=r,

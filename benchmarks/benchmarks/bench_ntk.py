@@ -25,6 +25,8 @@ CONFIGS = {
     "hutchinson": dict(estimator="hutchinson", num_probes=8),
     "pc": dict(estimator="pc", fd="forward"),
     "pc_jvp": dict(estimator="pc", fd="jvp"),
+    "pc_not_batched": dict(estimator="pc", fd="forward", batched=False),
+    "pc_subsample": dict(estimator="pc", fd="forward", subsample=0.1),
 }
 
 
