@@ -33,7 +33,7 @@ import numpy as np
 
 from .._estimate import Estimate
 from .._samplers import SAMPLERS, get_sampler
-from ..backends import backend_for_key
+from ..backends import backend_for_key, namespace_of
 from ..operators import LinearOperator
 from ..validation import check_chunk_size, check_choice, check_num_matvecs, is_concrete
 
@@ -155,6 +155,11 @@ def _sampler_code(sampler):
     return _SAMPLER_CODE[sampler]
 
 
+def _dtype(d):
+    """A NumPy dtype, or a torch dtype as it is (the torch backend's probes are torch)."""
+    return d if type(d).__module__ == "torch" else np.dtype(d)
+
+
 class _OpInfo(NamedTuple):
     op: Any
     n: int
@@ -190,7 +195,7 @@ def _prepare(bk, op, name):
     if names is None and blocks is not None:
         names = tuple(b[0] for b in blocks)
     names = None if names is None else tuple(names)
-    return _OpInfo(op, n, np.dtype(dtype), blocks, names, 1 if names is None else len(names))
+    return _OpInfo(op, n, _dtype(dtype), blocks, names, 1 if names is None else len(names))
 
 
 def _check_pair(a: _OpInfo, b: _OpInfo):
@@ -265,7 +270,7 @@ class DynamicTraceEstimator:
                 f"expected (num_probes, num_blocks) = ({R}, {B}). Was it made by a different configuration "
                 "(or is it a batch of states: vmap the update over it)?"
             )
-        if np.dtype(est.dtype) != info.dtype:
+        if _dtype(est.dtype) != info.dtype:
             raise ValueError(f"state dtype {est.dtype} does not match the operator dtype {info.dtype}")
         cfg = state.config
         if tuple(getattr(cfg, "shape", ())) != (6,):
@@ -294,16 +299,16 @@ class DynamicTraceEstimator:
         if m0 * R >= n:
             Q = bk.exact_quad_forms(info.op, self.chunk_size)
             bk.check_finite("op0", Q)
-            T0 = xp.broadcast_to(Q.sum(axis=0), (R, B)).astype(dt)
+            T0 = xp.astype(xp.broadcast_to(Q.sum(axis=0), (R, B)), dt)
             var0 = xp.zeros((B,), dt)
             spent = n
         else:
             Q = bk.quad_forms(key, info.op, m0 * R, self.sampler, self.chunk_size)
             bk.check_finite("op0", Q)
-            Q = Q.astype(dt)
+            Q = xp.astype(Q, dt)
             T0 = Q.reshape(R, m0, B).mean(axis=1)
             if m0 * R >= 2:
-                var0 = Q.var(axis=0, ddof=1) / (m0 * R)
+                var0 = xp.var(Q, axis=0, correction=1) / (m0 * R)
             else:  # one sample: E[q^2] = tr^2 + Var q >= Var q (conservative)
                 var0 = Q[0] ** 2
             spent = m0 * R
@@ -347,10 +352,10 @@ class DynamicTraceEstimator:
         self._check_state(state, nxt)
         R, n, dt = self.num_probes, nxt.n, nxt.dtype
         V = bk.probes(key, R, n, dt, self.sampler)
-        y = xp.asarray(bk.quad_forms_of(nxt.op, V)).astype(dt)
+        y = xp.astype(xp.asarray(bk.quad_forms_of(nxt.op, V)), dt)
         bk.check_finite("op_next", y)
         if needs_prev:
-            x = xp.asarray(bk.quad_forms_of(prv.op, V)).astype(dt)
+            x = xp.astype(xp.asarray(bk.quad_forms_of(prv.op, V)), dt)
             bk.check_finite("op_prev", x)
         else:
             x = xp.zeros_like(y)
@@ -366,7 +371,7 @@ class DynamicTraceEstimator:
         ``Estimate`` (whose ``value`` and ``sem`` are per-block arrays when the
         state holds several blocks).
         """
-        xp = np if isinstance(state.estimate, np.ndarray) else jnp
+        xp = namespace_of(state.estimate)
         return self._report(state, None if block_names is None else tuple(block_names), state.matvecs, xp)
 
     def _report(self, state, names, spent, xp):
@@ -387,7 +392,7 @@ def _value_sem(self, state, xp):
     value = T.mean(axis=0)
     if self._use_replicas():
         if R >= 2:
-            sem = xp.sqrt(T.var(axis=0, ddof=1) / R)
+            sem = xp.sqrt(xp.var(T, axis=0, correction=1) / R)
         else:
             sem = xp.full(value.shape, math.inf, value.dtype)
     else:
@@ -422,7 +427,7 @@ def _step(self, state, x, y, xp):
         beta = state.gamma
         new_T = (1.0 - beta) * state.estimate + beta * y
         if R >= 2:
-            s2 = y.var(axis=0, ddof=1)
+            s2 = xp.var(y, axis=0, correction=1)
         else:
             s2 = xp.where(first, y[0] ** 2, 0.5 * (y[0] - state.last[1, 0]) ** 2)
         new_var = (1.0 - beta) ** 2 * state.variance + beta**2 * s2 / R
@@ -433,7 +438,7 @@ def _step(self, state, x, y, xp):
         c = y - (1.0 - gamma) * x
         new_T = (1.0 - gamma) * state.estimate + c
         if R >= 2:
-            s2 = c.var(axis=0, ddof=1)
+            s2 = xp.var(c, axis=0, correction=1)
         else:
             c_prev = state.last[1, 0] - (1.0 - gamma) * state.last[0, 0]
             s2 = xp.where(first, c[0] ** 2, 0.5 * (c[0] - c_prev) ** 2)
@@ -445,9 +450,9 @@ def _step(self, state, x, y, xp):
             dx_ = y - x
             if R >= 2:
                 xm, ym = x.mean(axis=0), y.mean(axis=0)
-                var_x = x.var(axis=0, ddof=1)
+                var_x = xp.var(x, axis=0, correction=1)
                 cov_xy = ((x - xm) * (y - ym)).sum(axis=0) / (R - 1)
-                var_d = dx_.var(axis=0, ddof=1)
+                var_d = xp.var(dx_, axis=0, correction=1)
                 obs = xp.stack([var_x, cov_xy, var_d])
                 valid = xp.asarray(True)
             else:
@@ -458,17 +463,17 @@ def _step(self, state, x, y, xp):
                 valid = ~first
             # observations so far, this one included: a running mean until 1/w of them, then an EMA
             num_obs = state.step + (1 if R >= 2 else 0)
-            mix = xp.maximum(w, 1.0 / xp.maximum(num_obs, 1).astype(dt))
+            mix = xp.maximum(w, 1.0 / xp.astype(xp.maximum(num_obs, 1), dt))
             upd = (1.0 - mix) * state.moments + mix * obs
             new_moments = xp.where(valid, upd, state.moments)
-            g = _optimal_gamma(xp, new_moments[2], new_moments[1]).astype(dt)
+            g = xp.astype(_optimal_gamma(xp, new_moments[2], new_moments[1]), dt)
             new_gamma = xp.where(valid & (num_obs >= AUTO_GAMMA_WARMUP), g, gamma)
     new_state = DynamicState(
-        estimate=new_T.astype(dt),
-        variance=new_var.astype(dt),
-        last=xp.stack([x, y]).astype(dt),
-        moments=xp.asarray(new_moments).astype(dt),
-        gamma=xp.asarray(new_gamma).astype(dt),
+        estimate=xp.astype(new_T, dt),
+        variance=xp.astype(new_var, dt),
+        last=xp.astype(xp.stack([x, y]), dt),
+        moments=xp.astype(xp.asarray(new_moments), dt),
+        gamma=xp.astype(xp.asarray(new_gamma), dt),
         step=state.step + 1,
         matvecs=state.matvecs + spent,
         config=state.config,
