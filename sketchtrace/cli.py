@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .validation import check_output_path
+
 PLUGIN_GROUP = "sketchtrace.commands"
 TRACE_METHODS = ("hutchinson", "hutchpp", "na_hutchpp", "xtrace", "xnystrace")
 
@@ -30,21 +32,55 @@ def load_matrix(path):
         raise FileNotFoundError(f"PATH {str(path)!r} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".mtx" or path.name.endswith(".mtx.gz"):
-        a = scipy.io.mmread(str(path))
-        return sp.csr_matrix(a) if sp.issparse(a) else np.asarray(a)
+        try:
+            a = scipy.io.mmread(str(path))
+        except (ValueError, OSError, EOFError) as exc:  # scipy names the line ("Line 4: ...")
+            raise ValueError(f"PATH {str(path)!r} is not a valid Matrix Market file: {exc}") from exc
+        return _check_finite(path, sp.csr_matrix(a) if sp.issparse(a) else np.asarray(a))
     if suffix == ".npz":
         try:
-            return sp.load_npz(str(path)).tocsr()
+            S = sp.load_npz(str(path)).tocsr()
         except (ValueError, KeyError):
-            with np.load(str(path)) as data:
-                if len(data.files) != 1:
-                    raise ValueError(
-                        f"PATH {str(path)!r}: a dense .npz must hold exactly one array; found {data.files}"
-                    ) from None
-                return np.asarray(data[data.files[0]])
+            S = None
+        if S is not None:
+            return _check_finite(path, S)
+        data = _np_load(path)
+        with data:
+            if len(data.files) != 1:
+                raise ValueError(f"PATH {str(path)!r}: a dense .npz must hold exactly one array; found {data.files}")
+            return _check_finite(path, np.asarray(data[data.files[0]]))
     if suffix == ".npy":
-        return np.load(str(path))
+        return _check_finite(path, _np_load(path))
     raise ValueError(f"PATH must end in .mtx, .npz or .npy; got {path.name!r}")
+
+
+def _np_load(path):
+    """``numpy.load`` without pickles; a clear error naming the file otherwise."""
+    try:
+        return np.load(str(path), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"PATH {str(path)!r} is not a readable NumPy file: {exc}") from exc
+
+
+def _check_finite(path, a):
+    """Refuse a matrix with NaN or inf entries, naming the file and the first bad entry."""
+    import scipy.sparse as sp
+
+    if not (sp.issparse(a) or np.issubdtype(np.asarray(a).dtype, np.number)):
+        raise ValueError(f"PATH {str(path)!r} holds {np.asarray(a).dtype} data; expected a numeric matrix")
+    values = a.data if sp.issparse(a) else np.asarray(a)
+    bad = ~np.isfinite(values)
+    if np.any(bad):
+        if sp.issparse(a):
+            coo = a.tocoo()
+            i = int(np.flatnonzero(~np.isfinite(coo.data))[0])
+            where = (int(coo.row[i]), int(coo.col[i]))
+        else:
+            where = tuple(int(j) for j in np.argwhere(bad)[0])
+        raise ValueError(
+            f"PATH {str(path)!r} has {int(bad.sum())} non-finite entries (NaN or inf), the first at {where}"
+        )
+    return a
 
 
 def demo_matrix(n=2000, seed=0):
@@ -84,17 +120,19 @@ def run_trace(args) -> dict:
     import sketchtrace as st
 
     if args.demo == (args.path is not None):
-        raise SystemExit("sketchtrace trace: give exactly one of PATH or --demo")
+        raise ValueError("give exactly one of PATH or --demo")
+    if args.json:
+        check_output_path(args.json, name="--json")  # before any work
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     methods = _available_methods()
     names = list(methods) if (args.demo and args.method is None) else [args.method or "hutchinson"]
     for name in names:
         if name not in methods:
-            raise SystemExit(f"sketchtrace trace: --method must be one of {sorted(methods)}; got {name!r}")
+            raise ValueError(f"--method must be one of {sorted(methods)}; got {name!r}")
     a = demo_matrix() if args.demo else load_matrix(args.path)
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
-        raise SystemExit(f"sketchtrace trace: the matrix must be square; got shape {a.shape}")
+        raise ValueError(f"PATH {str(args.path)!r}: the matrix must be square; got shape {a.shape}")
     source = "demo: n=2000 PSD matrix, eigenvalues i^-2" if args.demo else str(args.path)
     exact = _exact_trace(a)
     op = st.as_operator(a)
@@ -131,15 +169,42 @@ def run_trace(args) -> dict:
     return {"source": source, "results": rows}
 
 
+def _int_at_least(minimum):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+#: ``argparse`` types naming what is expected (argparse adds the option's name).
+nonnegative_int = _int_at_least(0)
+positive_int = _int_at_least(1)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (no usage block), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sketchtrace", description="Randomized matrix-free trace estimation.")
+    p = Parser(prog="sketchtrace", description="Randomized matrix-free trace estimation.")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("trace", help="estimate the trace of a matrix file (.mtx, .npz, .npy) or of the demo matrix")
     t.add_argument("path", nargs="?", help="matrix file: Matrix Market .mtx, scipy sparse .npz, or .npy")
     t.add_argument("--demo", action="store_true", help="use the built-in demo matrix (compares all methods)")
     t.add_argument("--method", default=None, help=f"one of {', '.join(TRACE_METHODS)} (default hutchinson)")
-    t.add_argument("--matvecs", type=int, default=60, help="matvec budget (default 60)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--matvecs", type=positive_int, default=60, help="matvec budget (default 60)")
+    t.add_argument("--seed", type=nonnegative_int, default=0)
     t.add_argument("--backend", choices=("jax", "numba"), default="jax")
     t.add_argument("--x64", action="store_true", help="run JAX in float64")
     t.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -151,11 +216,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run a command; any error is one line on stderr naming the option or file, exit status 2
+    (``--debug``, anywhere on the line, shows the traceback instead)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    except SystemExit as exc:  # argparse printed its one-line error (or the help)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"sketchtrace {args.command}: error: {exc}", file=sys.stderr)
+    except (Exception, SystemExit) as exc:  # the command line never shows a traceback
+        if isinstance(exc, SystemExit) and exc.code in (None, 0):
+            return 0
+        if debug:
+            raise
+        message = " ".join(str(exc.code if isinstance(exc, SystemExit) else exc).split())
+        kind = "" if isinstance(exc, (ValueError, TypeError, OSError, SystemExit)) else f"{type(exc).__name__}: "
+        print(f"sketchtrace {args.command}: error: {kind}{message} (--debug shows the traceback)", file=sys.stderr)
         return 2
     return 0
 

@@ -136,7 +136,7 @@ def probe_matvec(matvec, shape, dtype, *, what: str):
     """
     try:
         y = matvec(np.zeros(shape[1], dtype))
-    except Exception as exc:  # noqa: BLE001 - any failure of user code, reported with its origin
+    except Exception as exc:  # any failure of user code, reported with its origin
         raise ValueError(f"{what} failed on a probe of shape ({shape[1]},): {type(exc).__name__}: {exc}") from exc
     if np.shape(y) == (shape[0], 1):  # SciPy's own convention allows a column
         y = np.asarray(y)[:, 0]
@@ -147,3 +147,38 @@ def scipy_raw_matvec(L):
     """The user's matvec of a SciPy ``LinearOperator`` without SciPy's reshape of its output
     (which would hide a wrong output shape behind a reshape error)."""
     return getattr(L, "_matvec", L.matvec)
+
+
+def check_output_path(path, *, name: str = "output"):
+    """Refuse (before any work) an output file that cannot be written: a directory, or a
+    parent that is missing, not a directory (e.g. under a regular file) or not writable."""
+    import os
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{name}: {path!r} is a directory; expected a file path")
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise ValueError(f"{name}: cannot write {path!r}: {parent!r} is a file, not a directory")
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"{name}: the directory {parent!r} of {path!r} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"{name}: the directory {parent!r} of {path!r} is not writable")
+    return path
+
+
+def check_output_dir(path, *, name: str = "output directory"):
+    """Refuse (before any work) an output directory that cannot be created or written:
+    the path or one of its ancestors is a regular file, or the nearest existing
+    ancestor is not writable."""
+    import os
+
+    path = os.path.abspath(os.fspath(path))
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"{name}: cannot create {path!r}: {probe!r} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise PermissionError(f"{name}: {probe!r} is not writable (needed for {path!r})")
+    return path

@@ -40,17 +40,85 @@ def test_trace_of_a_matrix_file(fmt, matrix, tmp_path, capsys):
     np.testing.assert_allclose(res["estimate"], np.trace(matrix), rtol=1e-10)
 
 
+def _one_line_error(capsys, *argv):
+    """Run the command; it must fail with exit status 2 and exactly one line on stderr."""
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
 def test_cli_errors_are_clear(tmp_path, capsys):
-    assert main(["trace", str(tmp_path / "missing.npy")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "does not exist" in _one_line_error(capsys, "trace", str(tmp_path / "missing.npy"))
     np.save(tmp_path / "rect.npy", np.ones((2, 3)))
-    with pytest.raises(SystemExit, match="square"):
-        main(["trace", str(tmp_path / "rect.npy")])
-    with pytest.raises(SystemExit, match="--method must be one of"):
-        main(["trace", str(tmp_path / "rect.npy"), "--method", "magic"])
+    assert "rect.npy': the matrix must be square" in _one_line_error(capsys, "trace", str(tmp_path / "rect.npy"))
+    err = _one_line_error(capsys, "trace", str(tmp_path / "rect.npy"), "--method", "magic")
+    assert "--method must be one of" in err
     (tmp_path / "m.txt").write_text("1")
-    assert main(["trace", str(tmp_path / "m.txt")]) == 2
-    assert ".mtx, .npz or .npy" in capsys.readouterr().err
+    assert ".mtx, .npz or .npy" in _one_line_error(capsys, "trace", str(tmp_path / "m.txt"))
+
+
+def test_corrupt_matrix_market_file_names_the_file_and_line(tmp_path, capsys):
+    path = tmp_path / "bad.mtx"
+    path.write_text("%%MatrixMarket matrix coordinate real general\n3 3 3\n1 1 1.0\n2 x 1.0\n3 3 1.0\n")
+    err = _one_line_error(capsys, "trace", str(path))
+    assert "bad.mtx' is not a valid Matrix Market file" in err and "Line 4" in err
+
+
+@pytest.mark.parametrize("fmt", ["npy", "npz-dense", "npz-sparse", "mtx"])
+def test_non_finite_matrix_file_names_the_file_and_entry(fmt, tmp_path, capsys):
+    a = np.eye(4)
+    a[2, 1] = np.nan
+    path = tmp_path / ("nan." + fmt.split("-")[0])
+    if fmt == "npy":
+        np.save(path, a)
+    elif fmt == "npz-dense":
+        np.savez(path, a=a)
+    elif fmt == "npz-sparse":
+        sp.save_npz(path, sp.csr_matrix(a))
+    else:
+        scipy.io.mmwrite(str(path), sp.coo_matrix(a))
+    err = _one_line_error(capsys, "trace", str(path))
+    assert f"nan.{fmt.split('-')[0]}' has 1 non-finite entries (NaN or inf), the first at (2, 1)" in err
+
+
+def test_pickled_npy_is_refused_not_loaded(tmp_path, capsys):
+    path = tmp_path / "obj.npy"
+    np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    assert "obj.npy' is not a readable NumPy file" in _one_line_error(capsys, "trace", str(path))
+
+
+@pytest.mark.parametrize(("option", "value"), [("--seed", "-1"), ("--seed", "abc"), ("--matvecs", "0")])
+def test_bad_option_values_name_the_option(option, value, tmp_path, capsys):
+    np.save(tmp_path / "m.npy", np.eye(3))
+    err = _one_line_error(capsys, "trace", str(tmp_path / "m.npy"), option, value)
+    assert f"argument {option}: expected an integer >=" in err
+
+
+@pytest.mark.parametrize("where", ["missing-dir", "under-a-file", "a-directory"])
+def test_json_output_checked_before_any_work(where, tmp_path, capsys, monkeypatch):
+    import sketchtrace.cli as cli
+
+    np.save(tmp_path / "m.npy", np.eye(3))
+    (tmp_path / "file").write_text("x")
+    target = {"missing-dir": tmp_path / "nope" / "r.json", "under-a-file": tmp_path / "file" / "r.json",
+              "a-directory": tmp_path}[where]
+    monkeypatch.setattr(cli, "load_matrix", lambda p: pytest.fail("the matrix was loaded before --json was checked"))
+    assert "--json" in _one_line_error(capsys, "trace", str(tmp_path / "m.npy"), "--json", str(target))
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        main(["trace", str(tmp_path / "missing.npy"), "--debug"])
+
+
+def test_console_script_error_is_one_line_without_traceback(tmp_path):
+    bad = tmp_path / "bad.mtx"
+    bad.write_text("%%MatrixMarket matrix coordinate real general\n2 2 1\n1 q 1.0\n")
+    proc = subprocess.run([sys.executable, "-m", "sketchtrace", "trace", str(bad)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "bad.mtx" in proc.stderr
 
 
 def test_console_script_demo_runs():

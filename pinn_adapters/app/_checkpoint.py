@@ -24,6 +24,8 @@ import warnings
 import jax
 import numpy as np
 
+from sketchtrace.validation import check_output_path
+
 FORMAT = "pinn_adapters.checkpoint"
 FORMAT_VERSION = 1
 _MANIFEST = "__manifest__"
@@ -69,15 +71,7 @@ def leaf_table(tree) -> list:
 
 def check_writable(path, *, what="checkpoint"):
     """Refuse (before any work) an output file whose directory is missing or not writable."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise ValueError(f"{what}: {path!r} is a directory; expected a file path")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(f"{what}: the directory {parent!r} of {path!r} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"{what}: the directory {parent!r} of {path!r} is not writable")
-    return path
+    return check_output_path(path, name=what)
 
 
 def atomic_write(path, write):
