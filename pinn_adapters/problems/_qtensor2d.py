@@ -157,6 +157,39 @@ def qtensor2d(
     neural tangent kernel weights in physics-based loss", arXiv:2511.15530 (2025).
     S. Wang, X. Yu, P. Perdikaris, J. Comput. Phys. 449 (2022). doi:10.1016/j.jcp.2021.110768
     """
+    layers, T = _check_arguments(layers, n_res, n_bc, grid, T)
+
+    def apply(params, p):
+        z = jnp.stack([p[0] - 1.0, p[1] - 1.0, 2.0 * p[2] / T - 1.0])
+        return mlp_apply(params, z.astype(jax.tree.leaves(params)[0].dtype))
+
+    info = {"T": T, "coefficients": dict(PARAMETERS), "blocks": "res_q1, res_q2 (PDE per component), ic, bc"}
+    relative_l2 = exact_solution = None
+    if isinstance(reference, str):
+        if reference != "auto":
+            raise ValueError(f"reference must be 'auto', a FEMSolution or None; got {reference!r}")
+        from ..fem import reference as fem_reference
+
+        reference = fem_reference(T=T, cache_dir=cache_dir, verbose=verbose)
+    if reference is not None:
+        relative_l2, exact_solution, extra = _reference_errors(reference, apply, grid, T)
+        info.update(extra)
+    return Problem(
+        name="qtensor2d",
+        blocks=qtensor_blocks(apply, reduction=reduction),
+        layers=layers,
+        init_params=lambda key: mlp_init(key, layers, dtype),
+        apply=apply,
+        sample_batch=_batch_sampler(n_res, n_bc, T, dtype),
+        batch_sizes={"res_q1": n_res, "res_q2": n_res, "ic": 2 * n_bc, "bc": 8 * n_bc},
+        exact_solution=exact_solution,
+        relative_l2=relative_l2,
+        learning_rate=learning_rate,
+        info=info,
+    )
+
+
+def _check_arguments(layers, n_res, n_bc, grid, T):
     layers = tuple(int(w) for w in layers)
     if len(layers) < 2 or layers[0] != 3 or layers[-1] != 2:
         raise ValueError(f"layers must start with width 3 (x, y, t) and end with width 2 (q1, q2); got {layers}")
@@ -166,12 +199,11 @@ def qtensor2d(
     T = float(T)
     if not np.isfinite(T) or T <= 0:
         raise ValueError(f"T must be a positive finite number; got {T!r}")
+    return layers, T
 
-    def apply(params, p):
-        z = jnp.stack([p[0] - 1.0, p[1] - 1.0, 2.0 * p[2] / T - 1.0])
-        return mlp_apply(params, z.astype(jax.tree.leaves(params)[0].dtype))
 
-    blocks = qtensor_blocks(apply, reduction=reduction)
+def _batch_sampler(n_res, n_bc, T, dtype):
+    """``sample_batch(key)``: interior points (shared by both PDE blocks), initial and boundary points."""
 
     def sample_batch(key):
         dt = dtype or jnp.result_type(float)
@@ -191,80 +223,62 @@ def qtensor2d(
         ]
         return {"res_q1": interior, "res_q2": interior, "ic": ic, "bc": jnp.concatenate(sides)}
 
-    info = {"T": T, "coefficients": dict(PARAMETERS), "blocks": "res_q1, res_q2 (PDE per component), ic, bc"}
-    relative_l2 = None
-    exact_solution = None
-    if isinstance(reference, str):
-        if reference != "auto":
-            raise ValueError(f"reference must be 'auto', a FEMSolution or None; got {reference!r}")
-        from ..fem import reference as fem_reference
+    return sample_batch
 
-        reference = fem_reference(T=T, cache_dir=cache_dir, verbose=verbose)
-    if reference is not None:
-        if abs(float(reference.times[-1]) - T) > 1e-12 * max(1.0, T):
-            raise ValueError(f"reference ends at t = {reference.times[-1]}, but T = {T}")
-        xs, vals = reference.on_grid(grid)
-        keep = np.arange(0, len(reference.times), 2 if len(reference.times) > 3 else 1)
-        if keep[-1] != len(reference.times) - 1:
-            keep = np.append(keep, len(reference.times) - 1)
-        ts = reference.times[keep]
-        X, Y, Tt = np.meshgrid(xs, xs, ts, indexing="ij")  # (g, g, S)
-        pts_np = np.stack([X.ravel(), Y.ravel(), Tt.ravel()], axis=1)
-        ref_np = np.transpose(vals[keep], (2, 3, 0, 1)).reshape(-1, 2)  # same (x, y, t) order
-        pts_ref, ref_vals = jnp.asarray(pts_np), jnp.asarray(ref_np)
-        norms = jnp.linalg.norm(ref_vals, axis=0)
-        total = jnp.linalg.norm(ref_vals)
 
-        def _pred(params):
-            dt_ = jax.tree.leaves(params)[0].dtype
-            return jax.vmap(lambda p: apply(params, p))(pts_ref.astype(dt_))
+def _reference_grid(reference, grid):
+    """Points ``(x, y, t)`` of the error grid (every second snapshot and the last) and the reference there."""
+    xs, vals = reference.on_grid(grid)
+    keep = np.arange(0, len(reference.times), 2 if len(reference.times) > 3 else 1)
+    if keep[-1] != len(reference.times) - 1:
+        keep = np.append(keep, len(reference.times) - 1)
+    ts = reference.times[keep]
+    X, Y, Tt = np.meshgrid(xs, xs, ts, indexing="ij")  # (g, g, S)
+    pts_np = np.stack([X.ravel(), Y.ravel(), Tt.ravel()], axis=1)
+    ref_np = np.transpose(vals[keep], (2, 3, 0, 1)).reshape(-1, 2)  # same (x, y, t) order
+    return jnp.asarray(pts_np), jnp.asarray(ref_np), ts
 
-        def relative_l2(params):
-            return jnp.linalg.norm(_pred(params) - ref_vals.astype(jax.tree.leaves(params)[0].dtype)) / total
 
-        component_jit = jax.jit(
-            lambda params: jnp.linalg.norm(_pred(params) - ref_vals.astype(jax.tree.leaves(params)[0].dtype),
-                                           axis=0) / norms
-        )
+def _reference_errors(reference, apply, grid, T):
+    """``relative_l2(params)``, ``exact_solution(x, y, t)`` and the ``info`` entries of a FEM reference."""
+    if abs(float(reference.times[-1]) - T) > 1e-12 * max(1.0, T):
+        raise ValueError(f"reference ends at t = {reference.times[-1]}, but T = {T}")
+    pts_ref, ref_vals, ts = _reference_grid(reference, grid)
+    norms = jnp.linalg.norm(ref_vals, axis=0)
+    total = jnp.linalg.norm(ref_vals)
 
-        def metrics(params):
-            e = np.asarray(component_jit(params))
-            return {"relative_l2_q1": float(e[0]), "relative_l2_q2": float(e[1])}
+    def _err(params):
+        dt_ = jax.tree.leaves(params)[0].dtype
+        return jax.vmap(lambda p: apply(params, p))(pts_ref.astype(dt_)) - ref_vals.astype(dt_)
 
-        snaps_ref = reference
+    def relative_l2(params):
+        return jnp.linalg.norm(_err(params)) / total
 
-        def exact_solution(x, y, t):
-            x, y = np.broadcast_arrays(np.asarray(x, float), np.asarray(y, float))
-            t = np.broadcast_to(np.asarray(t, float), x.shape)
-            pts = np.stack([x.ravel(), y.ravel()], axis=1)
-            i, w = _time_interp(snaps_ref.times, t.ravel())
-            out = np.empty((2, pts.shape[0]))
-            for s in np.unique(i):
-                m = i == s
-                lo, hi = snaps_ref.probe(pts[m], int(s)), snaps_ref.probe(pts[m], int(s) + 1)
-                out[:, m] = (1 - w[m]) * lo + w[m] * hi
-            return out[0].reshape(x.shape), out[1].reshape(x.shape)
+    component_jit = jax.jit(lambda params: jnp.linalg.norm(_err(params), axis=0) / norms)
 
-        info.update({
-            "metrics": metrics,
-            "reference": {**snaps_ref.config, **{k: v for k, v in snaps_ref.meta.items() if k != "cache_file"}},
-            "grid": {"num": int(grid), "times": ts.tolist()},
-            "fem": snaps_ref,
-        })
+    def metrics(params):
+        e = np.asarray(component_jit(params))
+        return {"relative_l2_q1": float(e[0]), "relative_l2_q2": float(e[1])}
 
-    return Problem(
-        name="qtensor2d",
-        blocks=blocks,
-        layers=layers,
-        init_params=lambda key: mlp_init(key, layers, dtype),
-        apply=apply,
-        sample_batch=sample_batch,
-        batch_sizes={"res_q1": n_res, "res_q2": n_res, "ic": 2 * n_bc, "bc": 8 * n_bc},
-        exact_solution=exact_solution,
-        relative_l2=relative_l2,
-        learning_rate=learning_rate,
-        info=info,
-    )
+    def exact_solution(x, y, t):
+        x, y = np.broadcast_arrays(np.asarray(x, float), np.asarray(y, float))
+        t = np.broadcast_to(np.asarray(t, float), x.shape)
+        pts = np.stack([x.ravel(), y.ravel()], axis=1)
+        i, w = _time_interp(reference.times, t.ravel())
+        out = np.empty((2, pts.shape[0]))
+        for s in np.unique(i):
+            m = i == s
+            lo, hi = reference.probe(pts[m], int(s)), reference.probe(pts[m], int(s) + 1)
+            out[:, m] = (1 - w[m]) * lo + w[m] * hi
+        return out[0].reshape(x.shape), out[1].reshape(x.shape)
+
+    extra = {
+        "metrics": metrics,
+        "reference": {**reference.config, **{k: v for k, v in reference.meta.items() if k != "cache_file"}},
+        "grid": {"num": int(grid), "times": ts.tolist()},
+        "fem": reference,
+    }
+    return relative_l2, exact_solution, extra
 
 
 def director(q1, q2):
