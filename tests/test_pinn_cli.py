@@ -69,3 +69,59 @@ def test_fd_bias_experiment(tmp_path, capsys):
     # float64: forward bias shrinks roughly like h, central like h^2 (truncation regime)
     f, c = by[("float64", "forward")], by[("float64", "central")]
     assert abs(f[2]) < abs(f[0]) / 20 and abs(c[2]) < abs(c[0]) / 1000
+
+
+# ----------------------------------------------------------------------------- errors: one line, before any training
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fail the test if training starts (the errors below must come before it)."""
+    from pinn_adapters.app import _train
+
+    monkeypatch.setattr(_train, "train", lambda *a, **k: pytest.fail("training started before the error"))
+
+
+def _one_line_error(capsys, *argv):
+    assert main(["pinn", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize(("option", "value"), [("--seed", "-1"), ("--steps", "0"), ("--n-res", "0"),
+                                               ("--n-bc", "-1"), ("--width", "x")])
+def test_bad_option_values_name_the_option(option, value, capsys, tmp_path, no_training):
+    err = _one_line_error(capsys, "wave", option, value, "--out", str(tmp_path / "o"))
+    assert f"argument {option}: expected an integer >=" in err
+
+
+@pytest.mark.parametrize(("content", "msg"), [
+    ('{"steps": 12,\n "width": }', r"c.json: not valid JSON \(line 2 column 11"),
+    ('["steps", 12]', "c.json: expected a JSON object of WaveConfig keys; got a list"),
+    ('{"seed": -1}', "c.json: seed must be an integer >= 0; got -1"),
+    ('{"gamma": "0.1"}', "c.json: gamma must be a real number"),
+    ('{"wieghts": "none"}', r"c.json: unknown keys \['wieghts'\]"),
+])
+def test_bad_config_file_names_the_file(content, msg, capsys, tmp_path, no_training):
+    import re
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(content)
+    err = _one_line_error(capsys, "wave", "--config", str(cfg), "--out", str(tmp_path / "o"))
+    assert "--config" in err and re.search(msg, err), err
+
+
+def test_missing_config_file_is_named(capsys, tmp_path, no_training):
+    err = _one_line_error(capsys, "wave", "--config", str(tmp_path / "none.json"), "--out", str(tmp_path / "o"))
+    assert "--config" in err and "none.json" in err
+
+
+def test_out_under_a_regular_file_is_refused_before_training(capsys, tmp_path, no_training):
+    (tmp_path / "file").write_text("x")
+    err = _one_line_error(capsys, "wave", "--out", str(tmp_path / "file" / "run"), *TINY)
+    assert "--out: cannot create" in err and "is a file, not a directory" in err
+
+
+def test_unknown_problem_is_one_line(capsys, tmp_path, no_training):
+    assert "PROBLEM must be one of" in _one_line_error(capsys, "heat", "--out", str(tmp_path / "o"))

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sketchtrace.validation import check_int, check_output_dir, check_real
+
 WEIGHTS = ("none", "exact", "hutchinson", "pc")
 
 
@@ -52,24 +54,39 @@ class WaveConfig:
             raise ValueError(f"problem must be one of {sorted(PROBLEMS)}; got {self.problem!r}")
         if self.weights not in WEIGHTS:
             raise ValueError(f"weights must be one of {WEIGHTS}; got {self.weights!r}")
-        for name in ("steps", "width", "depth", "n_res", "n_bc", "exact_every", "num_probes", "log_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer; got {v!r}")
-        if not 0 < self.gamma <= 1:
-            raise ValueError(f"gamma must be in (0, 1]; got {self.gamma}")
+        for name in ("steps", "width", "depth", "n_res", "n_bc", "exact_every", "num_probes", "log_every",
+                     "decay_steps"):
+            setattr(self, name, check_int(getattr(self, name), name=name, minimum=1))
+        self.seed = check_int(self.seed, name="seed", minimum=0)
+        self.gamma = check_real(self.gamma, name="gamma", low=0, high=1, low_open=True)
+        self.learning_rate = check_real(self.learning_rate, name="learning_rate", low=0, low_open=True)
+        self.decay_rate = check_real(self.decay_rate, name="decay_rate", low=0, high=1, low_open=True)
+        if self.h is not None:
+            self.h = check_real(self.h, name="h", low=0, low_open=True)
         if self.fd not in ("forward", "central", "jvp"):
             raise ValueError(f"fd must be 'forward', 'central' or 'jvp'; got {self.fd!r}")
         return self
 
     @classmethod
     def from_file(cls, path, **overrides):
-        data = json.loads(Path(path).read_text())
+        """Read a JSON object of config keys; every error names the file (and the line for bad JSON)."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise FileNotFoundError(f"--config {path}: cannot read it ({exc.strerror})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            where = f"line {exc.lineno} column {exc.colno}: {exc.msg}" if hasattr(exc, "lineno") else str(exc)
+            raise ValueError(f"--config {path}: not valid JSON ({where})") from None
+        if not isinstance(data, dict):
+            raise TypeError(f"--config {path}: expected a JSON object of WaveConfig keys; got a {type(data).__name__}")
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"--config {path}: unknown keys {sorted(unknown)}")
         data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**data).validate()
+        try:
+            return cls(**data).validate()
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"--config {path}: {exc}") from None
 
 
 def _versions():
@@ -145,6 +162,8 @@ def run_wave(cfg: WaveConfig, out=None, *, progress=True, label=None, figures=Tr
     from ._train import train
 
     cfg.validate()
+    if out is not None:
+        check_output_dir(out, name="out")  # before training, not after it
     if cfg.x64:
         jax.config.update("jax_enable_x64", True)
     prob = make_problem(cfg)
@@ -217,7 +236,7 @@ COMPARE_RUNS = (
 
 def compare(cfg: WaveConfig, out, *, progress=True) -> dict:
     """Run none / exact every 100 / exact every step / pc every step with the same seed."""
-    out = Path(out)
+    out = Path(check_output_dir(out, name="out"))
     runs = {}
     for label, change in COMPARE_RUNS:
         sub = dataclasses.replace(cfg, **change)
