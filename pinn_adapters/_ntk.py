@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import sketchtrace as st
 from sketchtrace.validation import check_choice, check_num_matvecs, is_concrete
@@ -23,6 +24,14 @@ def residual_rows(blocks: ResidualBlocks, params, batch) -> dict[str, int]:
     return {n: int(s.shape[0]) for n, s in shapes.items()}
 
 
+SIDES = ("auto", "params", "residuals", "input", "output")
+
+
+def check_side(side):
+    """Validate a probe side for block traces (``"input"``/``"output"`` are aliases)."""
+    return check_choice(side, SIDES, name="side")
+
+
 def resolve_side(side, *, num_matvecs, num_params, num_rows, num_blocks):
     """Probe side for block traces: the cheaper in Jacobian products.
 
@@ -31,7 +40,7 @@ def resolve_side(side, *, num_matvecs, num_params, num_rows, num_blocks):
     ``B * min(k, n)`` VJPs (one VJP per block per probe; exact from ``n`` probes).
     ``"auto"`` picks the smaller count (ties go to the parameter side).
     """
-    check_choice(side, ("auto", "params", "residuals", "input", "output"), name="side")
+    check_side(side)
     if side in ("params", "input"):
         return "input"
     if side in ("residuals", "output"):
@@ -122,6 +131,7 @@ def ntk_traces(
     if not isinstance(blocks, ResidualBlocks):
         raise TypeError(f"blocks must be a pinn_adapters.ResidualBlocks; got {type(blocks).__name__}")
     check_choice(method, METHODS, name="method")
+    check_side(side)
     if normalize not in ("sum", "mean", None):
         raise ValueError(f"normalize must be 'sum', 'mean' or None; got {normalize!r}")
     normalize = normalize or blocks.reduction
@@ -139,41 +149,66 @@ def ntk_traces(
         out = {}
         for name, tr in norms.items():
             if is_concrete(tr) and not bool(jnp.isfinite(tr)):
-                raise ValueError(f"ntk_traces: block {name!r} has non-finite per-point gradients")
+                raise ValueError(
+                    f"ntk_traces: block {name!r} has non-finite gradients (NaN or inf) although its residuals "
+                    "are finite; the NTK trace is undefined there (e.g. sqrt or abs at 0 in the residual)"
+                )
             out[name] = st.Estimate(tr, jnp.zeros_like(tr), rows[name])
     else:
         if num_matvecs is None:
             raise ValueError(f"num_matvecs is required for method={method!r} (a probe budget, e.g. 8)")
         num_matvecs = check_num_matvecs(num_matvecs)
-        num_params = int(jax.flatten_util.ravel_pytree(params)[0].shape[0])
-        s = resolve_side(
-            side, num_matvecs=num_matvecs, num_params=num_params, num_rows=sum(rows.values()), num_blocks=len(rows)
-        )
-        if method == "hutchinson":
-            J = blocks.jacobian(params, batch, mode="fwd" if s == "input" else "bwd")
-            check_finite_residuals(J.unravel_output(J.value_flat), where="ntk_traces")
-            out = st.block_traces(key, st.gram(J, side=s), num_matvecs=num_matvecs, sampler=sampler, mesh=mesh)
-            out = {n: out[n] for n in blocks.names}
-        else:
-            fn = getattr(st, method, None)
-            if fn is None:  # pragma: no cover - depends on the core's progress
-                raise ValueError(f"method={method!r} needs sketchtrace.{method}, which this sketchtrace lacks")
-            keys = jax.random.split(key, len(blocks.names))
-            out = {}
-            for k, name in zip(keys, blocks.names):
-                J = st.JacobianOperator(
-                    lambda p, pts, name=name: blocks.block_residuals(name, p, pts),
-                    params,
-                    batch[name],
-                    mode="fwd" if s == "input" else "bwd",
-                )
-                check_finite_residuals({name: J.value_flat}, where="ntk_traces")
-                extra = {} if mesh is None else {"mesh": mesh}
-                out[name] = fn(k, st.gram(J, side=s), num_matvecs=num_matvecs, **extra)
+        try:
+            out = _sketched_traces(key, blocks, params, batch, rows, method, num_matvecs, side, sampler, mesh)
+        except FloatingPointError as e:  # the core's finiteness check does not know the block names
+            raise _non_finite_gradient_error(blocks, params, batch) from e
     if normalize == "mean":
         out = {
             n: st.Estimate(e.value / rows[n], e.sem / rows[n], e.num_matvecs) for n, e in out.items()
         }
+    return out
+
+
+def _non_finite_gradient_error(blocks, params, batch):
+    """A ValueError naming the blocks whose Jacobian is non-finite (one JVP per block along ones)."""
+    ones = jax.tree.map(jnp.ones_like, params)
+    bad = [n for n in blocks.names
+           if not bool(jnp.all(jnp.isfinite(jax.jvp(lambda p, n=n: blocks.block_residuals(n, p, batch[n]),
+                                                    (params,), (ones,))[1])))]
+    which = ", ".join(repr(n) for n in bad) if bad else f"one of {list(blocks.names)}"
+    return ValueError(
+        f"ntk_traces: block {which} has non-finite gradients (NaN or inf) although its residuals are "
+        "finite; the NTK trace is undefined there (e.g. sqrt or abs at 0 in the residual)"
+    )
+
+
+def _sketched_traces(key, blocks, params, batch, rows, method, num_matvecs, side, sampler, mesh):
+    """Sketched block traces (Hutchinson on the block Gram, or a deflated estimator per block)."""
+    num_params = int(jax.flatten_util.ravel_pytree(params)[0].shape[0])
+    s = resolve_side(
+        side, num_matvecs=num_matvecs, num_params=num_params, num_rows=sum(rows.values()), num_blocks=len(rows)
+    )
+    if method == "hutchinson":
+        J = blocks.jacobian(params, batch, mode="fwd" if s == "input" else "bwd")
+        check_finite_residuals(J.unravel_output(J.value_flat), where="ntk_traces")
+        out = st.block_traces(key, st.gram(J, side=s), num_matvecs=num_matvecs, sampler=sampler, mesh=mesh)
+        out = {n: out[n] for n in blocks.names}
+    else:
+        fn = getattr(st, method, None)
+        if fn is None:  # pragma: no cover - depends on the core's progress
+            raise ValueError(f"method={method!r} needs sketchtrace.{method}, which this sketchtrace lacks")
+        keys = jax.random.split(key, len(blocks.names))
+        out = {}
+        for k, name in zip(keys, blocks.names):
+            J = st.JacobianOperator(
+                lambda p, pts, name=name: blocks.block_residuals(name, p, pts),
+                params,
+                batch[name],
+                mode="fwd" if s == "input" else "bwd",
+            )
+            check_finite_residuals({name: J.value_flat}, where="ntk_traces")
+            extra = {} if mesh is None else {"mesh": mesh}
+            out[name] = fn(k, st.gram(J, side=s), num_matvecs=num_matvecs, **extra)
     return out
 
 
@@ -191,7 +226,17 @@ def _sharded_exact_traces(blocks, params, batch, mesh, chunk_size):
 def _values(traces) -> dict:
     if not isinstance(traces, Mapping) or not traces:
         raise TypeError(f"traces must be a non-empty dict block name -> Estimate or number; got {traces!r}")
-    return {n: jnp.asarray(getattr(t, "value", t)) for n, t in traces.items()}
+    out = {}
+    for n, t in traces.items():
+        v = getattr(t, "value", t)
+        if isinstance(v, (bool, np.bool_)) or not (
+            isinstance(v, (int, float, np.number)) or (hasattr(v, "dtype") and np.issubdtype(v.dtype, np.number))
+        ):
+            raise TypeError(
+                f"traces[{n!r}] must be a real number, a scalar array or an Estimate; got {type(v).__name__} {v!r}"
+            )
+        out[n] = jnp.asarray(v)
+    return out
 
 
 def ntk_weights(traces, *, rule="wang2022", cap=None, eps=1e-6, sizes=None, fallback=1.0):
