@@ -57,3 +57,48 @@ def map_keys(fn, keys):
     import jax
 
     return jax.jit(lambda ks: jax.lax.map(fn, ks))(keys)
+
+
+#: The relative bias every estimator's powered unbiasedness test must detect (power 0.99).
+DETECT_RTOL = 0.01
+
+
+def assert_unbiased_powered(samples, truth, *, rtol=DETECT_RTOL, false_alarm=1e-6, what="estimate"):
+    """Unbiasedness t-test that must also be able to detect a relative bias ``rtol`` (power 0.99).
+
+    Fails when the mean is off (``check_unbiased`` at ``false_alarm``) or when the test is
+    under-powered (``detectable_bias > rtol * |truth|``). Returns the report; its
+    ``relative_detectable_bias(truth)`` is the bias the test states it detects. Each caller
+    also shows that the same samples scaled by ``1 + rtol`` fail (:func:`assert_catches_scale`).
+    """
+    from sketchtrace.testing import check_power, check_unbiased
+
+    rep = check_unbiased(samples, truth, false_alarm=false_alarm)
+    assert rep.passed, f"{what}: " + rep.describe(truth)
+    check_power(rep, truth, rtol)
+    return rep
+
+
+def assert_catches_scale(samples, truth, *, rtol=DETECT_RTOL, false_alarm=1e-6):
+    """The powered test rejects the same samples scaled by ``1 + rtol`` (a deliberately biased estimator)."""
+    import pytest
+
+    with pytest.raises(AssertionError, match="standard errors"):
+        assert_unbiased_powered((1.0 + rtol) * np.asarray(samples, dtype=float), truth, rtol=rtol,
+                                false_alarm=false_alarm)
+
+
+def low_variance_matrix(n, *, shift=2.0, rank=0, noise=0.05, seed=0):
+    """``shift I + U diag(6, 4, 2)[:rank] U^T + noise E`` (``E`` symmetric, entries of size ``1/sqrt(n)``).
+
+    Small Hutchinson variance for Rademacher/sphere probes (the diagonal is sampled
+    exactly, the off-diagonal is small) and, with ``rank`` up to 3, a dominant low-rank
+    part that sketching estimators capture exactly: estimates with a relative spread of
+    a few percent, so a few thousand trials detect a 1% bias.
+    """
+    rng = np.random.default_rng(seed)
+    U, _ = np.linalg.qr(rng.standard_normal((n, max(rank, 1))))
+    E = rng.standard_normal((n, n))
+    E = (E + E.T) / np.sqrt(2 * n)
+    low = (U[:, :rank] * np.array([6.0, 4.0, 2.0][:rank])) @ U[:, :rank].T
+    return shift * np.eye(n) + low + noise * E

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import sketchtrace as st
-from sketchtrace.testing import assert_unbiased, check_unbiased, detectable_bias
+from sketchtrace.testing import assert_unbiased, check_power, check_unbiased, detectable_bias, trials_needed
 
 A = np.diag(np.arange(1.0, 9.0)) + 0.3
 
@@ -66,3 +66,32 @@ def test_bad_arguments():
         check_unbiased([1.0] * 19 + [np.nan], 1.0)
     with pytest.raises(TypeError, match="num_trials must be an int"):
         assert_unbiased(_hutch, 1.0, num_trials=10.5)
+
+
+def test_trials_needed_inverts_detectable_bias():
+    for std, bias, fa in ((1.0, 0.1, 1e-6), (3.0, 0.05, 1e-3), (0.5, 2.0, 1e-6)):
+        n = trials_needed(std, bias, false_alarm=fa)
+        assert detectable_bias(std, n, false_alarm=fa) <= bias
+        assert n == 10 or detectable_bias(std, n - 1, false_alarm=fa) > bias
+    with pytest.raises(ValueError, match="bias must be nonzero"):
+        trials_needed(1.0, 0.0)
+
+
+def test_check_power_rejects_an_underpowered_test():
+    """A passing test that could not have seen a 1% bias is reported as under-powered."""
+    rng = np.random.default_rng(2)
+    rep = check_unbiased(10.0 + rng.standard_normal(100), 10.0)  # detects ~0.7 = 7% of the truth
+    assert rep.passed and rep.relative_detectable_bias(10.0) > 0.05
+    with pytest.raises(AssertionError, match=r"under-powered.*about \d+ trials"):
+        check_power(rep, 10.0, 0.01)
+    assert check_power(rep, 10.0, 0.1) is rep
+    enough = trials_needed(rep.std, 0.09, false_alarm=1e-6)  # 10% margin for the spread of std
+    rep2 = check_unbiased(10.0 + rng.standard_normal(enough), 10.0)
+    check_power(rep2, 10.0, 0.01)  # sized by trials_needed: powerful enough (same spread, up to sampling)
+
+
+def test_assert_unbiased_detect_rtol():
+    with pytest.raises(AssertionError, match="under-powered"):
+        assert_unbiased(_hutch, np.trace(A), num_trials=20, detect_rtol=0.001)
+    rep = assert_unbiased(_hutch, np.trace(A), num_trials=300, detect_rtol=0.2)
+    assert rep.relative_detectable_bias(np.trace(A)) <= 0.2

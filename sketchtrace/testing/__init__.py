@@ -1,12 +1,20 @@
 """Testing helpers for trace estimators, ours and users' own.
 
 * :func:`assert_unbiased` / :func:`check_unbiased`: a t-test with a stated
-  false-alarm rate and power;
+  false-alarm rate and power; :func:`detectable_bias`, :func:`trials_needed` and
+  :func:`check_power` size it (the smallest bias detected with probability 0.99);
 * :mod:`sketchtrace.testing.strategies`: hypothesis strategies for test operators
   with exact traces (imported lazily; needs ``hypothesis``).
 """
 
-from ._unbiased import UnbiasednessReport, assert_unbiased, check_unbiased, detectable_bias
+from ._unbiased import (
+    UnbiasednessReport,
+    assert_unbiased,
+    check_power,
+    check_unbiased,
+    detectable_bias,
+    trials_needed,
+)
 
 
 def __getattr__(name):
@@ -17,4 +25,12 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["assert_unbiased", "check_unbiased", "detectable_bias", "UnbiasednessReport", "strategies"]
+__all__ = [
+    "UnbiasednessReport",
+    "assert_unbiased",
+    "check_power",
+    "check_unbiased",
+    "detectable_bias",
+    "strategies",
+    "trials_needed",
+]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 from scipy import stats
@@ -26,6 +27,10 @@ class UnbiasednessReport(NamedTuple):
     detectable_bias: float
     passed: bool
 
+    def relative_detectable_bias(self, truth) -> float:
+        """``detectable_bias / |truth|``: the smallest relative bias detected with probability 0.99."""
+        return self.detectable_bias / abs(float(truth)) if float(truth) != 0 else math.inf
+
     def describe(self, truth) -> str:
         return (
             f"mean {self.mean:.6g} vs truth {float(truth):.6g}: off by {self.z:+.2f} standard errors "
@@ -47,6 +52,34 @@ def detectable_bias(std, num_trials, *, false_alarm=1e-6, power=0.99) -> float:
     i.e. ``0.23 std``, with probability 0.99.
     """
     return (_threshold(num_trials, false_alarm) + float(stats.norm.isf(1 - power))) * std / math.sqrt(num_trials)
+
+
+def trials_needed(std, bias, *, false_alarm=1e-6, power=0.99) -> int:
+    """Fewest independent trials for which :func:`assert_unbiased` detects ``bias`` with probability ``power``.
+
+    The inverse of :func:`detectable_bias`: the smallest ``N`` with
+    ``detectable_bias(std, N) <= |bias|``. Size a test from a pilot estimate of the
+    spread ``std`` of one trial, e.g. ``trials_needed(std, 0.01 * truth)`` for a 1% bias.
+    """
+    std, bias = float(std), abs(float(bias))
+    if not (math.isfinite(std) and std >= 0):
+        raise ValueError(f"std must be finite and >= 0; got {std}")
+    if not bias > 0:
+        raise ValueError(f"bias must be nonzero; got {bias}")
+    z = float(stats.norm.isf(false_alarm / 2.0)) + float(stats.norm.isf(1 - power))
+    def enough(n):
+        return detectable_bias(std, n, false_alarm=false_alarm, power=power) <= bias
+
+    lo = max(10, math.ceil((z * std / bias) ** 2))  # the normal approximation: a lower bound
+    if enough(lo):
+        return lo
+    hi = 2 * lo
+    while not enough(hi):
+        lo, hi = hi, 2 * hi
+    while hi - lo > 1:  # bisect: enough(hi), not enough(lo)
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid, hi)
+    return hi
 
 
 def check_unbiased(samples, truth, *, false_alarm=1e-6, exact_rtol=1e-6) -> UnbiasednessReport:
@@ -80,7 +113,33 @@ def check_unbiased(samples, truth, *, false_alarm=1e-6, exact_rtol=1e-6) -> Unbi
     return UnbiasednessReport(mean, std, sem, z, thr, n, detectable_bias(std, n, false_alarm=false_alarm), abs(z) <= thr)
 
 
-def assert_unbiased(estimate_fn: Callable, truth, *, num_trials: int, false_alarm: float = 1e-6, seeds=None):
+def check_power(report: UnbiasednessReport, truth, rtol: float) -> UnbiasednessReport:
+    """Raise ``AssertionError`` when ``report``'s test cannot detect a relative bias ``rtol`` of ``truth``.
+
+    A test that passes says little unless it would have failed on the bias you care
+    about: this requires ``report.detectable_bias <= rtol * |truth|`` (power 0.99 at the
+    report's false-alarm rate) and says how many trials would be needed otherwise.
+    """
+    if not rtol > 0:
+        raise ValueError(f"rtol must be > 0; got {rtol!r}")
+    want = rtol * abs(float(truth))
+    if report.detectable_bias > want:
+        need = trials_needed(report.std, want, false_alarm=_false_alarm(report))
+        raise AssertionError(
+            f"the test is under-powered: it detects a bias of {report.detectable_bias:.3g} "
+            f"({report.detectable_bias / abs(float(truth)):.2%} of the truth) with probability 0.99, more than "
+            f"rtol={rtol:g}; about {need} trials would detect it (this spread), or use a lower-variance case"
+        )
+    return report
+
+
+def _false_alarm(report):
+    return 2.0 * float(stats.t.sf(report.threshold, report.num_trials - 1))
+
+
+def assert_unbiased(
+    estimate_fn: Callable, truth, *, num_trials: int, false_alarm: float = 1e-6, seeds=None, detect_rtol=None
+):
     """Assert that a randomized estimator is unbiased for ``truth``.
 
     Parameters
@@ -95,6 +154,10 @@ def assert_unbiased(estimate_fn: Callable, truth, *, num_trials: int, false_alar
         Number of independent trials (at least 10; a few hundred for heavy tails).
     false_alarm : float
         Probability that an unbiased estimator fails the test (two-sided t-test).
+    detect_rtol : float, optional
+        Also require the test to be powerful enough to detect a relative bias
+        ``detect_rtol`` of ``truth`` with probability 0.99 (see :func:`check_power`);
+        an under-powered test raises ``AssertionError`` saying how many trials it needs.
 
     Power: a bias ``b`` is detected with probability 0.99 when
     ``|b| >= (t + 2.33) * std / sqrt(num_trials)``, ``t`` the Student-t quantile at
@@ -115,4 +178,6 @@ def assert_unbiased(estimate_fn: Callable, truth, *, num_trials: int, false_alar
     report = check_unbiased(vals, truth, false_alarm=false_alarm)
     if not report.passed:
         raise AssertionError("estimator looks biased: " + report.describe(truth))
+    if detect_rtol is not None:
+        check_power(report, truth, detect_rtol)
     return report

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from hypothesis import strategies as hst
 
-__all__ = ["TestOperator", "psd_matrices", "symmetric_matrices", "mlp_jacobians", "SPECTRA"]
+__all__ = ["SPECTRA", "TestOperator", "mlp_jacobians", "psd_matrices", "symmetric_matrices"]
 
 
 class TestOperator(NamedTuple):
