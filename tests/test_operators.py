@@ -201,3 +201,113 @@ def test_jacobian_value_is_a_concrete_pytree(mode, pytree_case):
     expected = _pytree_f(params, x, 2.0)
     for k in expected:  # used outside the linearization: must not be a leaked tracer
         np.testing.assert_allclose(np.asarray(J.value[k]) + 0.0, expected[k], rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- the operator contract
+
+
+def _sym(n=6, seed=3):
+    A = np.random.default_rng(seed).standard_normal((n, n))
+    return A @ A.T + np.eye(n)
+
+
+def _mlp(p, x):
+    return {"a": jnp.tanh(x @ p["w"]), "b": jnp.sin(x @ p["w"]).sum(axis=0)}
+
+
+def _params():
+    return {"w": jnp.asarray(np.random.default_rng(4).standard_normal((3, 2)))}
+
+
+_X = jnp.asarray(np.random.default_rng(5).standard_normal((4, 3)))
+
+CONTRACT_OPS = {
+    "dense": lambda: st.as_operator(_sym()),
+    "sparse": lambda: st.as_operator(sp.csr_matrix(_sym())),
+    "function": lambda: st.FunctionOperator(lambda v: jnp.asarray(_sym()) @ v, 6, jnp.float64),
+    "transposed": lambda: st.as_operator(_sym()).T,
+    "gram-fwd": lambda: st.gram(st.JacobianOperator(_mlp, _params(), _X, mode="fwd")),
+    "gram-bwd": lambda: st.gram(st.JacobianOperator(_mlp, _params(), _X, mode="bwd"), side="output"),
+    "finite-difference": lambda: st.FiniteDifferenceGram(_mlp, _params(), _X, h=1e-6),
+}
+
+
+@pytest.mark.parametrize("name", list(CONTRACT_OPS))
+def test_operator_is_a_pytree_traced_under_jit(name):
+    """Every operator passed into jax.jit is traced like any argument (leaves become tracers)."""
+    op = CONTRACT_OPS[name]()
+    leaves, treedef = jax.tree.flatten(op)
+    rebuilt = jax.tree.unflatten(treedef, leaves)
+    assert type(rebuilt) is type(op) and rebuilt.shape == op.shape and rebuilt.block_names == op.block_names
+    V = jnp.asarray(np.random.default_rng(6).standard_normal((3, op.shape[1])))
+    eager = op.quad_forms(V)
+    seen = []
+
+    def f(o, V):
+        seen.append([isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(o)])
+        return o.quad_forms(V)
+
+    np.testing.assert_allclose(jax.jit(f)(op, V), eager, rtol=1e-10)
+    assert all(seen[0])  # every array leaf was traced, none baked in as a constant
+    est = jax.jit(lambda k, o: st.hutchinson(k, o, num_matvecs=4).value)(jax.random.key(0), op)
+    assert np.isclose(float(est), float(st.hutchinson(jax.random.key(0), op, num_matvecs=4).value), rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["dense", "sparse"])
+def test_operator_vmaps_over_a_stack(name):
+    op = CONTRACT_OPS[name]()
+
+    def two(a):  # the operator and twice it, one pytree (index arrays shared)
+        a = jnp.asarray(a)
+        return jnp.stack([a, 2 * a if jnp.issubdtype(a.dtype, jnp.floating) else a])
+
+    ops = jax.tree.map(two, op)
+    V = jnp.asarray(np.random.default_rng(7).standard_normal((2, op.shape[1])))
+    out = jax.vmap(lambda o: o.quad_forms(V))(ops)
+    one = op.quad_forms(V)
+    np.testing.assert_allclose(out[0], one, rtol=1e-10)
+    np.testing.assert_allclose(out[1], 2.0 * one, rtol=1e-10)
+
+
+def test_declared_structure():
+    A = _sym()
+    assert st.as_operator(A).symmetric is None and st.as_operator(A).psd is None
+    op = st.as_operator(A, psd=True)
+    assert op.symmetric is True and op.psd is True
+    assert st.gram(_rect()).psd is True and st.JacobianOperator(_mlp, _params(), _X).symmetric is False
+    with pytest.raises(ValueError, match="square"):
+        st.as_operator(_rect(), symmetric=True)
+    with pytest.raises(ValueError, match="psd=True requires"):
+        st.as_operator(A, symmetric=False, psd=True)
+    with pytest.raises(TypeError, match="symmetric"):
+        st.as_operator(A, symmetric="yes")
+    with pytest.raises(ValueError, match="by construction"):
+        st.gram(_rect()).with_structure(psd=False)
+    # estimators read the declaration: auto picks XNysTrace for a declared-PSD operator ...
+    key = jax.random.key(1)
+    with pytest.warns(RuntimeWarning, match="tolerance not met"):
+        auto = st.trace(key, op, rtol=1e-9, max_matvecs=4, first_matvecs=4)
+        nys = st.trace(key, op, rtol=1e-9, max_matvecs=4, first_matvecs=4, method="xnystrace")
+    assert float(auto.value) == float(nys.value)
+    # ... and XNysTrace refuses an operator declared not PSD
+    with pytest.raises(ValueError, match="psd=False"):
+        st.xnystrace(key, st.as_operator(A, psd=False), num_matvecs=4)
+
+
+def test_missing_products_refused_before_any_work():
+    calls = []
+
+    def f(p, x):
+        calls.append(1)
+        return _mlp(p, x)
+
+    op = st.FiniteDifferenceGram(f, _params(), _X, h=1e-6)
+    assert op.products == frozenset({"quad_forms"})
+    n0 = len(calls)
+    key = jax.random.key(2)
+    for est in (st.hutchpp, st.na_hutchpp, st.xtrace, st.xnystrace, st.diagonal):
+        with pytest.raises(ValueError, match="needs the product.*matmat"):
+            est(key, op, num_matvecs=6)
+    with pytest.raises(ValueError, match="matmat"):
+        st.trace(key, op, rtol=0.1, max_matvecs=6, method="xtrace")
+    assert len(calls) == n0  # nothing ran

@@ -11,10 +11,10 @@ import jax
 import numpy as np
 from scipy import stats
 
-from .._estimate import Estimate
 from typing import NamedTuple
 
-from ..operators import GramOperator
+from .._estimate import Estimate
+from ..operators import require_products
 from ..validation import check_choice, check_num_matvecs
 from ._common import (
     check_allow_exact,
@@ -55,11 +55,16 @@ def _check_real(x, name, *, positive=False, nonnegative=False):
 
 
 def resolve_method(method, op):
-    """``method="auto"``: ``"xnystrace"`` for Gram operators (PSD by construction), else ``"xtrace"``."""
+    """``method="auto"`` reads the operator's declaration: ``"hutchinson"`` when it has
+    only quadratic forms, ``"xnystrace"`` when declared PSD, else ``"xtrace"``."""
     check_choice(method, METHODS, name="method")
-    if method != "auto":
-        return method
-    return "xnystrace" if isinstance(op, GramOperator) else "xtrace"
+    if method == "auto":
+        if "matmat" not in op.products:
+            return "hutchinson"
+        return "xnystrace" if op.psd else "xtrace"
+    if method != "hutchinson":
+        require_products(op, ("matmat",), f"trace(method={method!r})")
+    return method
 
 
 def _round(bk, op, rk, prev, *, new, dt, sampler, chunk_size, n, improved, method):
@@ -194,7 +199,9 @@ def trace(
         test_vectors=test_vectors, sem_factor=sem_factor, check_psd=check_psd, allow_exact=allow_exact,
     )
     max_matvecs = check_num_matvecs(max_matvecs, name="max_matvecs")
-    bk, op, n, max_matvecs, chunk_size = setup(key, op, max_matvecs, chunk_size, backend, mesh)
+    bk, op, n, max_matvecs, chunk_size = setup(
+        key, op, max_matvecs, chunk_size, backend, mesh, method="trace", needs=("quad_forms",)
+    )
     p = p.for_operator(resolve_method(method, op), bk, op, n, max_matvecs, chunk_size)
     if p.first >= n and use_exact(p.first, n, allow_exact, f"trace(method={p.method!r})", can_oversample=p.per == 1):
         if n > max_matvecs:

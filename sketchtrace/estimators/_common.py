@@ -7,6 +7,7 @@ import warnings
 
 from .._estimate import Estimate
 from ..backends import get_backend
+from ..operators import require_products
 from ..validation import check_chunk_size, check_num_matvecs, check_square
 
 
@@ -26,14 +27,17 @@ def summarize(xp, Q, *, exact: bool):
     return value, xp.std(Q, axis=0, correction=1) / math.sqrt(k)
 
 
-def setup(key, op, num_matvecs, chunk_size, backend, mesh=None):
+def setup(key, op, num_matvecs, chunk_size, backend, mesh=None, *, method="estimator", needs=("matmat",)):
     """Validate the common arguments: ``(bk, op, n, num_matvecs, chunk_size)``.
 
     ``mesh``: shard the probe/sketch rows across devices (see :mod:`sketchtrace.sharding`).
+    ``needs``: the operator products ``method`` uses; an operator without one is
+    refused here, before any work.
     """
     num_matvecs = check_num_matvecs(num_matvecs)
     chunk_size = check_chunk_size(chunk_size)
     bk, op = get_backend(key, op, backend, mesh)
+    require_products(op, needs, method)
     n = check_square(op)
     return bk, op, n, num_matvecs, chunk_size
 

@@ -25,20 +25,18 @@ import dataclasses
 import functools
 import math
 import numbers
+import warnings
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .._estimate import Estimate
-from .._samplers import SAMPLERS, get_sampler
+from .._samplers import SAMPLERS
 from ..backends import backend_for_key, namespace_of
 from ..operators import LinearOperator
-from ..validation import check_chunk_size, check_choice, check_num_matvecs, is_concrete
+from ..validation import check_chunk_size, check_choice, check_num_matvecs
 
-_KIND = {"predictor_corrector": 1, "moving_average": 2}
-_SAMPLER_CODE = {"rademacher": 0, "gaussian": 1, "sphere": 2}
 _SEM_METHODS = ("auto", "replicas", "recursion")
 AUTO_GAMMA_MIN = 1e-4
 AUTO_GAMMA_WARMUP = 5  # observations before gamma='auto' leaves its start value
@@ -67,9 +65,10 @@ class DynamicState(NamedTuple):
         Number of updates so far.
     matvecs : int32 scalar
         Matvecs spent so far (init included).
-    config : (6,) int32 array
-        ``[kind, probe_dim, num_blocks, num_probes, sampler code, round(1e6 gamma)]``:
-        identifies the configuration so a state from another one is refused.
+
+    The state is data only: the configuration (kind, gamma, sampler, ...) lives in
+    the estimator object that made it, as with optax. A state of the wrong shape
+    (another ``num_probes`` or number of blocks) is refused.
     """
 
     estimate: Any
@@ -79,7 +78,6 @@ class DynamicState(NamedTuple):
     gamma: Any
     step: Any
     matvecs: Any
-    config: Any
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -148,13 +146,6 @@ def _check_gamma(gamma, name="gamma", allow_auto=True):
     return g
 
 
-def _sampler_code(sampler):
-    get_sampler(sampler)
-    if callable(sampler):
-        return -1
-    return _SAMPLER_CODE[sampler]
-
-
 def _dtype(d):
     """A NumPy dtype, or a torch dtype as it is (the torch backend's probes are torch)."""
     return d if type(d).__module__ == "torch" else np.dtype(d)
@@ -169,33 +160,46 @@ class _OpInfo(NamedTuple):
     B: int
 
 
+class _DuckQuadForms(LinearOperator):
+    """Deprecated: an object with only ``probe_dim``, ``blocks``, ``jax_dtype`` and ``quad_forms``."""
+
+    products = frozenset({"quad_forms"})
+
+    def __init__(self, obj):
+        n = int(obj.probe_dim)
+        self.obj, self.shape, self.blocks = obj, (n, n), obj.blocks
+        dt = getattr(obj, "jax_dtype", None)
+        self.dtype = np.dtype(obj.dtype if dt is None else dt)
+
+    def quad_forms(self, V):
+        return self.obj.quad_forms(V)
+
+
 def _prepare(bk, op, name):
-    """Accept a sketchtrace operator, a duck-typed quad-form object, or anything ``as_operator`` takes."""
+    """Prepare ``op`` (anything :func:`as_operator` takes) for the key's backend."""
     if op is None:
         raise TypeError(f"{name} must be an operator; got None")
     if not isinstance(op, LinearOperator) and hasattr(op, "quad_forms") and hasattr(op, "probe_dim"):
-        pass  # generic hook: probe_dim, blocks/block_names, jax_dtype/dtype, quad_forms(V)
-    else:
-        try:
-            op = bk.prepare(op)
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"{name}: {exc}") from exc
-    shape = getattr(op, "shape", None)
-    if shape is not None and len(shape) == 2 and shape[0] != shape[1]:
+        warnings.warn(
+            f"{name}: duck-typed quad-form objects are deprecated; subclass sketchtrace.LinearOperator "
+            "with products = frozenset({'quad_forms'}) (see docs/architecture.md)",
+            DeprecationWarning,
+            stacklevel=4,
+        )
+        op = _DuckQuadForms(op)
+    try:
+        op = bk.prepare(op)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{name}: {exc}") from exc
+    m, n = op.shape
+    if m != n:
         raise ValueError(
-            f"{name} must be square for trace estimation; got shape {tuple(shape)}. "
+            f"{name} must be square for trace estimation; got shape {tuple(op.shape)}. "
             "For a rectangular Jacobian J use sketchtrace.gram(J)."
         )
-    n = int(op.probe_dim)
-    dtype = getattr(op, "jax_dtype", None)
-    if dtype is None:
-        dtype = jax.dtypes.canonicalize_dtype(op.dtype)
-    blocks = getattr(op, "blocks", None)
-    names = getattr(op, "block_names", None)
-    if names is None and blocks is not None:
-        names = tuple(b[0] for b in blocks)
-    names = None if names is None else tuple(names)
-    return _OpInfo(op, n, _dtype(dtype), blocks, names, 1 if names is None else len(names))
+    names = op.block_names
+    B = 1 if names is None else len(names)
+    return _OpInfo(op, int(op.probe_dim), _dtype(bk.probe_dtype(op)), op.blocks, names, B)
 
 
 def _check_pair(a: _OpInfo, b: _OpInfo):
@@ -237,13 +241,6 @@ class DynamicTraceEstimator:
     chunk_size: int | None
 
     # -- configuration helpers
-    def _config(self, n, B, xp=jnp):
-        g = self.gamma
-        gcode = -1 if g == "auto" else int(round(1e6 * g))
-        return xp.asarray(
-            [_KIND[self.kind], n, B, self.num_probes, _sampler_code(self.sampler), gcode], dtype=xp.int32
-        )
-
     def _init_probes_per_replica(self):
         if self.init_matvecs is not None:
             return max(1, self.init_matvecs // self.num_probes)
@@ -272,16 +269,6 @@ class DynamicTraceEstimator:
             )
         if _dtype(est.dtype) != info.dtype:
             raise ValueError(f"state dtype {est.dtype} does not match the operator dtype {info.dtype}")
-        cfg = state.config
-        if tuple(getattr(cfg, "shape", ())) != (6,):
-            raise ValueError(f"state.config has shape {getattr(cfg, 'shape', None)}; expected (6,)")
-        if is_concrete(cfg):
-            got = np.asarray(cfg).tolist()
-            want = np.asarray(self._config(info.n, B, np)).tolist()
-            if got != want:
-                labels = ["kind", "probe_dim", "num_blocks", "num_probes", "sampler", "1e6*gamma"]
-                diff = ", ".join(f"{lab}: state {g} vs estimator {w}" for lab, g, w in zip(labels, got, want) if g != w)
-                raise ValueError(f"state comes from a different configuration ({diff})")
 
     # -- public API
     def init(self, key, op0) -> DynamicState:
@@ -326,7 +313,6 @@ class DynamicTraceEstimator:
             gamma=xp.full((B,), g0, dt),
             step=xp.zeros((), xp.int32),
             matvecs=xp.asarray(spent, xp.int32),
-            config=self._config(n, B, xp),
         )
 
     def update(self, key, state, op_prev, op_next):
@@ -476,7 +462,6 @@ def _step(self, state, x, y, xp):
         gamma=xp.astype(xp.asarray(new_gamma), dt),
         step=state.step + 1,
         matvecs=state.matvecs + spent,
-        config=state.config,
     )
     return new_state, spent
 
@@ -558,9 +543,9 @@ def predictor_corrector(
         operator without blocks, a dict ``name -> Estimate`` for a block operator;
         ``num_matvecs`` counts both operators (``2 * num_probes``).
 
-    Operators: anything :func:`as_operator` accepts, or any object with
-    ``probe_dim``, ``blocks`` / ``block_names``, ``jax_dtype`` (or ``dtype``) and
-    ``quad_forms(V) -> (k, B)`` (e.g. :class:`FiniteDifferenceGram`). A
+    Operators: anything :func:`as_operator` accepts, including operators with
+    quadratic forms only (e.g. :class:`FiniteDifferenceGram`); a custom operator
+    subclasses :class:`LinearOperator` (see docs/architecture.md). A
     ``numpy.random.Generator`` key runs on the numba backend when it is available.
 
     References

@@ -63,7 +63,7 @@ def hutchpp_parts(bk, key, op, n, num_matvecs, sampler, chunk_size):
 
 def _hutchpp_run(key, op, num_matvecs, sampler, chunk_size, backend, mesh=None, allow_exact=True):
     """``(bk, op, low, R, spent)``; ``R is None`` on the exact path (``low`` exact)."""
-    bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend, mesh)
+    bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend, mesh, method="hutchpp")
     if use_exact(m, n, allow_exact, "hutchpp", can_oversample=False):
         return bk, op, exact_blocks(bk, op, chunk_size), None, n
     check_minimum(m, 3, "hutchpp", "one sketch vector, one product with its basis, one Hutchinson probe")
@@ -190,7 +190,7 @@ def na_hutchpp(
     trace estimation", SOSA 2021, Algorithm 2. doi:10.1137/1.9781611976496.16,
     arXiv:2010.09649
     """
-    bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend, mesh)
+    bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend, mesh, method="na_hutchpp")
     if use_exact(m, n, allow_exact, "na_hutchpp", can_oversample=False):
         return exact_estimate(bk, op, chunk_size, n)
     check_minimum(m, 3, "na_hutchpp", "one vector for each of its sketches S and R and one Hutchinson probe")

@@ -192,7 +192,7 @@ def xtrace(
     arg = "sampler" if test_vectors is None else "test_vectors"
     sampler = resolve_sampler(sampler, test_vectors, default="improved", name="xtrace")
     sampler, improved = resolve_test_vectors(sampler, name=arg)
-    bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend, mesh)
+    bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend, mesh, method="xtrace")
     if use_exact(m, n, allow_exact, "xtrace", can_oversample=False):
         return exact_estimate(bk, op, chunk_size, n)
     check_minimum(m, 4, "xtrace", "two test vectors, each applied with its basis vector")
@@ -385,7 +385,11 @@ def xnystrace(
     arg = "sampler" if test_vectors is None else "test_vectors"
     sampler = resolve_sampler(sampler, test_vectors, default="improved", name="xnystrace")
     sampler, improved = resolve_test_vectors(sampler, name=arg)
-    bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend, mesh)
+    bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend, mesh, method="xnystrace")
+    if op.psd is False:
+        raise ValueError(
+            "xnystrace needs a positive semidefinite operator and op is declared psd=False; use xtrace"
+        )
     if use_exact(m, n, allow_exact, "xnystrace", can_oversample=False):
         return exact_estimate(bk, op, chunk_size, n)
     check_minimum(m, 2, "xnystrace", "two test vectors for the leave-one-out")

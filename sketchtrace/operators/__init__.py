@@ -17,6 +17,7 @@ from ._linear import (
     check_output,
     gram,
     make_blocks,
+    require_products,
 )
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "finite_difference_jvp",
     "gram",
     "make_blocks",
+    "require_products",
 ]
 
 # torch operators are loaded on first use, so that importing sketchtrace never imports torch

@@ -214,37 +214,37 @@ class FiniteDifferenceGram(LinearOperator):
     doi:10.1080/03610919008812866.
     """
 
+    symmetric = True
+    psd = True
+    products = frozenset({"quad_forms"})
+
     def __init__(self, f, x, *args, h=None, scheme="forward", value=None, blocks=None):
         if not callable(f):
             raise TypeError(f"f must be callable; got {type(f).__name__}")
         check_choice(scheme, SCHEMES, name="scheme")
         _flat_dtype(x, "x")
         x_flat, unravel = ravel_pytree(x)
-        self.scheme = scheme
-        self.x_flat = x_flat
-        self.unravel_input = unravel
-        self._f = f
-        self._args = args
-
-        def f_of_flat(xf):
-            return f(unravel(xf), *args)
-
-        self._f_of_flat = f_of_flat
+        self.f, self.args, self.scheme = f, args, scheme
+        self.x_flat, self.unravel_input = x_flat, unravel
         if value is None and scheme == "forward":
-            value = f_of_flat(x_flat)
+            value = self._f_of_flat(x_flat)
         self.value = value
-        tree = value if value is not None else jax.eval_shape(f_of_flat, x_flat)
+        tree = value if value is not None else jax.eval_shape(self._f_of_flat, x_flat)
         y_leaves = jax.tree.leaves(tree)
         for leaf in y_leaves:
             check_float_dtype(leaf.dtype, name="f(x) dtype")
-        self._out_size = int(sum(int(np.size(leaf)) for leaf in y_leaves))
+        out_size = int(sum(int(np.size(leaf)) for leaf in y_leaves))
         self.step = _resolve_step(h, scheme, x_flat)
-        n = int(x_flat.shape[0])
-        self.shape = (n, n)
         self.dtype = np.dtype(x_flat.dtype)
-        self.out_blocks = (
-            make_blocks(blocks, self._out_size) if blocks is not None else blocks_of_tree(tree)
-        )
+        self.out_blocks = make_blocks(blocks, out_size) if blocks is not None else blocks_of_tree(tree)
+
+    def _f_of_flat(self, xf):
+        return self.f(self.unravel_input(xf), *self.args)
+
+    @property
+    def shape(self):
+        n = int(self.x_flat.shape[0])
+        return (n, n)
 
     # the blocks of J^T J as a Gram operator are J's output blocks
     @property
@@ -253,9 +253,14 @@ class FiniteDifferenceGram(LinearOperator):
 
     def with_blocks(self, blocks):
         return FiniteDifferenceGram(
-            self._f, self.unravel_input(self.x_flat), *self._args, h=self.step, scheme=self.scheme,
+            self.f, self.unravel_input(self.x_flat), *self.args, h=self.step, scheme=self.scheme,
             value=self.value, blocks=blocks,
         )
+
+    def with_structure(self, *, symmetric=None, psd=None):
+        if symmetric is False or psd is False:
+            raise ValueError("a finite-difference Gram operator is symmetric positive semidefinite by construction")
+        return self
 
     def jvp_rows(self, V):
         """Finite-difference ``J v`` (flattened output) for each row ``v`` of ``V``: ``(k, m)``."""
@@ -276,6 +281,20 @@ class FiniteDifferenceGram(LinearOperator):
             "FiniteDifferenceGram only provides quadratic forms ||J v||^2 (quad_forms); for products "
             "use sketchtrace.gram(sketchtrace.JacobianOperator(f, x), side='input')"
         )
+
+
+def _fd_flatten(op):
+    return (op.x_flat, op.args, op.value, op.step), (op.f, op.unravel_input, op.scheme, op.dtype, op.out_blocks)
+
+
+def _fd_unflatten(aux, children):
+    op = object.__new__(FiniteDifferenceGram)
+    op.x_flat, op.args, op.value, op.step = children
+    op.f, op.unravel_input, op.scheme, op.dtype, op.out_blocks = aux
+    return op
+
+
+jax.tree_util.register_pytree_node(FiniteDifferenceGram, _fd_flatten, _fd_unflatten)
 
 
 class FiniteDifferenceBias(NamedTuple):

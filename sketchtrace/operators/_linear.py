@@ -121,15 +121,73 @@ def _canonical(dtype):
     return jax.dtypes.canonicalize_dtype(dtype)
 
 
+#: Every product an estimator may ask for.
+ALL_PRODUCTS = frozenset({"matmat", "rmatmat", "quad_forms"})
+
+
+def _check_structure(symmetric, psd):
+    for name, v in (("symmetric", symmetric), ("psd", psd)):
+        if v is not None and not isinstance(v, (bool, np.bool_)):
+            raise TypeError(f"{name} must be True, False or None (not declared); got {v!r}")
+    if psd and symmetric is False:
+        raise ValueError("psd=True requires a symmetric operator; got symmetric=False")
+    if psd:
+        symmetric = True
+    return (None if symmetric is None else bool(symmetric)), (None if psd is None else bool(psd))
+
+
+def _replace(op, **changes):
+    """A copy of ``op`` with some fields changed (no ``__init__``: operators validate once)."""
+    new = object.__new__(type(op))
+    new.__dict__.update(op.__dict__)
+    new.__dict__.update(changes)
+    return new
+
+
+def _pytree(data, meta):
+    """Register an operator class as a pytree: ``data`` fields are children (traced under
+    ``jax.jit``), ``meta`` fields static (hashable) data."""
+
+    def wrap(cls):
+        def flatten(op):
+            return tuple(getattr(op, f) for f in data), tuple(getattr(op, f) for f in meta)
+
+        def unflatten(aux, children):
+            op = object.__new__(cls)
+            op.__dict__.update(zip(data, children))
+            op.__dict__.update(zip(meta, aux))
+            return op
+
+        jax.tree_util.register_pytree_node(cls, flatten, unflatten)
+        return cls
+
+    return wrap
+
+
 # ----------------------------------------------------------------------------- base
 
 
 class LinearOperator:
-    """Base class of sketchtrace operators (shape, dtype and blocks known up front)."""
+    """Base class of sketchtrace operators: the operator contract.
+
+    Every operator declares, up front and without being called,
+
+    * ``shape`` ``(m, n)``, ``dtype`` and optional named ``blocks`` of output rows;
+    * its structure: ``symmetric`` and ``psd`` (``True``, ``False`` or ``None`` = not
+      declared); estimators read these instead of testing the operator's type;
+    * ``products``: which of ``matmat``, ``rmatmat`` and ``quad_forms`` it supports.
+      An estimator that needs a missing product refuses the operator before any work.
+
+    Every concrete operator is a JAX pytree: passed into ``jax.jit``, ``vmap`` or
+    ``shard_map`` its arrays are traced like any other argument.
+    """
 
     shape: tuple[int, int]
     dtype: np.dtype
     blocks: Blocks | None = None
+    symmetric: bool | None = None
+    psd: bool | None = None
+    products: frozenset = ALL_PRODUCTS
 
     # -- description
     @property
@@ -146,7 +204,16 @@ class LinearOperator:
         return _canonical(self.dtype)
 
     def with_blocks(self, blocks):
-        return dataclasses.replace(self, blocks=make_blocks(blocks, self.shape[0]))
+        return _replace(self, blocks=make_blocks(blocks, self.shape[0]))
+
+    def with_structure(self, *, symmetric=None, psd=None):
+        """A copy declaring ``symmetric`` / ``psd`` (``None`` keeps the current declaration)."""
+        symmetric = self.symmetric if symmetric is None else symmetric
+        psd = self.psd if psd is None else psd
+        symmetric, psd = _check_structure(symmetric, psd)
+        if symmetric and self.shape[0] != self.shape[1]:
+            raise ValueError(f"symmetric=True needs a square operator; shape is {self.shape}")
+        return _replace(self, symmetric=symmetric, psd=psd)
 
     # -- JAX application
     def matmat(self, V):  # pragma: no cover - abstract
@@ -174,15 +241,29 @@ class LinearOperator:
         return TransposedOperator(self)
 
 
+def require_products(op, needed, method: str):
+    """Refuse ``op`` before any work when it lacks a product ``method`` uses."""
+    missing = sorted(set(needed) - set(getattr(op, "products", ALL_PRODUCTS)))
+    if missing:
+        raise ValueError(
+            f"{method} needs the product(s) {', '.join(missing)}, which {type(op).__name__} does not "
+            f"provide (it supports {', '.join(sorted(op.products))}); use an estimator built on "
+            "quadratic forms (hutchinson, block_traces) or an operator with those products"
+        )
+
+
 # ----------------------------------------------------------------------------- concrete
 
 
+@_pytree(data=("A",), meta=("blocks", "symmetric", "psd"))
 @dataclasses.dataclass(frozen=True, eq=False)
 class DenseOperator(LinearOperator):
-    """A dense NumPy or JAX matrix. Registered as a pytree (the matrix is a leaf)."""
+    """A dense NumPy or JAX matrix (the matrix is the pytree leaf)."""
 
     A: Any
     blocks: Blocks | None = None
+    symmetric: bool | None = None
+    psd: bool | None = None
 
     @property
     def shape(self):
@@ -202,51 +283,73 @@ class DenseOperator(LinearOperator):
         return block_sums(V * (V @ jnp.asarray(self.A).T), self.blocks)
 
 
-jax.tree_util.register_pytree_node(
-    DenseOperator,
-    lambda op: ((op.A,), op.blocks),
-    lambda blocks, leaves: DenseOperator(leaves[0], blocks),
-)
-
-
+@_pytree(data=("data", "indices", "indptr"), meta=("num_cols", "blocks", "symmetric", "psd"))
 @dataclasses.dataclass(frozen=True, eq=False)
 class SparseOperator(LinearOperator):
-    """A ``scipy.sparse`` matrix (converted once to CSR; to a JAX BCOO on first JAX use)."""
+    """A CSR matrix held as its three arrays (the pytree leaves).
 
-    S: Any
+    Built from ``scipy.sparse`` by :func:`as_operator`; ``S`` gives the SciPy matrix
+    back (no copy) for the numba backend. The JAX products build a ``BCOO`` view of
+    the same arrays, so a traced operator works under ``jax.jit``.
+    """
+
+    data: Any
+    indices: Any
+    indptr: Any
+    num_cols: int
     blocks: Blocks | None = None
+    symmetric: bool | None = None
+    psd: bool | None = None
+
+    @classmethod
+    def from_scipy(cls, S, blocks=None, symmetric=None, psd=None):
+        S = S.tocsr()
+        return cls(S.data, S.indices, S.indptr, int(S.shape[1]), blocks, symmetric, psd)
 
     @property
     def shape(self):
-        return tuple(self.S.shape)
+        return (int(self.indptr.shape[0]) - 1, self.num_cols)
 
     @property
     def dtype(self):
-        return np.dtype(self.S.dtype)
+        return np.dtype(self.data.dtype)
 
     @property
-    def bcoo(self):
-        cached = self.__dict__.get("_bcoo")
-        if cached is None:
-            from jax.experimental import sparse as jsparse
+    def S(self):
+        import scipy.sparse as sp
 
-            cached = jsparse.BCOO.from_scipy_sparse(self.S.astype(_canonical(self.dtype)))
-            object.__setattr__(self, "_bcoo", cached)
-        return cached
+        arrays = (np.asarray(self.data), np.asarray(self.indices), np.asarray(self.indptr))
+        return sp.csr_matrix(arrays, shape=self.shape)
+
+    def _bcoo(self):
+        from jax.experimental import sparse as jsparse
+
+        m, nnz = self.shape[0], int(self.data.shape[0])
+        counts = jnp.diff(jnp.asarray(self.indptr))
+        rows = jnp.repeat(jnp.arange(m, dtype=jnp.int32), counts, total_repeat_length=nnz)
+        idx = jnp.stack([rows, jnp.asarray(self.indices, jnp.int32)], axis=1)
+        data = jnp.asarray(self.data).astype(self.jax_dtype)
+        return jsparse.BCOO((data, idx), shape=self.shape, indices_sorted=True, unique_indices=True)
 
     def matmat(self, V):
-        return (self.bcoo @ V.T).T
+        return (self._bcoo() @ V.T).T
 
     def rmatmat(self, U):
-        return (self.bcoo.T @ U.T).T
+        return (self._bcoo().T @ U.T).T
 
 
+@_pytree(data=(), meta=("L", "blocks", "symmetric", "psd"))
 @dataclasses.dataclass(frozen=True, eq=False)
 class ScipyOperator(LinearOperator):
-    """A ``scipy.sparse.linalg.LinearOperator``; on JAX it runs through ``pure_callback``."""
+    """A ``scipy.sparse.linalg.LinearOperator``; on JAX it runs through ``pure_callback``.
+
+    Host code cannot be traced: the SciPy operator is static pytree data (hashed by identity).
+    """
 
     L: Any
     blocks: Blocks | None = None
+    symmetric: bool | None = None
+    psd: bool | None = None
 
     @property
     def shape(self):
@@ -282,6 +385,7 @@ def check_output(y, shape, dtype, *, what="operator"):
     return y.astype(dtype, copy=False)
 
 
+@_pytree(data=(), meta=("fn", "shape", "dtype", "rmatvec_fn", "blocks", "symmetric", "psd"))
 @dataclasses.dataclass(frozen=True, eq=False)
 class FunctionOperator(LinearOperator):
     """A bare linear callable ``matvec(v) -> A v`` with declared shape and dtype.
@@ -299,6 +403,11 @@ class FunctionOperator(LinearOperator):
         ``jax.linear_transpose`` (which requires ``matvec`` to be linear JAX code).
     blocks : mapping, optional
         Named partition of the output rows (see :func:`as_operator`).
+    symmetric, psd : bool, optional
+        Declared structure (see :class:`LinearOperator`).
+
+    The callables are static pytree data: arrays they close over are constants
+    under ``jax.jit``.
     """
 
     fn: Callable
@@ -306,19 +415,23 @@ class FunctionOperator(LinearOperator):
     dtype: Any
     rmatvec_fn: Callable | None = None
     blocks: Blocks | None = None
+    symmetric: bool | None = None
+    psd: bool | None = None
 
-    def __init__(self, matvec, shape, dtype, *, rmatvec=None, blocks=None):
+    def __init__(self, matvec, shape, dtype, *, rmatvec=None, blocks=None, symmetric=None, psd=None):
         if not callable(matvec):
             raise TypeError(f"matvec must be callable; got {type(matvec).__name__}")
+        if rmatvec is not None and not callable(rmatvec):
+            raise TypeError(f"rmatvec must be callable or None; got {type(rmatvec).__name__}")
         shape = _as_shape(shape)
+        symmetric, psd = _check_structure(symmetric, psd)
         object.__setattr__(self, "fn", matvec)
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "dtype", check_float_dtype(dtype))
         object.__setattr__(self, "rmatvec_fn", rmatvec)
         object.__setattr__(self, "blocks", make_blocks(blocks, shape[0]))
-
-    def with_blocks(self, blocks):
-        return FunctionOperator(self.fn, self.shape, self.dtype, rmatvec=self.rmatvec_fn, blocks=blocks)
+        object.__setattr__(self, "symmetric", symmetric)
+        object.__setattr__(self, "psd", psd)
 
     def validate_jax(self):
         """Check abstractly (``jax.eval_shape``, no FLOPs) that matvec fits the declaration."""
@@ -349,6 +462,7 @@ class FunctionOperator(LinearOperator):
         return jax.vmap(lambda u: transpose(u)[0])(U)
 
 
+@_pytree(data=("base",), meta=("blocks",))
 @dataclasses.dataclass(frozen=True, eq=False)
 class TransposedOperator(LinearOperator):
     """``A^T`` of an operator that has a transpose product."""
@@ -364,6 +478,14 @@ class TransposedOperator(LinearOperator):
     def dtype(self):
         return self.base.dtype
 
+    @property
+    def symmetric(self):
+        return self.base.symmetric
+
+    @property
+    def psd(self):
+        return self.base.psd
+
     def matmat(self, V):
         return self.base.rmatmat(V)
 
@@ -371,6 +493,10 @@ class TransposedOperator(LinearOperator):
         return self.base.matmat(U)
 
 
+@_pytree(
+    data=("jvp", "vjp", "value_flat"),
+    meta=("mode", "shape", "dtype", "blocks", "unravel_input", "unravel_output", "x_struct", "y_struct"),
+)
 class JacobianOperator(LinearOperator):
     """The Jacobian ``J = df/dx`` of a JAX function at ``x``, linearized once.
 
@@ -390,66 +516,69 @@ class JacobianOperator(LinearOperator):
     The operator acts on flat vectors of length ``n = size(x)`` and returns flat
     vectors of length ``m = size(y)``; ``unravel_input`` / ``unravel_output`` map
     back to the pytrees. If ``y`` is a dict, its top-level keys are the blocks.
-    ``value`` holds ``f(x, *args)``.
+    ``value`` holds ``f(x, *args)``. The pytree leaves are the linearization's
+    residuals (``jax.linearize`` and ``jax.vjp`` return pytrees).
     """
 
     def __init__(self, f, x, *args, mode="fwd", blocks=None):
         check_choice(mode, ("fwd", "bwd"), name="mode")
         if not callable(f):
             raise TypeError(f"f must be callable; got {type(f).__name__}")
-        x_flat, self.unravel_input = ravel_pytree(x)
+        x_flat, unravel_input = ravel_pytree(x)
         check_float_dtype(x_flat.dtype, name="x dtype")
         out_info = {}
 
         def flat_f(xf):
-            y = f(self.unravel_input(xf), *args)
-            y_flat, unravel = ravel_pytree(y)
-            out_info["tree"], out_info["unravel"] = y, unravel  # tree: structure only (block names)
+            y_flat, out_info["unravel"] = ravel_pytree(f(unravel_input(xf), *args))
             return y_flat
 
-        self.mode = mode
         if mode == "fwd":
-            y_flat, self._jvp = jax.linearize(flat_f, x_flat)
-            self._vjp = None
+            y_flat, self.jvp = jax.linearize(flat_f, x_flat)
+            self.vjp = None
         else:
-            y_flat, vjp = jax.vjp(flat_f, x_flat)
-            self._vjp = lambda u: vjp(u)[0]
-            self._jvp = None
+            y_flat, self.vjp = jax.vjp(flat_f, x_flat)
+            self.jvp = None
         check_float_dtype(y_flat.dtype, name="f(x) dtype")
-        self.value_flat = y_flat
-        self.unravel_output = out_info["unravel"]
-        self.value = self.unravel_output(y_flat)  # not out_info["tree"]: that one is a tracer
+        self.mode, self.value_flat = mode, y_flat
+        self.unravel_input, self.unravel_output = unravel_input, out_info["unravel"]
         self.shape = (int(y_flat.shape[0]), int(x_flat.shape[0]))
         self.dtype = np.dtype(jnp.result_type(x_flat.dtype, y_flat.dtype))
-        self._x_struct = jax.ShapeDtypeStruct(x_flat.shape, x_flat.dtype)
-        self._y_struct = jax.ShapeDtypeStruct(y_flat.shape, y_flat.dtype)
+        self.x_struct = jax.ShapeDtypeStruct(x_flat.shape, x_flat.dtype)
+        self.y_struct = jax.ShapeDtypeStruct(y_flat.shape, y_flat.dtype)
         self.blocks = make_blocks(blocks, self.shape[0]) if blocks is not None else blocks_of_tree(self.value)
 
-    def with_blocks(self, blocks):
-        new = object.__new__(JacobianOperator)
-        new.__dict__.update(self.__dict__)
-        new.blocks = make_blocks(blocks, self.shape[0])
-        return new
+    @property
+    def symmetric(self):
+        return False if self.shape[0] != self.shape[1] else None
+
+    @property
+    def value(self):
+        """``f(x, *args)`` as the original pytree."""
+        return self.unravel_output(self.value_flat)
+
+    def with_structure(self, *, symmetric=None, psd=None):
+        raise TypeError("a Jacobian's structure cannot be declared; gram(J) is the PSD operator built from it")
 
     def _jvp_fn(self):
-        if self._jvp is None:
-            t = jax.linear_transpose(self._vjp, self._y_struct)
-            self._jvp = lambda v: t(v)[0]
-        return self._jvp
+        if self.jvp is not None:
+            return self.jvp
+        t = jax.linear_transpose(self._vjp_fn(), self.y_struct)
+        return lambda v: t(v)[0]
 
     def _vjp_fn(self):
-        if self._vjp is None:
-            t = jax.linear_transpose(self._jvp, self._x_struct)
-            self._vjp = lambda u: t(u)[0]
-        return self._vjp
+        if self.vjp is not None:
+            return lambda u: self.vjp(u)[0]
+        t = jax.linear_transpose(self.jvp, self.x_struct)
+        return lambda u: t(u)[0]
 
     def matmat(self, V):
-        return jax.vmap(self._jvp_fn())(V.astype(self._x_struct.dtype))
+        return jax.vmap(self._jvp_fn())(V.astype(self.x_struct.dtype))
 
     def rmatmat(self, U):
-        return jax.vmap(self._vjp_fn())(U.astype(self._y_struct.dtype))
+        return jax.vmap(self._vjp_fn())(U.astype(self.y_struct.dtype))
 
 
+@_pytree(data=("J",), meta=("side",))
 class GramOperator(LinearOperator):
     """``J J^T`` (``side="output"``) or ``J^T J`` (``side="input"``) of an operator ``J``.
 
@@ -459,18 +588,37 @@ class GramOperator(LinearOperator):
     are the output blocks of ``J``: block ``b``'s trace is ``tr(J_b J_b^T) = ||J_b||_F^2``
     on either side (on the output side each block costs one ``J^T`` product per probe,
     with the probe restricted to the block). One probe counts as one matvec.
+    Declared symmetric and positive semidefinite.
     """
 
+    symmetric = True
+    psd = True
+
     def __init__(self, J, side):
+        check_choice(side, ("output", "input"), name="side")
         self.J = J
         self.side = side
-        m, n = J.shape
-        self.shape = (n, n) if side == "input" else (m, m)
-        self.dtype = J.dtype
-        self.blocks = J.blocks
+
+    @property
+    def shape(self):
+        m, n = self.J.shape
+        return (n, n) if self.side == "input" else (m, m)
+
+    @property
+    def dtype(self):
+        return self.J.dtype
+
+    @property
+    def blocks(self):
+        return self.J.blocks
 
     def with_blocks(self, blocks):
         return GramOperator(self.J.with_blocks(blocks), self.side)
+
+    def with_structure(self, *, symmetric=None, psd=None):
+        if symmetric is False or psd is False:
+            raise ValueError("a Gram operator is symmetric positive semidefinite by construction")
+        return self
 
     def matmat(self, V):
         if self.side == "input":
@@ -536,7 +684,7 @@ def _from_lineax(obj, blocks):
     )
 
 
-def as_operator(obj, *, blocks=None) -> LinearOperator:
+def as_operator(obj, *, blocks=None, symmetric=None, psd=None) -> LinearOperator:
     """Wrap what the user has as a sketchtrace operator.
 
     Accepts NumPy or JAX 2-D arrays (integer/boolean arrays are converted to
@@ -551,6 +699,10 @@ def as_operator(obj, *, blocks=None) -> LinearOperator:
         Named partition of the output rows, ``{name: size}`` in order (or
         ``{name: slice}``). Block estimators return one estimate per block, all
         from shared probes.
+    symmetric, psd : bool, optional
+        Declared structure (see :class:`LinearOperator`). Estimators read it: the
+        adaptive :func:`trace` picks XNysTrace for a PSD operator, :func:`xnystrace`
+        refuses an operator declared not PSD.
     """
     if isinstance(obj, LinearOperator):
         op = obj
@@ -564,12 +716,13 @@ def as_operator(obj, *, blocks=None) -> LinearOperator:
         op = DenseOperator(_native_float(obj))
     elif _is_scipy_sparse(obj):
         check_float_dtype(obj.dtype, name="op dtype")
-        op = SparseOperator(_native_float(obj).tocsr())
+        op = SparseOperator.from_scipy(_native_float(obj))
     elif _is_scipy_linop(obj):
         check_float_dtype(obj.dtype, name="op dtype")
         op = ScipyOperator(obj)
     elif _is_lineax(obj):
-        return _from_lineax(obj, blocks)
+        op = _from_lineax(obj, blocks)
+        blocks = None
     elif callable(obj):
         raise TypeError(
             "op: a bare callable has no declared shape or dtype; wrap it as "
@@ -582,6 +735,8 @@ def as_operator(obj, *, blocks=None) -> LinearOperator:
         )
     if blocks is not None:
         op = op.with_blocks(blocks)
+    if symmetric is not None or psd is not None:
+        op = op.with_structure(symmetric=symmetric, psd=psd)
     return op
 
 
