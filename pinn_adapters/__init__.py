@@ -7,7 +7,7 @@ functions that need them; importing this package needs only JAX and sketchtrace.
 from . import problems
 from ._blocks import MixedBlock, ResidualBlocks
 from ._ntk import ntk_traces, ntk_weights
-from .app import TrainResult, TrainState, load_checkpoint, save_checkpoint, train
+from .app import NonFiniteError, TrainResult, TrainState, load_checkpoint, save_checkpoint, train
 from ._weighting import NTKWeighting, WeightingState, ntk_weighting
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "train",
     "TrainResult",
     "TrainState",
+    "NonFiniteError",
     "save_checkpoint",
     "load_checkpoint",
     "problems",
