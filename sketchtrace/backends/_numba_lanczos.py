@@ -10,8 +10,9 @@ after the product makes two passes over the vectors:
 
 then scales ``w`` into the next vector. As in :mod:`._numba_kernels`, the row chunks
 are fixed (``CHUNK_ROWS`` rows) and partial sums are reduced serially, so results do
-not depend on the thread count. Full reorthogonalisation and kept bases use the
-generic NumPy driver (:func:`sketchtrace.backends._krylov.lanczos_numpy`).
+not depend on the thread count. Small blocks (``n k < SERIAL_WORK / 4``), full
+reorthogonalisation and kept bases use the generic NumPy driver
+(:func:`sketchtrace.backends._krylov.lanczos_numpy`).
 """
 
 from __future__ import annotations
@@ -54,23 +55,19 @@ def _scale(W, inv):
                 W[i, p] *= inv[p]
 
 
-# each kernel twice: row-parallel (cached on disk), and serial for small blocks (where waking threads costs more)
-_KERNELS = {
-    parallel: tuple(njit(nogil=True, cache=parallel, parallel=parallel)(fn) for fn in (_dot_partials, _three_term, _scale))
-    for parallel in (True, False)
-}
+_PJIT = njit(nogil=True, cache=True, parallel=True)
+_dot_partials, _three_term, _scale = _PJIT(_dot_partials), _PJIT(_three_term), _PJIT(_scale)
 
 
 def lanczos_numba(matmat, Z, num_steps, *, reorthogonalize=False, keep_basis=False):
     """Same contract as :func:`sketchtrace.backends._krylov.lanczos_numpy` (numba-parallel updates)."""
-    if reorthogonalize or keep_basis:
-        return lanczos_numpy(matmat, Z, num_steps, reorthogonalize=reorthogonalize, keep_basis=keep_basis)
     k, n = Z.shape
+    if reorthogonalize or keep_basis or n * k < SERIAL_WORK // 4:  # small blocks: NumPy beats waking threads
+        return lanczos_numpy(matmat, Z, num_steps, reorthogonalize=reorthogonalize, keep_basis=keep_basis)
     dt = Z.dtype
-    dot_partials, three_term, scale = _KERNELS[n * k >= SERIAL_WORK // 4]
     QT = np.ascontiguousarray(Z.T)  # (n, k) entry-major
     norms = np.sqrt(np.einsum("ip,ip->p", QT, QT))
-    scale(QT, np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0).astype(dt))
+    _scale(QT, np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0).astype(dt))
     QpT = np.zeros_like(QT)
     partials = np.empty(((n + CHUNK_ROWS - 1) // CHUNK_ROWS, k), dt)
     alpha, beta = np.zeros((k, num_steps), dt), np.zeros((k, num_steps), dt)
@@ -78,13 +75,13 @@ def lanczos_numba(matmat, Z, num_steps, *, reorthogonalize=False, keep_basis=Fal
     tol = breakdown_tol(dt, n)
     for j in range(num_steps):
         WT = np.ascontiguousarray(np.asarray(matmat(QT.T), dtype=dt).T)  # a view for CSR products: no copy
-        dot_partials(QT, WT, partials)
+        _dot_partials(QT, WT, partials)
         a = partials.sum(axis=0)
-        three_term(WT, QT, QpT, a, b_prev, partials)
+        _three_term(WT, QT, QpT, a, b_prev, partials)
         b = np.sqrt(partials.sum(axis=0))
         alive = b > tol * (np.abs(a) + b_prev + b)
         b = np.where(alive, b, 0.0).astype(dt)
-        scale(WT, np.where(alive, 1.0 / np.where(alive, b, 1.0), 0.0).astype(dt))
+        _scale(WT, np.where(alive, 1.0 / np.where(alive, b, 1.0), 0.0).astype(dt))
         alpha[:, j], beta[:, j] = a, b
         QpT, QT, b_prev = QT, WT, b
     return alpha, beta, None, norms
