@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .validation import check_output_path
+from .validation import check_output_path, option_int
 
 PLUGIN_GROUP = "sketchtrace.commands"
 TRACE_METHODS = ("hutchinson", "hutchpp", "na_hutchpp", "xtrace", "xnystrace")
@@ -169,25 +169,6 @@ def run_trace(args) -> dict:
     return {"source": source, "results": rows}
 
 
-def _int_at_least(minimum):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {value}")
-        return value
-
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
-
-
-#: ``argparse`` types naming what is expected (argparse adds the option's name).
-nonnegative_int = _int_at_least(0)
-positive_int = _int_at_least(1)
-
-
 class Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line (no usage block), exit status 2."""
 
@@ -203,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("path", nargs="?", help="matrix file: Matrix Market .mtx, scipy sparse .npz, or .npy")
     t.add_argument("--demo", action="store_true", help="use the built-in demo matrix (compares all methods)")
     t.add_argument("--method", default=None, help=f"one of {', '.join(TRACE_METHODS)} (default hutchinson)")
-    t.add_argument("--matvecs", type=positive_int, default=60, help="matvec budget (default 60)")
-    t.add_argument("--seed", type=nonnegative_int, default=0)
+    t.add_argument("--matvecs", type=option_int(1), default=60, help="matvec budget (default 60)")
+    t.add_argument("--seed", type=option_int(0), default=0)
     t.add_argument("--backend", choices=("jax", "numba"), default="jax")
     t.add_argument("--x64", action="store_true", help="run JAX in float64")
     t.add_argument("--json", default=None, help="also write the results to this JSON file")

@@ -182,3 +182,21 @@ def check_output_dir(path, *, name: str = "output directory"):
     if not os.access(probe, os.W_OK | os.X_OK):
         raise PermissionError(f"{name}: {probe!r} is not writable (needed for {path!r})")
     return path
+
+
+def option_int(minimum: int):
+    """An ``argparse`` type: an integer ``>= minimum``; argparse names the option in the error
+    (``argument --seed: expected an integer >= 0; got -1``)."""
+    import argparse
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse

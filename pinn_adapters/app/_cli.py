@@ -6,8 +6,7 @@ entry-point group; sketchtrace's command line calls it with its subparsers.
 
 from __future__ import annotations
 
-from sketchtrace.cli import nonnegative_int, positive_int
-from sketchtrace.validation import check_output_dir
+from sketchtrace.validation import check_output_dir, option_int
 
 from ._experiment import PROBLEMS, WaveConfig, compare, fd_bias, run_wave
 from ._sweep import register as register_sweep
@@ -18,16 +17,16 @@ def register(sub):
     w = sub.add_parser("pinn", help="the main job: train a PINN with NTK weights (see docs/pinn-wave.md)")
     w.add_argument("problem", help="built-in problem: wave (Wang et al. 1D wave equation) or qtensor (2D Q-tensor flow)")
     w.add_argument("--weights", choices=("none", "exact", "hutchinson", "pc"), default=None, help="default pc")
-    w.add_argument("--exact-every", type=positive_int, default=None, help="refresh exact weights every N steps (default 100)")
-    w.add_argument("--steps", type=positive_int, default=None, help="Adam steps (default 3000)")
-    w.add_argument("--width", type=positive_int, default=None, help="hidden width (default 64)")
-    w.add_argument("--depth", type=positive_int, default=None, help="hidden layers (default 3)")
-    w.add_argument("--seed", type=nonnegative_int, default=None)
-    w.add_argument("--log-every", type=positive_int, default=None)
-    w.add_argument("--n-res", type=positive_int, default=None, help="interior points per batch (default 300)")
-    w.add_argument("--n-bc", type=positive_int, default=None, help="points per boundary/initial piece (default 100)")
+    w.add_argument("--exact-every", type=option_int(1), default=None, help="refresh exact weights every N steps (default 100)")
+    w.add_argument("--steps", type=option_int(1), default=None, help="Adam steps (default 3000)")
+    w.add_argument("--width", type=option_int(1), default=None, help="hidden width (default 64)")
+    w.add_argument("--depth", type=option_int(1), default=None, help="hidden layers (default 3)")
+    w.add_argument("--seed", type=option_int(0), default=None)
+    w.add_argument("--log-every", type=option_int(1), default=None)
+    w.add_argument("--n-res", type=option_int(1), default=None, help="interior points per batch (default 300)")
+    w.add_argument("--n-bc", type=option_int(1), default=None, help="points per boundary/initial piece (default 100)")
     w.add_argument("--gamma", type=float, default=None, help="predictor-corrector damping (default 0.1)")
-    w.add_argument("--probes", dest="num_probes", type=positive_int, default=None, help="probes per step (default 1)")
+    w.add_argument("--probes", dest="num_probes", type=option_int(1), default=None, help="probes per step (default 1)")
     w.add_argument("--config", default=None, help="JSON file with WaveConfig keys (flags override it)")
     w.add_argument("--out", default=None, help="output directory (default runs/PROBLEM)")
     w.add_argument("--compare", action="store_true", help="run none, exact/100, exact/1 and pc with the same seed")
