@@ -22,10 +22,14 @@ PER_SAMPLE = ("auto", "vmap", "loop")
 
 
 def module_params(module) -> dict:
-    """The module's trainable parameters, detached: ``{name: tensor}``."""
+    """A snapshot of the module's trainable parameters: ``{name: detached copy}``.
+
+    A copy, not a view: an optimizer step updates the module in place, and
+    ``params_prev`` must keep the values from before it.
+    """
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"module must be a torch.nn.Module; got {type(module).__name__}")
-    params = {k: v.detach() for k, v in module.named_parameters() if v.requires_grad}
+    params = {k: v.detach().clone() for k, v in module.named_parameters() if v.requires_grad}
     if not params:
         raise ValueError("module has no trainable parameters")
     return params

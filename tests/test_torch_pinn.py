@@ -1,0 +1,311 @@
+"""pinn_adapters.torch: NTK traces and weights for torch PINNs, and the PINA and DeepXDE adapters.
+
+Every exact trace is checked against an independently computed Jacobian (the host's own
+residual path and ``torch.autograd``), float64, to 1e-5 relative or better.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from torch.func import grad, vmap  # noqa: E402
+
+import pinn_adapters.torch as pt  # noqa: E402
+from pinn_adapters import ntk_weights  # noqa: E402
+from sketchtrace.testing import assert_unbiased  # noqa: E402
+
+
+@pytest.fixture
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(int(seed))
+
+
+def _net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).double()
+
+
+def pde_func(model, x):  # u'' + pi^2 sin(pi x), written with torch.func
+    def u(xi):
+        return model(xi.reshape(1, 1)).reshape(())
+
+    return vmap(grad(grad(u)))(x.reshape(-1)) + torch.pi**2 * torch.sin(torch.pi * x.reshape(-1))
+
+
+def pde_autograd(model, x):  # the same residual written with torch.autograd (PINA/DeepXDE style)
+    x = x.clone().requires_grad_(True)
+    u = model(x)
+    (ux,) = torch.autograd.grad(u.sum(), x, create_graph=True)
+    (uxx,) = torch.autograd.grad(ux.sum(), x, create_graph=True)
+    return (uxx + torch.pi**2 * torch.sin(torch.pi * x)).reshape(-1)
+
+
+def bc(model, x):
+    return model(x).reshape(-1)
+
+
+BATCH = {"pde": torch.linspace(0, 1, 12, dtype=torch.float64)[:, None], "bc": torch.tensor([[0.0], [1.0]], dtype=torch.float64)}
+
+
+def independent_traces(net, fns, batch):
+    """||J_b||_F^2 from the full Jacobian (torch.autograd.functional.jacobian over the parameters)."""
+    names = [k for k, _ in net.named_parameters()]
+    leaves = tuple(p.detach() for p in net.parameters())
+    out = {}
+    for block, fn in fns.items():
+        def res(*ps, fn=fn, pts=batch[block]):
+            return fn(lambda x: torch.func.functional_call(net, dict(zip(names, ps)), (x,)), pts)
+
+        jac = torch.autograd.functional.jacobian(res, leaves)
+        out[block] = float(sum(j.square().sum() for j in jac))
+    return out
+
+
+@pytest.fixture(scope="module")
+def blocks():
+    net = _net()
+    return pt.TorchResidualBlocks(net, {"pde": pde_func, "bc": bc}), pt.TorchResidualBlocks(
+        net, {"pde": pde_autograd, "bc": bc}
+    )
+
+
+def test_exact_traces_vmap_and_loop_match_the_full_jacobian(blocks):
+    fb, ab = blocks
+    truth = independent_traces(fb.module, {"pde": pde_func, "bc": bc}, BATCH)
+    for b in (fb, ab):
+        est = pt.ntk_traces(None, b, b.params(), BATCH, chunk_size=5)
+        for n in ("pde", "bc"):
+            np.testing.assert_allclose(float(est[n].value), truth[n], rtol=1e-10)
+            assert float(est[n].sem) == 0
+    assert fb._mode["pde"] == "vmap" and ab._mode["pde"] == "loop"
+    mean = pt.ntk_traces(None, fb, fb.params(), BATCH, normalize="mean")
+    np.testing.assert_allclose(float(mean["pde"].value), truth["pde"] / 12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("jvp", ["func", "autograd", "forward"])
+def test_hutchinson_traces_unbiased(blocks, jvp):
+    fb, ab = blocks
+    b = fb if jvp == "func" else ab
+    truth = independent_traces(b.module, {"pde": pde_autograd}, BATCH)["pde"]
+    p = b.params()
+    fn = lambda s: pt.ntk_traces(gen(s), b, p, BATCH, method="hutchinson", num_matvecs=8, jvp=jvp)["pde"]  # noqa: E731
+    # forward differences carry an O(h) bias far below the test's resolution (h ~ 1.5e-8)
+    report = assert_unbiased(fn, truth, num_trials=60)
+    # a bias of 1.5x what the test is built to detect (from the estimator's own spread) is caught
+    factor = 1 + 1.5 * report.detectable_bias / truth
+    with pytest.raises(AssertionError, match="biased"):
+        assert_unbiased(lambda s: factor * fn(s).value, truth, num_trials=60)
+
+
+def test_pc_step_is_unbiased(blocks):
+    fb, _ = blocks
+    p0 = fb.params()
+    p1 = {k: v + 0.05 * torch.randn(v.shape, generator=gen(9), dtype=v.dtype) for k, v in p0.items()}
+    truth = independent_traces(_moved(fb.module, p1), {"pde": pde_func, "bc": bc}, BATCH)
+    w = pt.ntk_weighting(fb, estimator="pc", num_probes=2, gamma=0.3, jvp="func")
+
+    def one(s):
+        state = w.init(gen(s), p0, BATCH)
+        _, state = w.update(gen(s), state, p0, p1, BATCH)
+        return state.traces["pde"]
+
+    assert_unbiased(one, truth["pde"], num_trials=60)
+
+
+def _moved(net, params):
+    new = _net()
+    with torch.no_grad():
+        for k, v in new.named_parameters():
+            v.copy_(params[k])
+    return new
+
+
+def test_weighting_contract(blocks):
+    fb, ab = blocks
+    p = fb.params()
+    w = pt.ntk_weighting(ab, estimator="exact", every=2)
+    state = w.init(None, p, BATCH)
+    truth = independent_traces(fb.module, {"pde": pde_func, "bc": bc}, BATCH)
+    expect = ntk_weights(truth)
+    for n in ("pde", "bc"):
+        np.testing.assert_allclose(float(state.weights[n]), float(expect[n]), rtol=1e-5)
+    kept, state = w.update(None, state, p, p, BATCH)  # every=2: the first update keeps the weights
+    assert kept is state.weights and state.count == 1
+    _, state = w.update(None, state, p, p, BATCH)
+    assert state.count == 2
+    for bad in (dict(estimator="nope"), dict(gamma=0.0), dict(jvp="x"), dict(every=0), dict(cap=-1.0)):
+        with pytest.raises((ValueError, TypeError)):
+            pt.ntk_weighting(fb, **bad)
+    with pytest.raises(TypeError, match="torch.Generator"):
+        pt.ntk_traces(0, fb, p, BATCH, method="hutchinson", num_matvecs=2)
+    with pytest.raises(ValueError, match="batch must map"):
+        pt.ntk_traces(None, fb, p, {"pde": BATCH["pde"]})
+
+
+# ----------------------------------------------------------------------------- PINA
+
+
+def _pina_solver(weighting):
+    pytest.importorskip("pina")
+    from pina.model import FeedForward
+    from pina.problem.zoo import Poisson2DSquareProblem
+    from pina.solver import PhysicsInformedSingleModelSolver
+
+    torch.manual_seed(0)
+    problem = Poisson2DSquareProblem()
+    problem.discretise_domain(n=4, mode="grid", domains="D")
+    problem.discretise_domain(n=3, mode="grid", domains="boundary")
+    model = FeedForward(input_dimensions=2, output_dimensions=1, inner_size=6, n_layers=2)
+    return PhysicsInformedSingleModelSolver(problem, model, weighting=weighting)
+
+
+def _pina_train(solver, epochs):
+    from pina import Trainer
+
+    trainer = Trainer(
+        solver, max_epochs=epochs, accelerator="cpu", batch_size=None, train_size=1.0, val_size=0.0, test_size=0.0,
+        enable_progress_bar=False, enable_model_summary=False, logger=False, enable_checkpointing=False,
+    )
+    trainer.train()
+
+
+def _pina_independent_traces(solver):
+    """Per-condition ||J_c||_F^2 through PINA's own condition.evaluate and autograd on the model's parameters."""
+    from pinn_adapters.torch.pina import condition_points
+
+    params = [p for p in solver.model.parameters() if p.requires_grad]
+    out = {}
+    for name, cond in solver.problem.conditions.items():
+        r = cond.evaluate({"input": condition_points(solver.problem, name)}, solver).as_subclass(torch.Tensor).reshape(-1)
+        out[name] = float(sum(_row_sq_norm(ri, params) for ri in r))
+    return out
+
+
+def _row_sq_norm(ri, params):
+    grads = torch.autograd.grad(ri, params, retain_graph=True, allow_unused=True)  # a bias may drop out of u''
+    return sum(g.square().sum() for g in grads if g is not None)
+
+
+def test_pina_weighting_matches_exact_traces(float64):
+    from pinn_adapters.torch.pina import NTKWeighting
+
+    w = NTKWeighting("exact")
+    solver = _pina_solver(w)
+    _pina_train(solver, 2)
+    # refresh at the trained parameters (PINA's hook), then compare with an independent computation there
+    got = w.update_weights({n: torch.zeros((), dtype=torch.float64) for n in solver.problem.conditions})
+    truth = _pina_independent_traces(solver)
+    assert set(w.traces) == set(truth)
+    for n, t in truth.items():
+        np.testing.assert_allclose(float(w.traces[n]), t, rtol=1e-5)
+    expect = ntk_weights(truth)
+    for n in truth:
+        np.testing.assert_allclose(float(got[n]), float(expect[n]), rtol=1e-5)
+
+
+def test_pina_pc_weighting_trains(float64):
+    from pinn_adapters.torch.pina import NTKWeighting
+
+    w = NTKWeighting("pc", num_probes=2, gamma=0.5, seed=1)
+    solver = _pina_solver(w)
+    _pina_train(solver, 3)
+    weights = w.last_saved_weights()
+    assert set(weights) == set(solver.problem.conditions)
+    assert all(float(v) >= 1.0 and np.isfinite(float(v)) for v in weights.values())
+    with pytest.raises(ValueError, match="estimator"):
+        NTKWeighting("bogus")
+
+
+# ----------------------------------------------------------------------------- DeepXDE
+
+
+@pytest.fixture
+def dde():
+    os.environ.setdefault("DDE_BACKEND", "pytorch")
+    dde = pytest.importorskip("deepxde")
+    if dde.backend.backend_name != "pytorch":
+        pytest.skip("DeepXDE was imported with another backend")
+    old = torch.get_default_dtype()
+    dde.config.set_default_float("float64")
+    yield dde
+    torch.set_default_dtype(old)
+    dde.config.set_default_float("float32")
+
+
+def _dde_poisson(dde):
+    """DeepXDE's documented 1D Poisson/Dirichlet example (pinn_forward/Poisson_Dirichlet_1d), tiny."""
+
+    def pde(x, y):
+        return -dde.grad.hessian(y, x) - np.pi**2 * torch.sin(np.pi * x)
+
+    def func(x):
+        return np.sin(np.pi * x)
+
+    geom = dde.geometry.Interval(-1, 1)
+    bcond = dde.icbc.DirichletBC(geom, func, lambda _, on_boundary: on_boundary)
+    data = dde.data.PDE(geom, pde, bcond, 8, 2, solution=func, num_test=10)
+    torch.manual_seed(0)
+    net = dde.nn.FNN([1, 8, 8, 1], "tanh", "Glorot uniform")
+    model = dde.Model(data, net)
+    model.compile("adam", lr=1e-3)
+    return model, pde, func
+
+
+def _dde_independent_traces(model, pde, func):
+    """||J||_F^2 of the PDE residual (user's pde on the non-boundary rows) and of u - g on the boundary rows."""
+    X = torch.as_tensor(model.data.train_x).requires_grad_(True)
+    nb = model.data.num_bcs[0]
+    y = model.net(X)
+    r = {"pde": pde(X, y).reshape(-1)[nb:], "bc0": (y[:nb] - torch.as_tensor(func(model.data.train_x[:nb]))).reshape(-1)}
+    params = list(model.net.parameters())
+    return {
+        n: float(sum(_row_sq_norm(ri, params) for ri in v))
+        for n, v in r.items()
+    }
+
+
+def test_deepxde_callback_matches_exact_traces(dde):
+    from pinn_adapters.torch.deepxde import NTKWeights
+
+    model, pde, func = _dde_poisson(dde)
+    cb = NTKWeights("exact", period=2)
+    model.train(iterations=3, callbacks=[cb], display_every=100, verbose=0)
+    assert [h[0] for h in cb.history] == [0, 2]
+    # the weights set at the last refresh (iteration 2) against traces computed independently at those parameters
+    truth = _dde_independent_traces_at(model, pde, func, cb._params_prev)
+    for n, t in truth.items():
+        np.testing.assert_allclose(float(cb.state.traces[n]), t, rtol=1e-5)
+    expect = ntk_weights(truth)
+    np.testing.assert_allclose(model.loss_weights, [float(expect["pde"]), float(expect["bc0"])], rtol=1e-5)
+
+
+def _dde_independent_traces_at(model, pde, func, params):
+    saved = {k: v.detach().clone() for k, v in model.net.named_parameters()}
+    with torch.no_grad():
+        for k, v in model.net.named_parameters():
+            v.copy_(params[k])
+    try:
+        return _dde_independent_traces(model, pde, func)
+    finally:
+        with torch.no_grad():
+            for k, v in model.net.named_parameters():
+                v.copy_(saved[k])
+
+
+def test_deepxde_pc_callback_runs(dde):
+    from pinn_adapters.torch.deepxde import NTKWeights
+
+    model, _, _ = _dde_poisson(dde)
+    cb = NTKWeights("pc", period=1, num_probes=2, gamma=0.5)
+    model.train(iterations=3, callbacks=[cb], display_every=100, verbose=0)
+    assert len(cb.history) == 3 and all(np.isfinite(list(w.values())).all() for _, w in cb.history)
