@@ -159,6 +159,14 @@ def test_jit_and_vmap_over_keys_match_eager():
     np.testing.assert_allclose(batched, eager, rtol=1e-10)
 
 
+def test_mesh_matches_single_device():
+    A, _ = spd(20, np.linspace(1, 2, 20))
+    kw = {"num_matvecs": 12, "lanczos_steps": 4, "allow_exact": False}
+    a = st.logdet(jax.random.key(3), A, mesh=st.make_mesh(1), **kw)
+    b = st.logdet(jax.random.key(3), A, **kw)
+    np.testing.assert_allclose(a.value, b.value, rtol=1e-12)
+
+
 def _kernel(theta, x, nugget=0.5):
     d2 = (x[:, None] - x[None, :]) ** 2
     return jnp.exp(-0.5 * d2 / theta**2) + nugget * jnp.eye(x.size)

@@ -210,7 +210,8 @@ def trace_function(
     unbiased estimate (up to the quadrature error) of ``tr(f'(A) dA)``, the exact
     gradient of ``tr f(A)``. Cost: one VJP of a block product. Memory: the forward pass
     keeps the Lanczos vectors, ``probes x lanczos_steps x n`` numbers (no per-step
-    residuals of the iteration).
+    residuals of the iteration). Gradients are for ``method="slq"`` (and the exact
+    path); differentiating a ``"deflated"`` result does not give an unbiased gradient.
 
     References
     ----------
