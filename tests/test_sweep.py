@@ -8,7 +8,7 @@ from pinn_adapters.app import _sweep
 from sketchtrace.cli import main
 
 TINY = ["--steps", "4", "--width", "4", "--depth", "1", "--log-every", "2", "--n-res", "8", "--n-bc", "2",
-        "--no-progress"]
+        "--cost-repeats", "1", "--no-progress"]
 SCHEDULES = "none,pc-sub/1 g=0.1"
 
 
@@ -41,7 +41,9 @@ def test_sweep_writes_outputs_and_resumes_without_rerunning(tmp_path, count_runs
     assert rows["none"]["median_weight_rel_error"] is None
     assert any(r["pareto"] for r in rows.values())
     md = (out / "sweep.md").read_text()
-    assert "| none |" in md and "final relative L2" in md
+    assert "| none |" in md and "final relative L2" in md and "step cost vs none" in md
+    assert rows["none"]["step_cost_vs_none"] == 1.0 and rows["pc-sub/1 g=0.1"]["step_cost_vs_none"] > 0
+    assert (out / "costs.json").exists()
     # a finished sweep restarts without training again
     before = (out / "runs").stat().st_mtime_ns, sorted(p.name for p in (out / "runs").iterdir())
     assert main(_sweep_args(out)) == 0

@@ -149,7 +149,7 @@ def _one_run(prob, optimizer, weighting, base: WaveConfig, seed: int) -> dict:
     }
 
 
-def run_sweep(cfg: SweepConfig, *, progress=True) -> dict:
+def run_sweep(cfg: SweepConfig, *, progress=True, cost_repeats=0) -> dict:
     """Run (or resume) the grid; write ``runs/*.json``, ``sweep.json``, ``sweep.md`` and ``pareto.png``."""
     from .._weighting import ntk_weighting
 
@@ -194,17 +194,73 @@ def run_sweep(cfg: SweepConfig, *, progress=True) -> dict:
     finally:
         if bar is not None:
             bar.close()
-    return write_summary(out, records, cfg)
+    costs = _costs(out, cfg, cost_repeats) if cost_repeats else None
+    return write_summary(out, records, cfg, costs)
 
 
 def _jsonable(kw):
     return json.loads(json.dumps(kw))
 
 
+# ----------------------------------------------------------------------------- interleaved step costs
+
+
+def step_costs(cfg: SweepConfig, *, repeats=5, chunk=100) -> dict:
+    """Seconds per training step of every schedule, measured interleaved (robust to a loaded machine).
+
+    Each round runs ``chunk`` compiled steps of every schedule in turn (one exact refresh per
+    chunk for ``exact/100``; ``exact/1000`` refreshes are outside the chunks, about 1 % of a
+    step each); the result is the median over ``repeats`` rounds, divided by ``chunk``.
+    """
+    import jax
+
+    from .._weighting import ntk_weighting
+    from ._train import _build, _init_state
+
+    prob = make_problem(cfg.base)
+    optimizer = prob.default_optimizer()
+    base_key = jax.random.key(0)
+    batch0 = prob.sample_batch(base_key)
+    runs = {}
+    for name, kw in cfg.schedules.items():
+        w = ntk_weighting(prob.blocks, **kw)
+        step_fn, _ = _build(prob, w, optimizer, True, True)
+        state = _init_state(prob, w, optimizer, None, base_key, batch0)
+        runs[name] = [
+            step_fn,
+            jax.block_until_ready(step_fn(state, batch0)[0]),
+        ]  # compiled and warm
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            state = run[1]
+            for _ in range(chunk):
+                state = run[0](state, batch0)[0]
+            run[1] = jax.block_until_ready(state)
+            times[name].append((time.perf_counter() - t0) / chunk)
+    return {name: float(np.median(ts)) for name, ts in times.items()}
+
+
+def _costs(out: Path, cfg: SweepConfig, repeats: int):
+    """The interleaved step costs, measured once per configuration (``costs.json``; resumable too)."""
+    key = {
+        "base": dataclasses.asdict(cfg.base),
+        "schedules": _jsonable(cfg.schedules),
+        "repeats": repeats,
+    }
+    path = out / "costs.json"
+    done = _finished(path, key)
+    if done is None:
+        done = {"key": key, "seconds_per_step": step_costs(cfg, repeats=repeats)}
+        _write_atomic(path, done)
+    return done["seconds_per_step"]
+
+
 # ----------------------------------------------------------------------------- summary
 
 
-def summarize(records) -> list:
+def summarize(records, costs=None, steps=None) -> list:
     """Per schedule (grid order): median and min/max over seeds of error, wall time, time/step, weight error."""
     by = {}
     for r in records:
@@ -226,6 +282,16 @@ def summarize(records) -> list:
     )
     for i, r in enumerate(rows):
         r["pareto"] = i in front
+    if costs:
+        ref = costs.get("none", min(costs.values()))
+        for r in rows:
+            r["step_cost_vs_none"] = costs[r["schedule"]] / ref
+            r["interleaved_time_s"] = costs[r["schedule"]] * steps
+        front = pareto_front(
+            [(r["interleaved_time_s"], r["relative_l2"]["median"]) for r in rows]
+        )
+        for i, r in enumerate(rows):
+            r["pareto_interleaved"] = i in front
     return rows
 
 
@@ -258,11 +324,15 @@ def format_markdown(rows, cfg: SweepConfig) -> str:
         "Wall time: the training call after a one-step compile warm-up (includes the logging every "
         f"{b.log_every} steps). Weight error: median over log steps of the max over blocks of "
         "|w - w_exact| / w_exact (estimators that are not exact only). * = on the error-vs-time Pareto front "
-        "(medians).\n\n"
+        "(medians). Step cost: seconds per step measured interleaved across schedules in one process "
+        "(100-step chunks, median of rounds), relative to none; its front uses steps x that cost.\n\n"
     )
     lines = [
-        "| schedule | final relative L2 | wall time (s) | time/step (ms) | weight error vs exact | front |",
-        "|---|---|---|---|---|---|",
+        (
+            "| schedule | final relative L2 | wall time (s) | time/step (ms) | weight error vs exact | front "
+            "| step cost vs none (interleaved) | front (interleaved) |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
     ]
 
     def f(s, fmt, scale=1.0):
@@ -274,13 +344,18 @@ def format_markdown(rows, cfg: SweepConfig) -> str:
         lines.append(
             f"| {r['schedule']} | {f(r['relative_l2'], '.3e')} | {f(r['wall_time_s'], '.1f')} | "
             f"{f(r['time_per_step_s'], '.2f', 1e3)} | {f(r['median_weight_rel_error'], '.3f')} | "
-            f"{'*' if r['pareto'] else ''} |"
+            f"{'*' if r['pareto'] else ''} | "
+            + (
+                f"{r['step_cost_vs_none']:.2f} | {'*' if r['pareto_interleaved'] else ''} |"
+                if "step_cost_vs_none" in r
+                else "- | - |"
+            )
         )
     return head + "\n".join(lines) + "\n"
 
 
-def write_summary(out: Path, records, cfg: SweepConfig) -> dict:
-    rows = summarize(records)
+def write_summary(out: Path, records, cfg: SweepConfig, costs=None) -> dict:
+    rows = summarize(records, costs, cfg.base.steps)
     from ._experiment import _versions
 
     summary = {
@@ -290,6 +365,7 @@ def write_summary(out: Path, records, cfg: SweepConfig) -> dict:
             "seeds": cfg.seeds,
         },
         "summary": rows,
+        "seconds_per_step_interleaved": costs,
         "runs": records,
         "versions": _versions(),
     }
@@ -379,6 +455,12 @@ def register(pinn):
         help="sweep: comma-separated pc gammas (default 0.02,0.1)",
     )
     pinn.add_argument(
+        "--cost-repeats",
+        type=int,
+        default=5,
+        help="sweep: rounds of the interleaved step-cost measurement after the runs (0: skip)",
+    )
+    pinn.add_argument(
         "--subsample",
         type=float,
         default=SUBSAMPLE,
@@ -451,4 +533,6 @@ def config_from_args(args) -> SweepConfig:
 
 def run_cli(args):
     cfg = config_from_args(args)
-    return run_sweep(cfg, progress=not args.no_progress)
+    if args.cost_repeats < 0:
+        raise ValueError(f"--cost-repeats must be >= 0; got {args.cost_repeats}")
+    return run_sweep(cfg, progress=not args.no_progress, cost_repeats=args.cost_repeats)
