@@ -24,9 +24,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._samplers import get_sampler, probe_rows
-from ..operators import FunctionOperator, LinearOperator, ScipyOperator, SparseOperator, as_operator
+from ..operators import (
+    FunctionOperator,
+    LinearOperator,
+    ScipyOperator,
+    SparseOperator,
+    as_operator,
+)
 from ..validation import check_csr, is_concrete, probe_matvec, scipy_raw_matvec
 from ._krylov import lanczos_jax
+
 
 def map_chunks(fn, xs, chunk_size):
     """Apply ``fn`` to consecutive chunks of the rows of ``xs`` and concatenate.

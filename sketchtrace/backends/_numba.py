@@ -39,8 +39,7 @@ import math
 
 import numpy as np
 
-from . import _numba_kernels as K
-from ._numba_lanczos import lanczos_numba
+from .._samplers import SAMPLERS
 from ..operators import (
     DenseOperator,
     FunctionOperator,
@@ -51,8 +50,9 @@ from ..operators import (
     check_output,
     make_blocks,
 )
-from .._samplers import SAMPLERS
 from ..validation import check_csr, check_matvec_output, probe_matvec, scipy_raw_matvec
+from . import _numba_kernels as K
+from ._numba_lanczos import lanczos_numba
 
 _SAMPLER_NAMES = {fn: name for name, fn in SAMPLERS.items()}
 
