@@ -65,6 +65,7 @@ class TorchResidualBlocks:
         self.reduction = check_choice(reduction, ("mean", "sum"), name="reduction")
         self.per_sample = check_choice(per_sample, PER_SAMPLE, name="per_sample")
         self._mode = {}  # block -> "vmap" | "loop", decided on first use under "auto"
+        self._rows = {}  # (block, points) -> residual rows
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -98,9 +99,16 @@ class TorchResidualBlocks:
         return {n: self.block_residuals(n, params, batch[n]) for n in self.names}
 
     def rows(self, params, batch) -> dict:
-        """Residual rows per block (points times components)."""
-        with torch.enable_grad():  # residuals written with torch.autograd need a graph
-            return {n: int(self.block_residuals(n, params, batch[n]).shape[0]) for n in self.names}
+        """Residual rows per block (points times components; counted once per points tensor)."""
+        out = {}
+        for n in self.names:
+            pts = batch[n]
+            key = (n, pts.data_ptr(), tuple(pts.shape), pts.dtype)
+            if key not in self._rows:
+                with torch.enable_grad():  # residuals written with torch.autograd need a graph
+                    self._rows[key] = int(self.block_residuals(n, params, pts).shape[0])
+            out[n] = self._rows[key]
+        return out
 
     def point_grad_sq_norms(self, params, batch, *, chunk_size=256) -> dict:
         """``{name: (rows,)}`` squared norms of each residual row's parameter gradient.

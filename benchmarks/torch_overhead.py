@@ -1,0 +1,156 @@
+"""Torch backend: Hutchinson against the bare matvecs it performs (dense and torch.func JVP operators).
+
+Run: ``python benchmarks/torch_overhead.py [--quick] [--repeats 21]``
+
+For each operator, ``sketchtrace.hutchinson(torch.Generator, op, num_matvecs=k)`` (drawing
+the probes, applying the operator, the per-probe quadratic forms and the reduction) is
+timed against the bare products with ``k`` pre-drawn probes: ``V @ A.T`` for a dense
+matrix, ``vmap(jvp)`` of an MLP's residuals for the Jacobian operator (Hutchinson on
+``J^T J`` uses one JVP per probe). Calls alternate, medians are compared (target <= 1.1).
+Also: pc NTK weights against one training step of PINA's Poisson example.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+from torch.func import jvp, vmap
+
+import sketchtrace as st
+from sketchtrace.operators import as_torch_operator, module_jacobian, torch_gram
+
+
+def interleaved(contenders, repeats, warmup=2):
+    """Median seconds per contender (contenders alternate every repeat)."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def dense_case(n, k, repeats):
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(n, n, dtype=torch.float64, generator=g)
+    op = as_torch_operator(A)
+    V = (1 - 2 * torch.randint(0, 2, (k, n), generator=g)).to(torch.float64)
+    med = interleaved(
+        {
+            "hutchinson": lambda: st.hutchinson(torch.Generator().manual_seed(1), op, num_matvecs=k),
+            "bare": lambda: V @ A.T,
+        },
+        repeats,
+    )
+    return med["hutchinson"], med["bare"]
+
+
+def jvp_case(width, points, k, repeats):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(2, width), torch.nn.Tanh(), torch.nn.Linear(width, width), torch.nn.Tanh(), torch.nn.Linear(width, 1)
+    ).double()
+    x = torch.rand(points, 2, dtype=torch.float64)
+    J = module_jacobian(net, lambda model, pts: model(pts).reshape(-1), x)
+    K = torch_gram(J, side="input")
+    V = torch.randn(k, J.shape[1], dtype=torch.float64)
+    xf = J.x_flat
+
+    def bare():
+        with torch.no_grad():
+            return vmap(lambda v: jvp(J.flat_f, (xf,), (v,))[1])(V)
+
+    med = interleaved(
+        {"hutchinson": lambda: st.hutchinson(torch.Generator().manual_seed(1), K, num_matvecs=k), "bare": bare},
+        repeats,
+    )
+    return med["hutchinson"], med["bare"], J.shape
+
+
+def pina_case(repeats):
+    """pc NTK weights (one refresh) and one PINA training step on the Poisson example."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    from pina import Trainer
+    from pina.model import FeedForward
+    from pina.problem.zoo import Poisson2DSquareProblem
+    from pina.solver import PhysicsInformedSingleModelSolver
+
+    from pinn_adapters.torch.pina import NTKWeighting
+
+    def build(weighting):
+        torch.manual_seed(0)
+        problem = Poisson2DSquareProblem()
+        problem.discretise_domain(n=20, mode="grid", domains="D")
+        problem.discretise_domain(n=20, mode="grid", domains="boundary")
+        model = FeedForward(input_dimensions=2, output_dimensions=1, inner_size=20, n_layers=2)
+        return PhysicsInformedSingleModelSolver(problem, model, weighting=weighting)
+
+    def train(solver, epochs):
+        trainer = Trainer(solver, max_epochs=epochs, accelerator="cpu", batch_size=None, train_size=1.0, val_size=0.0,
+                          test_size=0.0, enable_progress_bar=False, enable_model_summary=False, logger=False,
+                          enable_checkpointing=False)
+        t0 = time.perf_counter()
+        trainer.train()
+        return time.perf_counter() - t0
+
+    plain = build(None)
+    epochs = 2 * repeats
+    t_plain = (train(plain, epochs + 1) - train(build(None), 1)) / epochs  # per step, setup cancelled out
+    w = NTKWeighting("pc", num_probes=1, gamma=0.1)
+    solver = build(w)
+    train(solver, 1)  # init (exact first estimate) and one step
+    losses = {n: torch.zeros(()) for n in solver.problem.conditions}
+    med = interleaved({"pc": lambda: w.update_weights(losses)}, repeats)
+    n_pts = sum(w.batch()[n].shape[0] for n in w.batch())
+    return med["pc"], t_plain, n_pts
+
+
+def run(quick=False, repeats=None):
+    repeats = repeats or (5 if quick else 21)
+    n, k = (400, 16) if quick else (3000, 64)
+    width, points = (32, 64) if quick else (256, 512)
+    th, tb = dense_case(n, k, repeats)
+    jh, jb, shape = jvp_case(width, points, k, repeats)
+    lines = [
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, float64, {repeats} interleaved repeats (medians)",
+        f"dense {n} x {n}, {k} Rademacher probes: hutchinson {th * 1e3:.2f} ms, bare V @ A.T {tb * 1e3:.2f} ms, "
+        f"ratio {th / tb:.3f} (target <= 1.1)",
+        f"torch.func JVP operator J^T J, J {shape[0]} x {shape[1]}, {k} probes: hutchinson {jh * 1e3:.2f} ms, "
+        f"bare vmap(jvp) {jb * 1e3:.2f} ms, ratio {jh / jb:.3f} (target <= 1.1)",
+    ]
+    rows = [("torch Hutchinson / bare matvecs, dense", th / tb, "hutch_bare"),
+            ("torch Hutchinson / bare JVPs, torch.func Jacobian", jh / jb, "hutch_bare")]
+    try:
+        tp, ts, npts = pina_case(max(3, repeats // 3))
+        lines.append(f"PINA Poisson ({npts} points): pc weights (1 probe, forward differences) {tp * 1e3:.1f} ms, "
+                     f"training step {ts * 1e3:.1f} ms, ratio {tp / ts:.3f} (target <= 0.2)")
+        rows.append(("torch pc weights / PINA training step", tp / ts, None))
+    except ImportError as exc:
+        lines.append(f"PINA case skipped: {exc}")
+    return lines, rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--repeats", type=int, default=None)
+    args = ap.parse_args(argv)
+    lines, _ = run(args.quick, args.repeats)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))
+    main()
