@@ -27,6 +27,7 @@ Run: ``python benchmarks/matfun.py [--quick]``; ``benchmarks/report.py`` include
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import time
@@ -39,6 +40,7 @@ import numpy as np
 import scipy.sparse as sp
 
 import sketchtrace as st
+from sketchtrace.backends import JaxBackend
 
 jax.config.update("jax_enable_x64", True)
 
@@ -90,18 +92,26 @@ def contenders(op, matvec, n, probes, steps):
         for name, kw in ours.items()
     }
     x_like = jnp.zeros((n,), jnp.float64)
-    for reortho, name in (("none", "matfree slq"), ("full", "matfree slq (reorth)")):
+    samplers = {
+        "": stochtrace.sampler_signs(x_like, num=probes),
+        # paired comparison: matfree fed exactly the probes sketchtrace draws from the same key
+        " (same probes)": lambda k: JaxBackend.probes(k, probes, n, jnp.float64),
+    }
+    for (reortho, label), (suffix, sampler) in itertools.product((("none", ""), ("full", " (reorth)")), samplers.items()):
         integrand = funm.monte_carlo_funm_sym_logdet(decomp.tridiag_sym(steps, reortho=reortho))
-        est = stochtrace.estimator_monte_carlo(integrand, stochtrace.sampler_signs(x_like, num=probes))
-        fns[name] = jax.jit(lambda k, est=est: est(lambda v: matvec(v), k))
+        est = stochtrace.estimator_monte_carlo(integrand, sampler)
+        fns[f"matfree slq{label}{suffix}"] = jax.jit(lambda k, est=est: est(lambda v: matvec(v), k))
     return fns
 
 
 def accuracy(fns, truth, trials):
+    """name -> (mean relative error, its standard error) over ``trials`` keys (the same keys for all)."""
     keys = jax.random.split(jax.random.key(2026), trials)
-    return {
-        name: float(np.mean([abs(float(fn(k)) - truth) / abs(truth) for k in keys])) for name, fn in fns.items()
-    }
+    out = {}
+    for name, fn in fns.items():
+        e = np.array([abs(float(fn(k)) - truth) / abs(truth) for k in keys])
+        out[name] = (float(e.mean()), float(e.std(ddof=1) / np.sqrt(e.size)))
+    return out
 
 
 def timing(fns, repeats):
@@ -127,12 +137,15 @@ def jax_problems(n, quick):
 
 
 def jax_rows(n, probes, steps, trials, repeats, quick=False):
-    """``[(problem, {contender: (mean rel error, median s)})]``."""
+    """``[(problem, {contender: ((mean rel error, sem), median s)})]``."""
     out = []
     for problem, op, mv, truth in jax_problems(n, quick):
         fns = contenders(op, mv, n, probes, steps)
-        err, tm = accuracy(fns, truth, trials), timing(fns, repeats)
+        # the matrix-free kernel recomputes K in every product: fewer trials there
+        err = accuracy(fns, truth, trials if problem.startswith("dense") else max(10, trials // 5))
+        tm = timing(fns, repeats)
         out.append((problem, {name: (err[name], tm[name]) for name in fns}))
+        print(problem, {name: (f"{err[name][0]:.3e}", f"{tm[name] * 1e3:.2f} ms") for name in fns}, flush=True)
     return out
 
 
@@ -196,26 +209,31 @@ def numba_rows(n, probes, steps, repeats):
 
 def section(quick=False, repeats=None):
     """Markdown lines and headline rows ``(label, ratio, kind)`` for ``benchmarks/report.py``."""
-    n, probes, steps, trials = (300, 8, 10, 10) if quick else (2000, 10, 20, 30)
+    n, probes, steps, trials = (300, 8, 10, 10) if quick else (2000, 10, 20, 100)
     repeats = repeats or (5 if quick else 15)
     n_sp = 20_000 if quick else 400_000
     res = jax_rows(n, probes, steps, trials, repeats, quick)
-    nnz, nb = numba_rows(n_sp, probes, steps, max(3, repeats // 3))
+    nnz, nb = numba_rows(n_sp, probes, steps, 3 if quick else 5)
     lines = [(f"## Traces of matrix functions: log det by SLQ vs matfree (n = {n}, {probes} probes x {steps} "
              f"Lanczos steps = {probes * steps} matvecs, mean relative error over {trials} keys, median of "
              f"{repeats} interleaved jitted calls)"), ""]
     rows = []
     for problem, r in res:
-        lines += [f"### {problem}", "", "| contender | mean rel. error | median ms |", "|---|---|---|"]
-        lines += [f"| {name} | {e:.2e} | {t * 1e3:.2f} |" for name, (e, t) in r.items()]
+        lines += [f"### {problem}", "", "| contender | mean rel. error (+- sem) | median ms |", "|---|---|---|"]
+        lines += [f"| {name} | {e:.2e} (+- {se:.1e}) | {t * 1e3:.2f} |" for name, ((e, se), t) in r.items()]
         lines.append("")
-        rows.append((f"SLQ error / matfree error, {problem}", r["sketchtrace slq"][0] / r["matfree slq"][0], "slq_err"))
+        rows.append((f"SLQ error / matfree error (same probes), {problem}",
+                     r["sketchtrace slq"][0][0] / r["matfree slq (same probes)"][0][0], "slq_err"))
+        rows.append((f"SLQ error / matfree error (independent probes), {problem}",
+                     r["sketchtrace slq"][0][0] / r["matfree slq"][0][0], "slq_err"))
+        best = min(r[c][0][0] for c in r if c.startswith("sketchtrace"))
+        rows.append((f"best sketchtrace error / matfree error, {problem}", best / r["matfree slq"][0][0], "slq_err"))
         rows.append((f"SLQ time / matfree time, {problem}", r["sketchtrace slq"][1] / r["matfree slq"][1], "slq_time"))
         rows.append((f"SLQ (reorth) time / matfree (reorth) time, {problem}",
                      r["sketchtrace slq (reorth)"][1] / r["matfree slq (reorth)"][1], "slq_time"))
         if "polynomial" in problem:
             rows.append(("deflated error / SLQ error, dense polynomial",
-                         r["sketchtrace deflated"][0] / r["sketchtrace slq"][0], "deflated_err"))
+                         r["sketchtrace deflated"][0][0] / r["sketchtrace slq"][0][0], "deflated_err"))
     ratio = nb["scipy block Lanczos loop"][0] / nb["numba st.logdet"][0]
     rows.append((f"SciPy Lanczos loop / numba logdet, CSR n={n_sp:,}", ratio, "lanczos_numba"))
     lines += [(f"### numba backend vs a SciPy Lanczos loop (CSR n = {n_sp:,}, nnz = {nnz:,}, {probes} probes x "
