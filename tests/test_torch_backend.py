@@ -13,20 +13,20 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import jax  # noqa: E402
-import scipy.sparse as sp  # noqa: E402
-from scipy import stats  # noqa: E402
+import jax
+import scipy.sparse as sp
+from scipy import stats
 
-import sketchtrace as st  # noqa: E402
-from sketchtrace.backends import get_backend  # noqa: E402
-from sketchtrace.operators import (  # noqa: E402
+import sketchtrace as st
+from sketchtrace.backends import get_backend
+from sketchtrace.operators import (
     TorchFunctionOperator,
     TorchJacobianOperator,
     as_torch_operator,
     module_jacobian,
     torch_gram,
 )
-from sketchtrace.testing import assert_unbiased  # noqa: E402
+from sketchtrace.testing import assert_unbiased
 
 N = 24
 

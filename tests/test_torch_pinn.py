@@ -11,11 +11,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from torch.func import grad, vmap  # noqa: E402
+from torch.func import grad, vmap
 
-import pinn_adapters.torch as pt  # noqa: E402
-from pinn_adapters import ntk_weights  # noqa: E402
-from sketchtrace.testing import assert_unbiased  # noqa: E402
+import pinn_adapters.torch as pt
+from pinn_adapters import ntk_weights
+from sketchtrace.testing import assert_unbiased
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_hutchinson_traces_unbiased(blocks, jvp):
     b = fb if jvp == "func" else ab
     truth = independent_traces(b.module, {"pde": pde_autograd}, BATCH)["pde"]
     p = b.params()
-    fn = lambda s: pt.ntk_traces(gen(s), b, p, BATCH, method="hutchinson", num_matvecs=8, jvp=jvp)["pde"]  # noqa: E731
+    fn = lambda s: pt.ntk_traces(gen(s), b, p, BATCH, method="hutchinson", num_matvecs=8, jvp=jvp)["pde"]
     # forward differences carry an O(h) bias far below the test's resolution (h ~ 1.5e-8)
     report = assert_unbiased(fn, truth, num_trials=60)
     # a bias of 1.5x what the test is built to detect (from the estimator's own spread) is caught
@@ -143,7 +143,7 @@ def test_weighting_contract(blocks):
     assert kept is state.weights and state.count == 1
     _, state = w.update(None, state, p, p, BATCH)
     assert state.count == 2
-    for bad in (dict(estimator="nope"), dict(gamma=0.0), dict(jvp="x"), dict(every=0), dict(cap=-1.0)):
+    for bad in ({"estimator": "nope"}, {"gamma": 0.0}, {"jvp": "x"}, {"every": 0}, {"cap": -1.0}):
         with pytest.raises((ValueError, TypeError)):
             pt.ntk_weighting(fb, **bad)
     with pytest.raises(TypeError, match="torch.Generator"):

@@ -12,7 +12,14 @@ except ImportError as exc:  # pragma: no cover - exercised without torch
     raise ImportError("pinn_adapters.torch needs PyTorch: pip install 'sketchtrace[torch]'") from exc
 
 from ._blocks import TorchResidualBlocks, module_params
-from ._ntk import TorchNTKWeighting, TorchWeightingState, exact_traces, jacobian_operator, ntk_traces, ntk_weighting
+from ._ntk import (
+    TorchNTKWeighting,
+    TorchWeightingState,
+    exact_traces,
+    jacobian_operator,
+    ntk_traces,
+    ntk_weighting,
+)
 
 __all__ = [
     "TorchNTKWeighting",

@@ -18,7 +18,6 @@ from typing import Any, NamedTuple
 import torch
 from torch.func import jvp as func_jvp
 
-
 import sketchtrace as st
 from sketchtrace.backends import backend_for_key
 from sketchtrace.operators import TorchFunctionOperator, torch_gram
@@ -359,11 +358,11 @@ def ntk_weighting(
     if init_method == "hutchinson":
         init_matvecs = check_num_matvecs(num_probes if init_matvecs is None else init_matvecs, name="init_matvecs")
     ntk_weights({n: 1.0 for n in blocks.names}, rule=rule, cap=cap, eps=eps)  # checks cap and eps
-    cfg = dict(
-        estimator=estimator, every=every, ema=ema, rule=rule, cap=cap, eps=eps, normalize=normalize,
-        num_probes=num_probes, sampler=sampler, gamma=float(gamma), jvp=jvp, h=h, init_method=init_method,
-        init_matvecs=init_matvecs, chunk_size=check_num_matvecs(chunk_size, name="chunk_size"),
-    )
+    cfg = {
+        "estimator": estimator, "every": every, "ema": ema, "rule": rule, "cap": cap, "eps": eps, "normalize": normalize,
+        "num_probes": num_probes, "sampler": sampler, "gamma": float(gamma), "jvp": jvp, "h": h, "init_method": init_method,
+        "init_matvecs": init_matvecs, "chunk_size": check_num_matvecs(chunk_size, name="chunk_size"),
+    }
     return TorchNTKWeighting(blocks, cfg)
 
 

@@ -28,8 +28,8 @@ __all__ = [
     "get_backend",
     "is_jax_key",
     "is_torch_generator",
-    "namespace_of",
     "map_chunks",
+    "namespace_of",
     "resolve_backend",
 ]
 

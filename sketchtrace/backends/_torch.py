@@ -225,7 +225,7 @@ def _diagonal_by_block(op):
     return Q
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def torch_backend(device) -> TorchBackend:
     """The (cached) backend for a device."""
     return TorchBackend(device)
