@@ -311,3 +311,13 @@ def test_missing_products_refused_before_any_work():
     with pytest.raises(ValueError, match="matmat"):
         st.trace(key, op, rtol=0.1, max_matvecs=6, method="xtrace")
     assert len(calls) == n0  # nothing ran
+
+
+def test_sparse_operator_canonicalises_unsorted_and_duplicate_entries():
+    # valid CSR with unsorted column indices and a duplicate entry (summed by SciPy's convention)
+    S = sp.csr_matrix((np.array([1.0, 2.0, 3.0, 4.0]), np.array([2, 0, 0, 1]), np.array([0, 3, 4, 4])), shape=(3, 3))
+    dense = S.toarray()
+    op = st.as_operator(S)
+    V = jnp.asarray(np.random.default_rng(8).standard_normal((2, 3)))
+    np.testing.assert_allclose(op.matmat(V), np.asarray(V) @ dense.T, rtol=1e-12)
+    assert not S.has_canonical_format  # the user's matrix is left as it was

@@ -93,7 +93,8 @@ def _compiled_round(bk, static_op: bool):
 
 
 def _run_round(bk, op, rk, prev, **kw):
-    """Run one round; an operator that is not a pytree is passed as a static argument."""
+    """Run one round. sketchtrace's operators are pytrees (their arrays are traced
+    arguments); a user subclass that did not register itself as one is static."""
     leaves = jax.tree_util.tree_leaves(op)
     static_op = len(leaves) == 1 and leaves[0] is op
     return _compiled_round(bk, static_op)(bk, op, rk, prev, **kw)

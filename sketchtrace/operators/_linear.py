@@ -303,7 +303,12 @@ class SparseOperator(LinearOperator):
 
     @classmethod
     def from_scipy(cls, S, blocks=None, symmetric=None, psd=None):
+        """From a ``scipy.sparse`` matrix, in canonical CSR form (sorted indices, no
+        duplicates: the JAX products rely on it; the user's matrix is not modified)."""
         S = S.tocsr()
+        if not S.has_canonical_format:
+            S = S.copy()
+            S.sum_duplicates()
         return cls(S.data, S.indices, S.indptr, int(S.shape[1]), blocks, symmetric, psd)
 
     @property
