@@ -83,7 +83,7 @@ def cost_table(widths, sizes, k, repeats):
             t_step = median_time(step, params, opt.init(params), batch, w1, repeats=repeats)
             row = []
             for est, kw in [("exact", dict(chunk_size=128)), ("hutchinson", dict(num_probes=k)),
-                            ("pc", dict(fd="forward")), ("pc", dict(fd="jvp")),
+                            ("pc", dict(fd="forward", subsample=None)), ("pc", dict(fd="jvp", subsample=None)),
                             ("pc", dict(fd="forward", subsample=0.1))]:
                 w = pa.ntk_weighting(prob.blocks, estimator=est, **kw)
                 s = w.init(key, params, batch)

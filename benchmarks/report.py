@@ -246,7 +246,7 @@ def numba_section(n, k, repeats, rows):
 
 EVERY = (2, 4)
 SUB = 0.1  # subsample fraction of the cheap pc rows
-PC_SUB = f"pc (forward differences, 1 probe, subsample={SUB})"
+PC_SUB = "pc (default settings: forward differences, 1 probe, subsample='auto' = max(10 %, 64 points))"
 REDRAWN = " [batch redrawn: + unperturbed residuals at params_prev]"
 
 
@@ -267,10 +267,10 @@ def ntk_section(width, n_res, n_bc, k, repeats, rows):
         "one residual evaluation (forward pass)": lambda: residuals(p1, batch),
     }
     configs = {
-        "pc (forward differences, 1 probe)": ("pc", dict(fd="forward")),
-        "pc (jvp, 1 probe)": ("pc", dict(fd="jvp")),
-        "pc (forward differences, 1 probe, not batched)": ("pc", dict(fd="forward", batched=False)),
-        PC_SUB: ("pc", dict(fd="forward", subsample=SUB)),
+        "pc (forward differences, 1 probe)": ("pc", dict(fd="forward", subsample=None)),
+        "pc (jvp, 1 probe)": ("pc", dict(fd="jvp", subsample=None)),
+        "pc (forward differences, 1 probe, not batched)": ("pc", dict(fd="forward", batched=False, subsample=None)),
+        PC_SUB: ("pc", dict(fd="forward")),
         f"pc (forward differences, 1 probe, subsample={SUB}, not batched)": (
             "pc", dict(fd="forward", subsample=SUB, batched=False)),
         f"hutchinson ({k} probes)": ("hutchinson", dict(num_probes=k)),
@@ -286,7 +286,7 @@ def ntk_section(width, n_res, n_bc, k, repeats, rows):
             contenders[nm + REDRAWN] = lambda upd3=upd3, s=s: upd3(key, s, params, p1, batch, R1)
     # refresh every e-th step: e consecutive updates (one refresh, e - 1 skips), divided by e below
     for every in EVERY:
-        we = pa.ntk_weighting(prob.blocks, estimator="pc", fd="forward", every=every)
+        we = pa.ntk_weighting(prob.blocks, estimator="pc", fd="forward", every=every, subsample=None)
         se = we.init(key, params, batch)
         upde = jax.jit(lambda kk, s, a, b, bt, r, rp, we=we: we.update(kk, s, a, b, bt, residuals=r,
                                                                         residuals_prev=rp))

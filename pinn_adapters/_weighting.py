@@ -25,6 +25,10 @@ from ._ntk import ntk_traces, ntk_weights, residual_rows
 
 ESTIMATORS = ("pc", "exact", "hutchinson", "moving_average", "none")
 FD_SCHEMES = ("jvp", "forward", "central")
+AUTO_FRACTION, AUTO_MIN_POINTS = (
+    0.1,
+    64,
+)  # subsample="auto": max(10 %, 64 points) per block
 
 
 class WeightingState(NamedTuple):
@@ -110,7 +114,7 @@ def ntk_weighting(
     h=None,
     fd="forward",
     gamma=0.02,
-    subsample=None,
+    subsample="auto",
     batched=True,
     init_method="exact",
     init_matvecs=None,
@@ -163,12 +167,15 @@ def ntk_weighting(
         of the NTK per step is best (docs/schedules.md has measurements). ``"auto"``
         uses sketchtrace's online choice (no ``subsample``/``batched`` then). For
         ``"moving_average"`` it is the average's ``beta``.
-    subsample : int, float or dict, optional
+    subsample : "auto", int, float, dict or None
         pc only: draw one random subset of each block's points per refresh (an ``int``
         count, or a ``float`` fraction in ``(0, 1]``; a dict gives one per block) and
         scale its quadratic forms by ``n_b / m_b``. The same subset and probe serve
         ``q(params_prev)`` and ``q(params)``, so every block trace stays unbiased over
-        subset and probe (docs/schedules.md gives the variance). Needs pointwise blocks.
+        subset and probe (docs/schedules.md gives the variance and the measurements).
+        Needs pointwise blocks. ``"auto"`` (default): ``max(10 %, 64)`` points of each
+        block for pc with a float gamma on blocks declared ``pointwise=True``, all
+        points otherwise; ``None``: all points.
     batched : bool
         pc only: evaluate the residuals at all parameter points of a refresh
         (``params_prev + h v``, ``params + h v`` and, if not passed in, the
@@ -271,6 +278,9 @@ def _configure(blocks, **cfg) -> dict:
 
 def _check_subsample(spec, blocks, estimator, gamma):
     """``None``, a count, a fraction, or a dict block -> count/fraction (pc with a fixed gamma only)."""
+    if spec == "auto":
+        usable = estimator == "pc" and gamma != "auto" and blocks.pointwise is True
+        return {n: "auto" for n in blocks.names} if usable else None
     if spec is None:
         return None
     if estimator != "pc" or gamma == "auto":
@@ -309,9 +319,11 @@ def _strategy_name(cfg) -> str:
 
 
 def sample_size(spec, n: int) -> int:
-    """Points kept of ``n`` for a ``subsample`` entry (a count, a fraction or ``None`` = all)."""
+    """Points kept of ``n`` for a ``subsample`` entry (a count, a fraction, ``"auto"`` or ``None`` = all)."""
     if spec is None:
         return n
+    if spec == "auto":
+        return min(n, max(math.ceil(AUTO_FRACTION * n), AUTO_MIN_POINTS))
     if isinstance(spec, float):
         return max(1, min(n, math.ceil(spec * n)))
     return min(int(spec), n)

@@ -23,9 +23,9 @@ import pinn_adapters as pa  # noqa: E402
 CONFIGS = {
     "exact": dict(estimator="exact", chunk_size=128),
     "hutchinson": dict(estimator="hutchinson", num_probes=8),
-    "pc": dict(estimator="pc", fd="forward"),
-    "pc_jvp": dict(estimator="pc", fd="jvp"),
-    "pc_not_batched": dict(estimator="pc", fd="forward", batched=False),
+    "pc": dict(estimator="pc", fd="forward", subsample=None),
+    "pc_jvp": dict(estimator="pc", fd="jvp", subsample=None),
+    "pc_not_batched": dict(estimator="pc", fd="forward", batched=False, subsample=None),
     "pc_subsample": dict(estimator="pc", fd="forward", subsample=0.1),
 }
 
