@@ -37,6 +37,7 @@ def default_schedules(gammas=GAMMAS, subsample=SUBSAMPLE) -> dict:
                 "estimator": "pc",
                 "every": every,
                 "gamma": g,
+                "subsample": None,
             }
             grid[f"pc-sub/{every} g={g:g}"] = {
                 "estimator": "pc",
@@ -61,9 +62,7 @@ def check_sweep(cfg: SweepConfig) -> Path:
     """Every argument checked before any training; returns the (created, writable) output folder."""
     cfg.base.validate()
     if isinstance(cfg.seeds, bool) or not isinstance(cfg.seeds, int) or cfg.seeds < 1:
-        raise ValueError(
-            f"seeds must be a positive integer (runs per schedule); got {cfg.seeds!r}"
-        )
+        raise ValueError(f"seeds must be a positive integer (runs per schedule); got {cfg.seeds!r}")
     if not cfg.schedules:
         raise ValueError("schedules: the sweep needs at least one schedule")
     out = Path(cfg.out)
@@ -72,9 +71,7 @@ def check_sweep(cfg: SweepConfig) -> Path:
         with tempfile.NamedTemporaryFile(dir=out / "runs", prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise ValueError(
-            f"sweep output folder {str(out)!r} is not writable: {exc.strerror or exc}"
-        ) from None
+        raise ValueError(f"sweep output folder {str(out)!r} is not writable: {exc.strerror or exc}") from None
     return out
 
 
@@ -158,9 +155,7 @@ def run_sweep(cfg: SweepConfig, *, progress=True, cost_repeats=0) -> dict:
     prob = make_problem(cfg.base)
     optimizer = prob.default_optimizer()
     # every schedule's configuration is checked here, before any training
-    weightings = {
-        name: ntk_weighting(prob.blocks, **kw) for name, kw in cfg.schedules.items()
-    }
+    weightings = {name: ntk_weighting(prob.blocks, **kw) for name, kw in cfg.schedules.items()}
     todo = [(n, s) for n in cfg.schedules for s in range(cfg.seeds)]
     bar = None
     if progress:
@@ -183,9 +178,7 @@ def run_sweep(cfg: SweepConfig, *, progress=True, cost_repeats=0) -> dict:
                     bar.set_postfix_str(f"{name} seed {seed}")
                 rec = {
                     "key": key,
-                    "metrics": _one_run(
-                        prob, optimizer, weightings[name], cfg.base, seed
-                    ),
+                    "metrics": _one_run(prob, optimizer, weightings[name], cfg.base, seed),
                 }
                 _write_atomic(path, rec)
             records.append(rec)
@@ -277,9 +270,7 @@ def summarize(records, costs=None, steps=None) -> list:
             vals = [m[k] for m in ms if m[k] is not None]
             row[k] = _stats(vals)
         rows.append(row)
-    front = pareto_front(
-        [(r["wall_time_s"]["median"], r["relative_l2"]["median"]) for r in rows]
-    )
+    front = pareto_front([(r["wall_time_s"]["median"], r["relative_l2"]["median"]) for r in rows])
     for i, r in enumerate(rows):
         r["pareto"] = i in front
     if costs:
@@ -287,9 +278,7 @@ def summarize(records, costs=None, steps=None) -> list:
         for r in rows:
             r["step_cost_vs_none"] = costs[r["schedule"]] / ref
             r["interleaved_time_s"] = costs[r["schedule"]] * steps
-        front = pareto_front(
-            [(r["interleaved_time_s"], r["relative_l2"]["median"]) for r in rows]
-        )
+        front = pareto_front([(r["interleaved_time_s"], r["relative_l2"]["median"]) for r in rows])
         for i, r in enumerate(rows):
             r["pareto_interleaved"] = i in front
     return rows
@@ -403,9 +392,7 @@ def pareto_figure(path: Path, records, rows) -> None:
             marker="D" if r["pareto"] else "o",
             label=r["schedule"],
         )
-    front = sorted(
-        (r for r in rows if r["pareto"]), key=lambda r: r["wall_time_s"]["median"]
-    )
+    front = sorted((r for r in rows if r["pareto"]), key=lambda r: r["wall_time_s"]["median"])
     ax.plot(
         [r["wall_time_s"]["median"] for r in front],
         [r["relative_l2"]["median"] for r in front],
@@ -467,8 +454,7 @@ def register(pinn):
         help=f"sweep: point fraction of the pc-sub schedules (default {SUBSAMPLE})",
     )
     pinn.epilog = (
-        (pinn.epilog or "")
-        + " 'sketchtrace pinn sweep PROBLEM' runs a grid of weighting "
+        (pinn.epilog or "") + " 'sketchtrace pinn sweep PROBLEM' runs a grid of weighting "
         "schedules over seeds and writes sweep.json, sweep.md and pareto.png."
     ).strip()
     single = pinn.get_default("func")
@@ -491,9 +477,7 @@ def config_from_args(args) -> SweepConfig:
     """The sweep configuration of ``sketchtrace pinn sweep PROBLEM ...`` (errors before any training)."""
     problem = args.sweep_problem
     if problem not in PROBLEMS:
-        raise ValueError(
-            f"sketchtrace pinn sweep: PROBLEM must be one of {sorted(PROBLEMS)}; got {problem!r}"
-        )
+        raise ValueError(f"sketchtrace pinn sweep: PROBLEM must be one of {sorted(PROBLEMS)}; got {problem!r}")
     over = {
         "steps": args.steps,
         "width": args.width,
@@ -502,27 +486,17 @@ def config_from_args(args) -> SweepConfig:
         "n_res": args.n_res,
         "n_bc": args.n_bc,
     }
-    base = WaveConfig(
-        problem=problem, **{k: v for k, v in over.items() if v is not None}
-    ).validate()
+    base = WaveConfig(problem=problem, **{k: v for k, v in over.items() if v is not None}).validate()
     gammas = GAMMAS
     if args.gammas:
         try:
             gammas = tuple(float(g) for g in args.gammas.split(","))
         except ValueError:
-            raise ValueError(
-                f"--gammas must be comma-separated numbers; got {args.gammas!r}"
-            ) from None
+            raise ValueError(f"--gammas must be comma-separated numbers; got {args.gammas!r}") from None
     if not 0 < args.subsample <= 1:
-        raise ValueError(
-            f"--subsample must be a fraction in (0, 1]; got {args.subsample}"
-        )
+        raise ValueError(f"--subsample must be a fraction in (0, 1]; got {args.subsample}")
     grid = default_schedules(gammas, args.subsample)
-    names = (
-        None
-        if args.schedules is None
-        else [s.strip() for s in args.schedules.split(",") if s.strip()]
-    )
+    names = None if args.schedules is None else [s.strip() for s in args.schedules.split(",") if s.strip()]
     return SweepConfig(
         base=base,
         schedules=select_schedules(names, grid),
