@@ -177,6 +177,23 @@ def make_basis(n, element="P2"):
     return fem.Basis(mesh, el, intorder=6)
 
 
+def _check_solver_args(T, num_steps, num_snapshots, scheme, a, c, L, M):
+    """Checked ``(T, num_steps, num_snapshots, a, c, L, M)`` of :func:`solve_qtensor`."""
+    T = _check_positive_float("T", T)
+    num_steps = _check_positive_int("num_steps", num_steps)
+    num_snapshots = _check_positive_int("num_snapshots", num_snapshots, 2)
+    if num_steps % (num_snapshots - 1):
+        raise ValueError(
+            f"num_steps ({num_steps}) must be a multiple of num_snapshots - 1 ({num_snapshots - 1})"
+        )
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}; got {scheme!r}")
+    for name, v in (("a", a), ("c", c), ("L", L), ("M", M)):
+        if not np.isfinite(float(v)):
+            raise ValueError(f"{name} must be finite; got {v!r}")
+    return T, num_steps, num_snapshots, float(a), float(c), _check_positive_float("L", L), _check_positive_float("M", M)
+
+
 def solve_qtensor(
     *,
     T=1.0,
@@ -228,21 +245,7 @@ def solve_qtensor(
     fem = _skfem()
     from skfem.helpers import dot, grad
 
-    T = _check_positive_float("T", T)
-    num_steps = _check_positive_int("num_steps", num_steps)
-    num_snapshots = _check_positive_int("num_snapshots", num_snapshots, 2)
-    if num_steps % (num_snapshots - 1):
-        raise ValueError(
-            f"num_steps ({num_steps}) must be a multiple of num_snapshots - 1 ({num_snapshots - 1})"
-        )
-    if scheme not in SCHEMES:
-        raise ValueError(f"scheme must be one of {SCHEMES}; got {scheme!r}")
-    for name, v in (("a", a), ("c", c), ("L", L), ("M", M)):
-        if not np.isfinite(float(v)):
-            raise ValueError(f"{name} must be finite; got {v!r}")
-    L = _check_positive_float("L", L)
-    M = _check_positive_float("M", M)
-    a, c = float(a), float(c)
+    T, num_steps, num_snapshots, a, c, L, M = _check_solver_args(T, num_steps, num_snapshots, scheme, a, c, L, M)
     t_start = time.perf_counter()
     basis = make_basis(n, element)
 
