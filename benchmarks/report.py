@@ -187,6 +187,9 @@ def estimator_section(n_dense, n_mlp, width, k, repeats, rows):
             # XTrace's products: A Omega, then A Q (dependent), k/2 rows each
             "bare matvecs (2 x k/2 probes)": (jax.jit(lambda a, v1, v2: bare_fn(a, bare_fn(a, v1) + v2)), (arg, V1, V2)),
             "matfree xtrace": (jax.jit(lambda kk, a: mf_xtrace(mv(a), kk)), (key, arg)),
+            # the operator closed over (a constant of the compiled program) instead of passed in
+            "ours xtrace (closed over)": (jax.jit(lambda kk: st.xtrace(kk, opf(arg), num_matvecs=k).value), (key,)),
+            "matfree xtrace (closed over)": (jax.jit(lambda kk: mf_xtrace(mv(arg), kk)), (key,)),
         }
         la = load()
         med = interleaved({nm: (lambda fn=fn, a=a: fn(*a)) for nm, (fn, a) in contenders.items()}, repeats)
@@ -197,11 +200,13 @@ def estimator_section(n_dense, n_mlp, width, k, repeats, rows):
             "hutch_matfree": h / med["matfree hutchinson"],
             "xtrace_bare": x / med["bare matvecs (2 x k/2 probes)"],
             "xtrace_matfree": x / med["matfree xtrace"],
+            "xtrace_matfree_closed": med["ours xtrace (closed over)"] / med["matfree xtrace (closed over)"],
         }
         out.append((name, med, r, la, lb))
         rows.append((f"Hutchinson / bare matvecs, {name}", r["hutch_bare"], "hutch_bare"))
         rows.append((f"Hutchinson / matfree Hutchinson, {name}", r["hutch_matfree"], "hutch_matfree"))
         rows.append((f"XTrace / matfree XTrace, {name}", r["xtrace_matfree"], "xtrace_matfree"))
+        rows.append((f"XTrace / matfree XTrace, {name}, closed over", r["xtrace_matfree_closed"], "xtrace_matfree"))
     lines = [f"## 1. JAX estimators (jit, float32, {k} matvecs, {repeats} interleaved repeats)", ""]
     lines += ["XTrace: ours with `num_matvecs=k` and matfree's `leave_one_out_xtrace` with k/2 sphere samples "
               "both spend k matvecs (A Omega, then A Q). Bare matvecs: the same products on pre-drawn probes.", ""]
