@@ -54,7 +54,10 @@ def bc(model, x):
     return model(x).reshape(-1)
 
 
-BATCH = {"pde": torch.linspace(0, 1, 12, dtype=torch.float64)[:, None], "bc": torch.tensor([[0.0], [1.0]], dtype=torch.float64)}
+BATCH = {
+    "pde": torch.linspace(0, 1, 12, dtype=torch.float64)[:, None],
+    "bc": torch.tensor([[0.0], [1.0]], dtype=torch.float64),
+}
 
 
 def independent_traces(net, fns, batch):
@@ -63,6 +66,7 @@ def independent_traces(net, fns, batch):
     leaves = tuple(p.detach() for p in net.parameters())
     out = {}
     for block, fn in fns.items():
+
         def res(*ps, fn=fn, pts=batch[block]):
             return fn(lambda x: torch.func.functional_call(net, dict(zip(names, ps)), (x,)), pts)
 
@@ -107,12 +111,14 @@ def test_hutchinson_traces_unbiased(blocks, jvp):
         assert_unbiased(lambda s: factor * fn(s).value, truth, num_trials=60)
 
 
-def test_pc_step_is_unbiased(blocks):
+@pytest.mark.parametrize("subsample", [None, 0.5])
+def test_pc_step_is_unbiased(blocks, subsample):
     fb, _ = blocks
     p0 = fb.params()
     p1 = {k: v + 0.05 * torch.randn(v.shape, generator=gen(9), dtype=v.dtype) for k, v in p0.items()}
     truth = independent_traces(_moved(fb.module, p1), {"pde": pde_func, "bc": bc}, BATCH)
-    w = pt.ntk_weighting(fb, estimator="pc", num_probes=2, gamma=0.3, jvp="func")
+    # subsample: one random half of each block's points per refresh, scaled by n / m (unbiased too)
+    w = pt.ntk_weighting(fb, estimator="pc", num_probes=2, gamma=0.3, jvp="func", subsample=subsample)
 
     def one(s):
         state = w.init(gen(s), p0, BATCH)
@@ -143,7 +149,15 @@ def test_weighting_contract(blocks):
     assert kept is state.weights and state.count == 1
     _, state = w.update(None, state, p, p, BATCH)
     assert state.count == 2
-    for bad in ({"estimator": "nope"}, {"gamma": 0.0}, {"jvp": "x"}, {"every": 0}, {"cap": -1.0}):
+    for bad in (
+        {"estimator": "nope"},
+        {"gamma": 0.0},
+        {"jvp": "x"},
+        {"every": 0},
+        {"cap": -1.0},
+        {"subsample": 0.0},
+        {"subsample": 2, "estimator": "exact"},
+    ):
         with pytest.raises((ValueError, TypeError)):
             pt.ntk_weighting(fb, **bad)
     with pytest.raises(TypeError, match="torch.Generator"):
@@ -173,8 +187,17 @@ def _pina_train(solver, epochs):
     from pina import Trainer
 
     trainer = Trainer(
-        solver, max_epochs=epochs, accelerator="cpu", batch_size=None, train_size=1.0, val_size=0.0, test_size=0.0,
-        enable_progress_bar=False, enable_model_summary=False, logger=False, enable_checkpointing=False,
+        solver,
+        max_epochs=epochs,
+        accelerator="cpu",
+        batch_size=None,
+        train_size=1.0,
+        val_size=0.0,
+        test_size=0.0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=False,
     )
     trainer.train()
 
@@ -186,7 +209,11 @@ def _pina_independent_traces(solver):
     params = [p for p in solver.model.parameters() if p.requires_grad]
     out = {}
     for name, cond in solver.problem.conditions.items():
-        r = cond.evaluate({"input": condition_points(solver.problem, name)}, solver).as_subclass(torch.Tensor).reshape(-1)
+        r = (
+            cond.evaluate({"input": condition_points(solver.problem, name)}, solver)
+            .as_subclass(torch.Tensor)
+            .reshape(-1)
+        )
         out[name] = float(sum(_row_sq_norm(ri, params) for ri in r))
     return out
 
@@ -266,12 +293,12 @@ def _dde_independent_traces(model, pde, func):
     X = torch.as_tensor(model.data.train_x).requires_grad_(True)
     nb = model.data.num_bcs[0]
     y = model.net(X)
-    r = {"pde": pde(X, y).reshape(-1)[nb:], "bc0": (y[:nb] - torch.as_tensor(func(model.data.train_x[:nb]))).reshape(-1)}
-    params = list(model.net.parameters())
-    return {
-        n: float(sum(_row_sq_norm(ri, params) for ri in v))
-        for n, v in r.items()
+    r = {
+        "pde": pde(X, y).reshape(-1)[nb:],
+        "bc0": (y[:nb] - torch.as_tensor(func(model.data.train_x[:nb]))).reshape(-1),
     }
+    params = list(model.net.parameters())
+    return {n: float(sum(_row_sq_norm(ri, params) for ri in v)) for n, v in r.items()}
 
 
 def test_deepxde_callback_matches_exact_traces(dde):

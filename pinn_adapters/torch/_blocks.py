@@ -51,9 +51,12 @@ class TorchResidualBlocks:
         Per-point gradients for exact traces: ``torch.func.vmap(jacrev)`` in chunks,
         one ``torch.autograd.grad`` per residual row, or ``"auto"`` (``vmap``, and
         ``loop`` for residuals that ``torch.func`` cannot transform).
+    pointwise : bool
+        Whether each residual row belongs to one point of its block (a residual at a point
+        depends on that point only), as for PINN residuals; pc's ``subsample`` needs it.
     """
 
-    def __init__(self, module, fns: Mapping[str, Callable], *, reduction="mean", per_sample="auto"):
+    def __init__(self, module, fns: Mapping[str, Callable], *, reduction="mean", per_sample="auto", pointwise=True):
         module_params(module)
         if not isinstance(fns, Mapping) or not fns:
             raise TypeError("fns must be a non-empty mapping block name -> fn(model, points)")
@@ -64,6 +67,7 @@ class TorchResidualBlocks:
         self.fns = dict(fns)
         self.reduction = check_choice(reduction, ("mean", "sum"), name="reduction")
         self.per_sample = check_choice(per_sample, PER_SAMPLE, name="per_sample")
+        self.pointwise = bool(pointwise)
         self._mode = {}  # block -> "vmap" | "loop", decided on first use under "auto"
         self._rows = {}  # (block, points) -> residual rows
 

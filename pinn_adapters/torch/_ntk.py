@@ -288,14 +288,34 @@ class TorchNTKWeighting:
         _check_generator(generator, "ntk_weighting(estimator='pc')")
         cfg = self.config
         bk = backend_for_key(generator)
+        batch, scale = self._subsample(generator, batch)
         J_new = torch_gram(jacobian_operator(self.blocks, params, batch, jvp=cfg["jvp"], h=cfg["h"]), side="input")
         V = bk.probes(generator, cfg["num_probes"], J_new.probe_dim, J_new.dtype, cfg["sampler"] or "gaussian")
-        y = bk.quad_forms_of(J_new, V)
+        y = bk.quad_forms_of(J_new, V) * scale.to(J_new.dtype)
         if cfg["gamma"] == 1.0:
             return y.to(T.dtype)
         J_old = torch_gram(jacobian_operator(self.blocks, params_prev, batch, jvp=cfg["jvp"], h=cfg["h"]), side="input")
-        x = bk.quad_forms_of(J_old, V)
+        x = bk.quad_forms_of(J_old, V) * scale.to(J_old.dtype)
         return ((1.0 - cfg["gamma"]) * (T - x) + y).to(T.dtype)
+
+    def _subsample(self, generator, batch):
+        """One uniform subset of each block's points (``subsample``) and the scales ``n_b / m_b``.
+
+        The same subset and probes serve ``q(params_prev)`` and ``q(params)``, so each block
+        trace stays unbiased over subset and probe.
+        """
+        spec, names = self.config["subsample"], self.blocks.names
+        if spec is None:
+            return batch, torch.ones(len(names), dtype=torch.float64)
+        sub, scale = {}, []
+        for n in names:
+            pts = batch[n]
+            size = pts.shape[0]
+            m = min(size, spec) if isinstance(spec, int) else max(1, round(spec * size))
+            idx = torch.randperm(size, generator=generator, device=generator.device)[:m].to(pts.device)
+            sub[n] = pts[idx]
+            scale.append(size / m)
+        return sub, torch.tensor(scale, dtype=torch.float64)
 
     def _weights(self, raw, params, batch, fallback):
         cfg, names = self.config, self.blocks.names
@@ -327,6 +347,7 @@ def ntk_weighting(
     init_method="exact",
     init_matvecs=None,
     chunk_size=256,
+    subsample=None,
 ):
     """NTK loss weights for a torch PINN, refreshed along training.
 
@@ -336,7 +357,10 @@ def ntk_weighting(
     :func:`pinn_adapters.ntk_weighting`: ``estimator`` in ``{"pc", "exact",
     "hutchinson", "none"}``; pc's ``J v`` uses ``jvp`` (default ``"forward"``
     differences of the residuals, as on JAX; ``"func"``/``"autograd"`` are exact).
-    Every argument is checked here, before any work.
+    ``subsample`` (pc only; an ``int`` count or a ``float`` fraction in ``(0, 1]``) draws
+    one uniform subset of each block's points per refresh and scales its quadratic forms by
+    ``n_b / m_b`` (unbiased; needs blocks whose residual rows belong to their points,
+    ``TorchResidualBlocks(..., pointwise=True)``). Every argument is checked here, before any work.
     """
     _check_blocks(blocks)
     check_choice(estimator, ESTIMATORS, name="estimator")
@@ -355,6 +379,8 @@ def ntk_weighting(
         raise ValueError(f"ema must be None or a number in [0, 1); got {ema!r}")
     if h is not None and not (isinstance(h, (int, float)) and math.isfinite(h) and h > 0):
         raise ValueError(f"h must be None or a positive number; got {h!r}")
+    if subsample is not None:
+        _check_subsample(subsample, blocks, estimator)
     if init_method == "hutchinson":
         init_matvecs = check_num_matvecs(num_probes if init_matvecs is None else init_matvecs, name="init_matvecs")
     ntk_weights({n: 1.0 for n in blocks.names}, rule=rule, cap=cap, eps=eps)  # checks cap and eps
@@ -362,8 +388,17 @@ def ntk_weighting(
         "estimator": estimator, "every": every, "ema": ema, "rule": rule, "cap": cap, "eps": eps, "normalize": normalize,
         "num_probes": num_probes, "sampler": sampler, "gamma": float(gamma), "jvp": jvp, "h": h, "init_method": init_method,
         "init_matvecs": init_matvecs, "chunk_size": check_num_matvecs(chunk_size, name="chunk_size"),
+        "subsample": subsample,
     }
     return TorchNTKWeighting(blocks, cfg)
 
 
-
+def _check_subsample(spec, blocks, estimator):
+    if estimator != "pc":
+        raise ValueError(f"subsample= is for estimator='pc'; got estimator={estimator!r}")
+    if not blocks.pointwise:
+        raise ValueError("subsample= needs pointwise blocks (each residual row belongs to one point of its block)")
+    if isinstance(spec, bool) or not isinstance(spec, (int, float)):
+        raise TypeError(f"subsample must be an int count or a float fraction in (0, 1]; got {spec!r}")
+    if (isinstance(spec, int) and spec < 1) or (isinstance(spec, float) and not 0 < spec <= 1):
+        raise ValueError(f"subsample must be an int >= 1 or a float in (0, 1]; got {spec!r}")

@@ -94,7 +94,8 @@ class NTKWeights(dde.callbacks.Callback):
         num_bcs = len(model.data.bcs)
         names = term_names(num_terms - num_bcs, num_bcs)
         fns = {name: (lambda net, pts, k=k: terms(net, pts)[k]) for k, name in enumerate(names)}
-        return TorchResidualBlocks(model.net, fns, reduction="mean", per_sample="loop")
+        # every block sees all of train_x (DeepXDE slices its rows), so rows do not follow the points
+        return TorchResidualBlocks(model.net, fns, reduction="mean", per_sample="loop", pointwise=False)
 
     def points(self):
         X = self.model.data.train_x
