@@ -348,3 +348,65 @@ def test_predictor_corrector(backend, num_probes, sem, sampler):
         want_sem = T.std(ddof=1) / math.sqrt(num_probes) if sem == "replicas" else math.sqrt(var)
         assert_matches(est, T.mean(), want_sem, 2 * num_probes)
     assert int(state.matvecs) == m0 * num_probes + 6 * num_probes
+
+
+# ----------------------------------------------------------------------------- matrix functions (SLQ)
+
+
+_F = {"log": np.log, "inv": lambda t: 1.0 / t, "exp": np.exp, "sqrt": np.sqrt}
+
+
+def _gauss_quadrature(A, z, steps, f):
+    """``||z||^2 e1^T f(T) e1`` with ``T = Q^T A Q`` for an orthonormal basis ``Q`` of the Krylov
+    space ``[z, Az, ..., A^(s-1) z]`` (QR of the Krylov matrix, not a Lanczos recursion)."""
+    K = np.empty((z.size, steps))
+    K[:, 0] = z
+    for j in range(1, steps):
+        K[:, j] = A @ K[:, j - 1]
+    Q = np.linalg.qr(K)[0]
+    theta, V = np.linalg.eigh(Q.T @ A @ Q)
+    return (z @ z) * np.sum(V[0] ** 2 * f(theta))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fname", ["log", "inv", "exp", "sqrt"])
+@pytest.mark.parametrize("reorth", [False, True])
+def test_trace_function_slq(backend, fname, reorth):
+    """SLQ: ``m // s`` probes, each the ``s``-node Gauss quadrature of ``z^T f(A) z``."""
+    A, d, m, steps = _matrix(), Draw(backend), 14, 4  # 3 probes, 2 matvecs unspent
+    est = st.trace_function(d.key(), A, fname, num_matvecs=m, lanczos_steps=steps, reorthogonalize=reorth)
+    Z = d.rows(m // steps, N, "rademacher")
+    mean, sem = _mean_sem([_gauss_quadrature(A, z, steps, _F[fname]) for z in Z])
+    np.testing.assert_allclose(float(est.value), mean, rtol=1e-8)
+    np.testing.assert_allclose(float(est.sem), sem, rtol=1e-6)
+    assert int(est.num_matvecs) == (m // steps) * steps
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_logdet_is_trace_function_log(backend):
+    A, d = _matrix(), Draw(backend)
+    a = st.logdet(d.key(), A, num_matvecs=12, lanczos_steps=4)
+    Z = d.rows(3, N, "rademacher")
+    mean, sem = _mean_sem([_gauss_quadrature(A, z, 4, np.log) for z in Z])
+    assert_matches(a, mean, sem, 12)
+
+
+def test_trace_function_deflated():
+    """Krylov-aware deflation: ``tr(E^T f(T) E)`` on the first two blocks of a depth-4 block Krylov
+    space from ``b`` vectors (key split in two: sketch, probes), plus SLQ on probes projected off them."""
+    A, m, steps, depth = _matrix(), 20, 3, 4
+    key = jax.random.key(8)
+    est = st.trace_function(key, A, "log", num_matvecs=m, lanczos_steps=steps, method="deflated")
+    b = min(max(1, (m // 2) // depth), max(1, N // (2 * depth)))
+    g = (m - b * depth) // steps
+    k_sketch, k_probe = jax.random.split(key, 2)
+    Om = np.asarray(st.probe_rows(jax.random.split(k_sketch, b), N, jnp.float64, "rademacher")).T
+    K = np.concatenate([np.linalg.matrix_power(A, j) @ Om for j in range(depth)], axis=1)
+    Q = np.linalg.qr(K)[0]
+    theta, V = np.linalg.eigh(Q.T @ A @ Q)
+    low = np.sum((V[: 2 * b] ** 2) @ np.log(theta))
+    P = Q[:, : 2 * b]
+    G = np.asarray(st.probe_rows(jax.random.split(k_probe, g), N, jnp.float64, "rademacher"))
+    G = G - (G @ P) @ P.T
+    mean, sem = _mean_sem([_gauss_quadrature(A, z, steps, np.log) for z in G])
+    assert_matches(est, low + mean, sem, b * depth + g * steps)
