@@ -39,7 +39,7 @@ def points():
 @pytest.fixture(scope="module")
 def reference(mlp, points):
     """Plain-JAX network with the same weights, and its exact traces."""
-    params = [(l.weight, l.bias) for l in mlp.layers]
+    params = [(layer.weight, layer.bias) for layer in mlp.layers]
 
     def net(p, x):
         h = x
@@ -48,7 +48,7 @@ def reference(mlp, points):
         W, b = p[-1]
         return W @ h + b
 
-    blocks = pa.ResidualBlocks({n: (lambda f: lambda p, pts: f(lambda x: net(p, x), pts))(f) for n, f in FNS.items()})
+    blocks = pa.ResidualBlocks({n: (lambda g: lambda p, pts: g(lambda x: net(p, x), pts))(f) for n, f in FNS.items()})
     tr = pa.ntk_traces(None, blocks, params, points)
     return {n: float(tr[n].value) for n in blocks.names}
 
@@ -82,7 +82,7 @@ def test_flax_linen_and_nnx(mlp, points, reference):
 
     module = Linen()
     variables = module.init(jax.random.key(1), jnp.zeros((1,)))
-    variables = {"params": {f"Dense_{i}": {"kernel": l.weight.T, "bias": l.bias} for i, l in enumerate(mlp.layers)}}
+    variables = {"params": {f"Dense_{i}": {"kernel": layer.weight.T, "bias": layer.bias} for i, layer in enumerate(mlp.layers)}}
     blocks, params = adapters.from_linen(module, variables, FNS)
     _assert_same(pa.ntk_traces(None, blocks, params, points), reference)
 
@@ -96,9 +96,9 @@ def test_flax_linen_and_nnx(mlp, points, reference):
             return self.layers[-1](x)
 
     model = NNX(nnx.Rngs(0))
-    for lin, l in zip(model.layers, mlp.layers):
-        lin.kernel.value = l.weight.T
-        lin.bias.value = l.bias
+    for lin, layer in zip(model.layers, mlp.layers):
+        lin.kernel.value = layer.weight.T
+        lin.bias.value = layer.bias
     blocks, params = adapters.from_nnx(model, FNS)
     _assert_same(pa.ntk_traces(None, blocks, params, points), reference)
     assert flax.__version__
@@ -114,6 +114,7 @@ def test_jinns_traces_and_weights(mlp, points, reference):
             return (jax.hessian(lambda y: u(y, params)[0])(x)[0, 0] + jnp.sin(x[0]))[None]
 
     u, nn_params = jinns.nn.PINN_MLP.create(eqx_network=mlp, eq_type="PDEStatio")
+    jinns.parameters.EqParams.clear()  # jinns fixes the equation-parameter names per session
     params = Params(nn_params=nn_params, eq_params={})
     loss = LossPDEStatio(
         u=u, dynamic_loss=Poisson(), boundary_condition=Dirichlet(),
@@ -228,6 +229,7 @@ def test_jinns_train_refreshes_weights_inside_one_run(mlp):
             return (jax.hessian(lambda y: u(y, params)[0])(x)[0, 0] + jnp.sin(x[0]))[None]
 
     u, nn_params = jinns.nn.PINN_MLP.create(eqx_network=mlp, eq_type="PDEStatio")
+    jinns.parameters.EqParams.clear()  # jinns fixes the equation-parameter names per session
     params = Params(nn_params=nn_params, eq_params={})
     loss = LossPDEStatio(
         u=u, dynamic_loss=Poisson(), boundary_condition=Dirichlet(),

@@ -55,7 +55,7 @@ def setup():
     batch = {"res": jax.random.uniform(k2, (7, 2)), "bc": jax.random.uniform(k3, (4, 2))}
     blocks = make_blocks()
     J = jax.jit(jax.jacobian(lambda p: blocks.residuals(p, batch)))(params)
-    truth = {n: sum(float(jnp.sum(l**2)) for l in jax.tree.leaves(J[n])) for n in blocks.names}
+    truth = {n: sum(float(jnp.sum(leaf**2)) for leaf in jax.tree.leaves(J[n])) for n in blocks.names}
     return blocks, params, batch, truth
 
 
@@ -83,7 +83,7 @@ def test_point_norms_are_per_point_ntk_diagonal(setup):
     blocks, params, batch, _ = setup
     d = jax.jit(lambda p, b: blocks.point_grad_sq_norms(p, b, chunk_size=2))(params, batch)
     J = jax.jit(jax.jacobian(lambda p: blocks.residuals(p, batch)["res"]))(params)
-    Jf = jnp.concatenate([l.reshape(7, -1) for l in jax.tree.leaves(J)], axis=1)
+    Jf = jnp.concatenate([leaf.reshape(7, -1) for leaf in jax.tree.leaves(J)], axis=1)
     np.testing.assert_allclose(np.asarray(d["res"]), np.sum(np.asarray(Jf) ** 2, axis=1), rtol=1e-12)
 
 
