@@ -21,7 +21,10 @@ Contenders, at equal matvecs (``probes x steps``, Rademacher probes):
 Accuracy: mean relative error over ``trials`` keys (the same keys for everyone).
 Time: median over interleaved repeats of the jitted call (compiled first).
 
-Run: ``python benchmarks/matfun.py [--quick]``; ``benchmarks/report.py`` includes it.
+Run: ``python benchmarks/matfun.py [--quick]``; ``benchmarks/report.py`` includes it. On a
+loaded machine run it with ``OPENBLAS_NUM_THREADS=1``: with more LAPACK threads than free
+cores, a 2000 x 25 QR or a 100 x 100 ``eigh`` (NumPy's and JAX's CPU LAPACK alike) took
+0.15-0.45 s instead of 0.4-9 ms here, which distorts every contender that factorises.
 """
 
 from __future__ import annotations
