@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -165,8 +167,22 @@ def run_trace(args) -> dict:
             f"{rel:>11} {r['seconds']:>8.3f}"
         )
     if args.json:
-        Path(args.json).write_text(json.dumps({"source": source, "results": rows}, indent=2))
+        _write_text_atomic(Path(args.json), json.dumps({"source": source, "results": rows}, indent=2))
     return {"source": source, "results": rows}
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """A temporary file in the same directory, fsynced, then ``os.replace``: never a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class Parser(argparse.ArgumentParser):

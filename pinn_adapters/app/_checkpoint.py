@@ -97,6 +97,11 @@ def atomic_write(path, write):
             os.close(dfd)
 
 
+def write_text_atomic(path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically: a reader sees the old file or the new one."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
 def write_checkpoint(path, tree, manifest: dict):
     """Write the leaves of ``tree`` and ``manifest`` (JSON) atomically to ``path``."""
     leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]

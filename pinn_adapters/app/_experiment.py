@@ -18,6 +18,8 @@ import numpy as np
 
 from sketchtrace.validation import check_int, check_output_dir, check_real
 
+from ._checkpoint import write_text_atomic
+
 WEIGHTS = ("none", "exact", "hutchinson", "pc")
 
 
@@ -156,16 +158,25 @@ def make_weighting(cfg: WaveConfig, blocks):
 
 
 def run_wave(cfg: WaveConfig, out=None, *, progress=True, label=None, figures=True) -> dict:
-    """Train once; return (and write to ``out``) the results dictionary."""
-    import jax
+    """Train once; return (and write to ``out``) the results dictionary.
 
-    from ._train import train
+    ``cfg.x64`` runs in float64 inside a scoped ``jax.enable_x64`` (the global JAX
+    configuration is left as it was).
+    """
+    import jax
 
     cfg.validate()
     if out is not None:
         check_output_dir(out, name="out")  # before training, not after it
-    if cfg.x64:
-        jax.config.update("jax_enable_x64", True)
+    with jax.enable_x64(bool(cfg.x64) or bool(jax.config.jax_enable_x64)):
+        return _run_wave(cfg, out, progress=progress, label=label, figures=figures)
+
+
+def _run_wave(cfg: WaveConfig, out, *, progress, label, figures) -> dict:
+    import jax
+
+    from ._train import train
+
     prob = make_problem(cfg)
     weighting = make_weighting(cfg, prob.blocks)
     t0 = time.perf_counter()
@@ -200,7 +211,7 @@ def run_wave(cfg: WaveConfig, out=None, *, progress=True, label=None, figures=Tr
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(result, indent=1))
+        write_text_atomic(out / "results.json", json.dumps(result, indent=1))
         if figures:
             write_figures(out, prob, res.params, hist, result["label"], cfg.problem)
     return result
@@ -259,8 +270,8 @@ def compare(cfg: WaveConfig, out, *, progress=True) -> dict:
     table = format_table(rows, cfg)
     print(table)
     summary = {"config": dataclasses.asdict(cfg), "table": rows, "versions": _versions()}
-    (out / "compare.json").write_text(json.dumps(summary, indent=1))
-    (out / "compare.md").write_text(table + "\n")
+    write_text_atomic(out / "compare.json", json.dumps(summary, indent=1))
+    write_text_atomic(out / "compare.md", table + "\n")
     from . import _plots
 
     _plots.compare_figure(out, {k: v["history"] for k, v in runs.items()})
@@ -292,9 +303,17 @@ def format_table(rows, cfg) -> str:
 def fd_bias(out, *, width=64, depth=3, seed=0, num_probes=16, hs=None) -> list:
     """Relative bias of the finite-difference ``||J_b v||^2`` (summed over blocks) vs ``h``.
 
-    Runs in float32 and float64 (JAX x64 is switched on for the float64 rows) on the
-    wave network at its initialisation, for forward and central differences.
+    Runs in float32 and float64 (inside a scoped ``jax.enable_x64``; the global JAX
+    configuration is left as it was) on the wave network at its initialisation, for
+    forward and central differences.
     """
+    import jax
+
+    with jax.enable_x64(True):
+        return _fd_bias(out, width=width, depth=depth, seed=seed, num_probes=num_probes, hs=hs)
+
+
+def _fd_bias(out, *, width, depth, seed, num_probes, hs) -> list:
     import jax
     import jax.numpy as jnp
 
@@ -302,7 +321,6 @@ def fd_bias(out, *, width=64, depth=3, seed=0, num_probes=16, hs=None) -> list:
 
     from .. import problems
 
-    jax.config.update("jax_enable_x64", True)
     hs = list(np.logspace(-1, -8, 15)) if hs is None else list(hs)
     rows = []
     layers = (2,) + (width,) * depth + (1,)
@@ -320,10 +338,10 @@ def fd_bias(out, *, width=64, depth=3, seed=0, num_probes=16, hs=None) -> list:
             fd_total = np.asarray(r.fd).sum(axis=2)
             rel = (fd_total.mean(axis=1) - exact_total.mean()) / exact_total.mean()
             rows.append({"dtype": jnp.dtype(dtype).name, "scheme": scheme, "h": hs, "relative_bias": rel.tolist(),
-                         "default_h": st.default_step(dtype, scheme) if hasattr(st, "default_step") else None})
+                         "default_h": st.default_step(dtype, scheme)})
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "fd_bias.json").write_text(json.dumps(rows, indent=1))
+    write_text_atomic(out / "fd_bias.json", json.dumps(rows, indent=1))
     from . import _plots
 
     _plots.fd_bias_figure(out, rows)
