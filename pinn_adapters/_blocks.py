@@ -96,9 +96,9 @@ class ResidualBlocks:
         points: shape ``(n_b,)``, or ``(n_b, k)`` for ``k`` residual components per
         point (flattened row-major; each point then contributes ``k`` rows).
         ``params`` is any pytree of floating arrays (a dict, an Equinox module's
-        array leaves, Flax variables, ...). For ``method="exact"`` traces the
-        residual at a point must depend on that point only (true for PINN residuals;
-        not for layers that mix points such as batch normalisation).
+        array leaves, Flax variables, ...). A :class:`MixedBlock` (pointwise
+        features mixed across points, e.g. a stencil) is accepted as a block too.
+        Whether exact traces may use per-point gradients is set by ``pointwise``.
     reduction : {"mean", "sum"}
         How the host's loss reduces each block: ``mean(r_b**2)`` or ``sum(r_b**2)``.
         Used by the training loop and by ``normalize=None`` in :func:`ntk_traces`.
