@@ -33,6 +33,7 @@ import array_api_compat.torch as _compat
 import numpy as np
 
 from .._samplers import SAMPLERS
+from ._krylov import lanczos_step, start_rows
 from ..operators._torch import TorchTensorOperator, as_torch_operator
 
 _SAMPLER_NAMES = {fn: name for name, fn in SAMPLERS.items()}
@@ -134,6 +135,32 @@ def draw(gen, num, dim, dtype, sampler):
     return V.to(dtype)
 
 
+def lanczos_torch(matmat, Z, num_steps, *, reorthogonalize=False, keep_basis=False):
+    """Batched Lanczos on torch tensors (the shared step arithmetic in a Python loop).
+
+    Same outputs as :func:`sketchtrace.backends._krylov.lanczos_numpy`: ``(alpha, beta,
+    basis, norms)``, ``num_steps`` block products.
+    """
+    k, n = Z.shape
+    dt, dev = Z.dtype, Z.device
+    q, norms = start_rows(xp, Z)
+    q_prev = torch.zeros_like(q)
+    beta_prev = torch.zeros(k, dtype=dt, device=dev)
+    store = reorthogonalize or keep_basis
+    basis = torch.zeros((k, num_steps, n), dtype=dt, device=dev) if store else None
+    alpha = torch.zeros((k, num_steps), dtype=dt, device=dev)
+    beta = torch.zeros((k, num_steps), dtype=dt, device=dev)
+    tol = 100.0 * n * float(torch.finfo(dt).eps)  # as _krylov.breakdown_tol
+    for j in range(num_steps):
+        if store:
+            basis[:, j] = q
+        W = matmat(q).to(dt)
+        a, b, q_next = lanczos_step(xp, W, q, q_prev, beta_prev, basis if reorthogonalize else None, tol)
+        alpha[:, j], beta[:, j] = a, b
+        q_prev, q, beta_prev = q, q_next, b
+    return alpha, beta, basis, norms
+
+
 class TorchBackend:
     """The torch backend for one device (probe rows are moved there); see the module docstring."""
 
@@ -161,6 +188,14 @@ class TorchBackend:
     @staticmethod
     def jit(fn, static_argnames=()):
         return fn
+
+    #: Batched Lanczos (stochastic Lanczos quadrature): block products in a Python loop.
+    lanczos = staticmethod(lanczos_torch)
+
+    @staticmethod
+    def with_adjoint(matmat, forward, Z):
+        """No adjoint here (products run under ``torch.no_grad``): the values of ``forward`` alone."""
+        return forward(matmat, Z, False)[0]
 
     @staticmethod
     def split(gen, num):

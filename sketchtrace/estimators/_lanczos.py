@@ -21,7 +21,7 @@ FUNCTIONS = {
 def alive_mask(xp, alpha, beta, norms):
     """``(k, s)``: step ``j`` of run ``i`` happened before any breakdown (and the probe is nonzero)."""
     first = (norms > 0)[:, None]
-    later = xp.cumprod((beta[:, :-1] > 0).astype(alpha.dtype), axis=1) > 0
+    later = xp.cumprod(xp.astype(beta[:, :-1] > 0, alpha.dtype), axis=1) > 0
     return xp.concatenate([first, first & later], axis=1)
 
 
