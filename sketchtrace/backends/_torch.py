@@ -33,8 +33,8 @@ import array_api_compat.torch as _compat
 import numpy as np
 
 from .._samplers import SAMPLERS
-from ._krylov import lanczos_step, start_rows
 from ..operators._torch import TorchTensorOperator, as_torch_operator
+from ._krylov import lanczos_step, start_rows
 
 _SAMPLER_NAMES = {fn: name for name, fn in SAMPLERS.items()}
 
