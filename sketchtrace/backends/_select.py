@@ -39,9 +39,9 @@ def namespace_of(x):
         return np
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(x, torch.Tensor):
-        from ._torch import xp
+        from ._torch import namespace_for
 
-        return xp
+        return namespace_for(x.device)
     return jnp
 
 

@@ -62,13 +62,21 @@ def to_torch_dtype(dtype):
 
 
 class _Namespace:
-    """``array_api_compat.torch`` with creation functions that take a positional or NumPy dtype."""
+    """``array_api_compat.torch`` with creation functions that take a positional or NumPy dtype.
+
+    Arrays created without ``device=`` go on the namespace's device (the backend's), so
+    an estimator's small dense algebra (``xp.eye``, ``xp.zeros``) meets its products there.
+    """
+
+    def __init__(self, device=None):
+        self.device = None if device is None else torch.device(device)
 
     def __getattr__(self, name):
         return getattr(_compat, name)
 
-    @staticmethod
-    def _creation(fn, *args, dtype=None, **kw):
+    def _creation(self, fn, *args, dtype=None, **kw):
+        if self.device is not None and fn is not _compat.zeros_like:
+            kw.setdefault("device", self.device)
         return fn(*args, dtype=to_torch_dtype(dtype), **kw)
 
     def zeros(self, shape, dtype=None, **kw):
@@ -98,7 +106,13 @@ class _Namespace:
     float32, float64, int32, int64 = torch.float32, torch.float64, torch.int32, torch.int64
 
 
-xp = _Namespace()
+xp = _Namespace()  # no device of its own (torch's default)
+
+
+@functools.cache
+def namespace_for(device) -> _Namespace:
+    """The namespace that creates arrays on ``device``."""
+    return _Namespace(device)
 
 
 def _chunks(num, chunk_size):
@@ -143,7 +157,8 @@ def lanczos_torch(matmat, Z, num_steps, *, reorthogonalize=False, keep_basis=Fal
     """
     k, n = Z.shape
     dt, dev = Z.dtype, Z.device
-    q, norms = start_rows(xp, Z)
+    ns = namespace_for(dev)
+    q, norms = start_rows(ns, Z)
     q_prev = torch.zeros_like(q)
     beta_prev = torch.zeros(k, dtype=dt, device=dev)
     store = reorthogonalize or keep_basis
@@ -155,7 +170,7 @@ def lanczos_torch(matmat, Z, num_steps, *, reorthogonalize=False, keep_basis=Fal
         if store:
             basis[:, j] = q
         W = matmat(q).to(dt)
-        a, b, q_next = lanczos_step(xp, W, q, q_prev, beta_prev, basis if reorthogonalize else None, tol)
+        a, b, q_next = lanczos_step(ns, W, q, q_prev, beta_prev, basis if reorthogonalize else None, tol)
         alpha[:, j], beta[:, j] = a, b
         q_prev, q, beta_prev = q, q_next, b
     return alpha, beta, basis, norms
@@ -165,10 +180,10 @@ class TorchBackend:
     """The torch backend for one device (probe rows are moved there); see the module docstring."""
 
     name = "torch"
-    xp = xp
 
     def __init__(self, device):
         self.device = torch.device(device)
+        self.xp = namespace_for(self.device)
 
     def __repr__(self):
         return f"TorchBackend(device={self.device})"
