@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ..validation import check_choice, check_float_dtype
+from ..validation import check_choice, check_csr, check_float_dtype
 
 Blocks = tuple  # tuple of (name, start, stop), static and hashable
 
@@ -305,7 +305,7 @@ class SparseOperator(LinearOperator):
     def from_scipy(cls, S, blocks=None, symmetric=None, psd=None):
         """From a ``scipy.sparse`` matrix, in canonical CSR form (sorted indices, no
         duplicates: the JAX products rely on it; the user's matrix is not modified)."""
-        S = S.tocsr()
+        S = check_csr(S.tocsr())  # before anything reads through a corrupt indptr/indices
         if not S.has_canonical_format:
             S = S.copy()
             S.sum_duplicates()
