@@ -8,7 +8,7 @@ vmap-able, one compiled step), :func:`lanczos_numpy` is a plain Python loop over
 NumPy arrays (the numba backend's block products are its parallel kernels).
 
 Breakdown: when a run's new residual norm ``beta_j`` falls below
-``100 * n * eps * (|alpha_j| + beta_{j-1} + beta_j)`` its Krylov subspace is invariant (exact
+``100 * sqrt(n) * eps * (|alpha_j| + beta_{j-1} + beta_j)`` its Krylov subspace is invariant (exact
 in exact arithmetic); ``beta_j`` is set to 0 and the run stays at zero from then on
 (its later ``alpha``/``beta`` are 0). The caller pads those entries (see
 :func:`sketchtrace.estimators` SLQ), so the quadrature of a broken-down run is exact.
@@ -27,7 +27,13 @@ def start_rows(xp, Z):
 
 
 def breakdown_tol(dtype, n: int) -> float:
-    return 100.0 * n * float(np.finfo(dtype).eps)
+    """Relative size of a new Lanczos residual below which its Krylov space counts as invariant.
+
+    ``100 sqrt(n) eps``: rounding leaves a residual of a few ``sqrt(n) eps ||A||`` after an exact
+    breakdown, while a genuine direction this weakly coupled changes the quadrature by
+    ``O(tol^2)`` only (``6e-5`` relative in float32 at ``n = 400,000``).
+    """
+    return 100.0 * float(np.sqrt(n)) * float(np.finfo(dtype).eps)
 
 
 def lanczos_step(xp, W, q, q_prev, beta_prev, basis, tol):
