@@ -213,6 +213,8 @@ def _as_probe_rows(V, op) -> np.ndarray:
     V = np.asarray(V)
     if V.ndim != 2 or V.shape[1] != op.shape[1]:
         raise ValueError(f"V must be a (k, {op.shape[1]}) block of probe rows; got shape {V.shape}")
+    if op.kind == "csr" and V.dtype == op.dtype and V.flags.f_contiguous:
+        return V  # entry-major rows (the Lanczos vectors): the CSR kernels read V.T without a copy
     return np.ascontiguousarray(V, dtype=op.dtype)
 
 
