@@ -48,9 +48,12 @@ def test_quadrature_exact_when_steps_reach_dimension_jax_callable_f():
     n, g = 10, 4
     A, _ = spd(n, np.linspace(0.5, 2.0, n), seed=1)
     key = jax.random.key(5)
-    est = st.trace_function(
-        key, A, lambda x: jnp.log(x) ** 2, num_matvecs=g * n, lanczos_steps=n, reorthogonalize=True, allow_exact=False
-    )
+    est = jax.jit(
+        lambda k: st.trace_function(
+            k, A, lambda x: jnp.log(x) ** 2, num_matvecs=g * n, lanczos_steps=n, reorthogonalize=True,
+            allow_exact=False,
+        )
+    )(key)
     Z = np.asarray(JaxBackend.probes(key, g, n, jnp.float64))
     w, Q = np.linalg.eigh(A)
     F = (Q * np.log(w) ** 2) @ Q.T
@@ -155,15 +158,15 @@ def test_jit_and_vmap_over_keys_match_eager():
         return st.logdet(k, A, num_matvecs=12, lanczos_steps=4).value
 
     batched = jax.vmap(jax.jit(run))(keys)
-    eager = [float(run(k)) for k in keys]
-    np.testing.assert_allclose(batched, eager, rtol=1e-10)
+    one_by_one = [float(jax.jit(run)(k)) for k in keys]
+    np.testing.assert_allclose(batched, one_by_one, rtol=1e-10)
 
 
 def test_mesh_matches_single_device():
     A, _ = spd(20, np.linspace(1, 2, 20))
     kw = {"num_matvecs": 12, "lanczos_steps": 4, "allow_exact": False}
-    a = st.logdet(jax.random.key(3), A, mesh=st.make_mesh(1), **kw)
-    b = st.logdet(jax.random.key(3), A, **kw)
+    a = jax.jit(lambda k: st.logdet(k, A, mesh=st.make_mesh(1), **kw))(jax.random.key(3))
+    b = jax.jit(lambda k: st.logdet(k, A, **kw))(jax.random.key(3))
     np.testing.assert_allclose(a.value, b.value, rtol=1e-12)
 
 
@@ -224,7 +227,9 @@ def test_deflated_jax_matches_numba_statistics():
     n = 60
     lam = 1.0 + 50.0 * np.arange(1, n + 1) ** -2.0
     A, _ = spd(n, lam)
-    est = st.logdet(jax.random.key(0), A, num_matvecs=40, lanczos_steps=6, method="deflated", allow_exact=False)
+    est = jax.jit(
+        lambda k: st.logdet(k, A, num_matvecs=40, lanczos_steps=6, method="deflated", allow_exact=False)
+    )(jax.random.key(0))
     assert est.num_matvecs <= 40
     assert abs(float(est.value) - exact_tr(lam, "log")) < 6 * float(est.sem) + 1e-6
 
