@@ -143,6 +143,14 @@ MUTATIONS = [
     Mutation("predictor-corrector: estimate x 1.01", EST + "_dynamic.py",
              "new_T = (1.0 - gamma) * state.estimate + c", "new_T = 1.01 * ((1.0 - gamma) * state.estimate + c)",
              O("test_predictor_corrector") + P("test_dynamic.py")),
+    # --- matrix functions (stochastic Lanczos quadrature)
+    Mutation("trace_function: value x 1.01", EST + "_matfun.py",
+             "return Estimate(low + mean[0], sem[0], spent)", "return Estimate(1.01 * (low + mean[0]), sem[0], spent)",
+             O("test_trace_function_slq", "test_logdet_is_trace_function_log", "test_trace_function_deflated")
+             + ("tests/test_matrix_functions.py::test_unbiased_over_probes_and_fails_when_biased",)),
+    Mutation("trace_function (deflated): one deflated vector too few", EST + "_matfun.py",
+             "r = b * DEFLATED_BLOCKS", "r = b * DEFLATED_BLOCKS - 1",
+             O("test_trace_function_deflated")),
     Mutation("predictor-corrector: damping (1 - gamma)^2 -> (1 - gamma) in the variance", EST + "_dynamic.py",
              "new_var = (1.0 - gamma) ** 2 * state.variance + s2 / R",
              "new_var = (1.0 - gamma) * state.variance + s2 / R",
