@@ -258,6 +258,8 @@ def test_key_must_match_forced_backend(bk):
     with pytest.raises(TypeError, match=f"when backend='{other}'"):
         st.hutchinson(bk.key(0), A, num_matvecs=2, backend=other)
     with pytest.raises(ValueError, match="backend must be one of"):
+        st.hutchinson(bk.key(0), A, num_matvecs=2, backend="cuda")
+    with pytest.raises(TypeError, match="torch.Generator"):  # torch is a backend now: its key is refused here
         st.hutchinson(bk.key(0), A, num_matvecs=2, backend="torch")
 
 

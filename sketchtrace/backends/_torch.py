@@ -34,7 +34,7 @@ import numpy as np
 
 from .._samplers import SAMPLERS
 from ..operators._torch import TorchTensorOperator, as_torch_operator
-from ._krylov import lanczos_step, start_rows
+from ._krylov import breakdown_tol, lanczos_step, start_rows
 
 _SAMPLER_NAMES = {fn: name for name, fn in SAMPLERS.items()}
 
@@ -165,7 +165,7 @@ def lanczos_torch(matmat, Z, num_steps, *, reorthogonalize=False, keep_basis=Fal
     basis = torch.zeros((k, num_steps, n), dtype=dt, device=dev) if store else None
     alpha = torch.zeros((k, num_steps), dtype=dt, device=dev)
     beta = torch.zeros((k, num_steps), dtype=dt, device=dev)
-    tol = 100.0 * n * float(torch.finfo(dt).eps)  # as _krylov.breakdown_tol
+    tol = breakdown_tol(np.dtype(str(dt).replace("torch.", "")), n)
     for j in range(num_steps):
         if store:
             basis[:, j] = q
