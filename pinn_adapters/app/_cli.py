@@ -25,7 +25,7 @@ def register(sub):
     w.add_argument("--log-every", type=option_int(1), default=None)
     w.add_argument("--n-res", type=option_int(1), default=None, help="interior points per batch (default 300)")
     w.add_argument("--n-bc", type=option_int(1), default=None, help="points per boundary/initial piece (default 100)")
-    w.add_argument("--gamma", type=float, default=None, help="predictor-corrector damping (default 0.1)")
+    w.add_argument("--gamma", type=float, default=None, help="predictor-corrector damping (default 0.02)")
     w.add_argument("--probes", dest="num_probes", type=option_int(1), default=None, help="probes per step (default 1)")
     w.add_argument("--config", default=None, help="JSON file with WaveConfig keys (flags override it)")
     w.add_argument("--out", default=None, help="output directory (default runs/PROBLEM)")
