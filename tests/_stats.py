@@ -84,8 +84,9 @@ def assert_catches_scale(samples, truth, *, rtol=DETECT_RTOL, false_alarm=1e-6):
     import pytest
 
     with pytest.raises(AssertionError, match="standard errors"):
-        assert_unbiased_powered((1.0 + rtol) * np.asarray(samples, dtype=float), truth, rtol=rtol,
-                                false_alarm=false_alarm)
+        assert_unbiased_powered(
+            (1.0 + rtol) * np.asarray(samples, dtype=float), truth, rtol=rtol, false_alarm=false_alarm
+        )
 
 
 def low_variance_matrix(n, *, shift=2.0, rank=0, noise=0.05, seed=0):

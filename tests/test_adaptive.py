@@ -6,13 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _stats import assert_catches_scale, assert_unbiased_powered, low_variance_matrix
 from hypothesis import given, settings
 from hypothesis import strategies as hst
+from test_hutchpp import Counting, _jac_case, _matrix, _mlp
 
 import sketchtrace as st
-
-from test_hutchpp import Counting, _jac_case, _matrix, _mlp
-from _stats import assert_catches_scale, assert_unbiased_powered, low_variance_matrix
 
 SEEDS = 200
 

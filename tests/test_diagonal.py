@@ -4,12 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _stats import assert_catches_scale, assert_unbiased_powered, low_variance_matrix, map_keys
+from test_hutchpp import Counting, _jac_case, _matrix, _mlp
 
 import sketchtrace as st
 from sketchtrace.backends import JaxBackend
-
-from test_hutchpp import Counting, _jac_case, _matrix, _mlp
-from _stats import assert_catches_scale, assert_unbiased_powered, low_variance_matrix, map_keys
 from sketchtrace.testing import check_power, check_unbiased
 
 

@@ -5,11 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from scipy.sparse.linalg import aslinearoperator
-
-import sketchtrace as st
-from sketchtrace.testing import check_unbiased
-
 from _stats import (
     assert_catches_scale,
     assert_mean_within,
@@ -18,6 +13,10 @@ from _stats import (
     qform_variance,
     variance_ratio_bounds,
 )
+from scipy.sparse.linalg import aslinearoperator
+
+import sketchtrace as st
+from sketchtrace.testing import check_unbiased
 
 SAMPLERS = ["rademacher", "gaussian", "sphere"]
 N = 12  # operator size

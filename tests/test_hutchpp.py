@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _stats import assert_catches_scale, assert_unbiased_powered, low_variance_matrix, map_keys
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 
@@ -11,7 +12,6 @@ import sketchtrace as st
 from sketchtrace.backends import JaxBackend
 from sketchtrace.estimators._hutchpp import hutchpp_split, na_hutchpp_split
 from sketchtrace.testing import check_unbiased
-from _stats import assert_catches_scale, assert_unbiased_powered, low_variance_matrix, map_keys
 
 N = 30
 

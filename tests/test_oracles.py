@@ -157,8 +157,12 @@ def test_na_hutchpp(backend, m):
 # ----------------------------------------------------------------------------- XTrace family
 
 
-_TV = {"improved": ("sphere", True), "sphere": ("sphere", False), "rademacher": ("rademacher", False),
-       "gaussian": ("gaussian", False)}
+_TV = {
+    "improved": ("sphere", True),
+    "sphere": ("sphere", False),
+    "rademacher": ("rademacher", False),
+    "gaussian": ("gaussian", False),
+}
 
 
 def xtrace_samples(A, Om, improved):
@@ -326,8 +330,9 @@ def _pc_sequence(n=N):
 def test_predictor_corrector(backend, num_probes, sem, sampler):
     """``T <- (1 - g)(T - v^T A_t v) + v^T A_{t+1} v`` per replica; sem from replicas or the variance recursion."""
     gamma, m0, seq = 0.25, 4, _pc_sequence()
-    pc = st.predictor_corrector(num_probes=num_probes, gamma=gamma, sampler=sampler, init_matvecs=m0 * num_probes,
-                                sem=sem)
+    pc = st.predictor_corrector(
+        num_probes=num_probes, gamma=gamma, sampler=sampler, init_matvecs=m0 * num_probes, sem=sem
+    )
     seeds = [Draw(backend, seed=s) for s in (10, 11, 12, 13)]
     state = pc.init(seeds[0].key(), seq[0])
     V0 = seeds[0].rows(m0 * num_probes, N, sampler)

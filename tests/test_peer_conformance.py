@@ -252,8 +252,12 @@ def test_matfree_xdiag_exact_at_half_the_dimension(n, num_samples):
 def test_matfree_xdiag_reproduce_experiments(eigvals, num_samples, max_rel_err):
     """Epperly's thesis Fig. 16.1: n = 1000, signs, median (over 10 runs) max error / max |diag| below the bound."""
     A = _hermitian(eigvals(1000))
-    D = _reps(lambda k, M, num_matvecs: st.diagonal(k, M, num_matvecs=num_matvecs, method="xdiag"),
-              A, 2 * num_samples, seed=50)
+    D = _reps(
+        lambda k, M, num_matvecs: st.diagonal(k, M, num_matvecs=num_matvecs, method="xdiag"),
+        A,
+        2 * num_samples,
+        seed=50,
+    )
     err = np.max(np.abs(D - np.diag(A)), axis=1) / np.max(np.abs(np.diag(A)))
     assert np.median(err) < max_rel_err
 
@@ -283,8 +287,17 @@ def _traceax_matrix(key, tag, size, dtype):
     return shaped[tag].astype(dtype)
 
 
-TAGS = [None, "diagonal", "symmetric", "lower_triangular", "upper_triangular", "tridiagonal", "unit_diagonal",
-        "positive_semidefinite", "negative_semidefinite"]
+TAGS = [
+    None,
+    "diagonal",
+    "symmetric",
+    "lower_triangular",
+    "upper_triangular",
+    "tridiagonal",
+    "unit_diagonal",
+    "positive_semidefinite",
+    "negative_semidefinite",
+]
 TRACEAX = {"hutchinson": st.hutchinson, "hutchpp": st.hutchpp, "xtrace": st.xtrace, "xnystrace": st.xnystrace}
 
 

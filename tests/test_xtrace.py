@@ -5,15 +5,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _stats import assert_catches_scale, assert_unbiased_powered, low_variance_matrix, map_keys
 from hypothesis import given, settings
 from hypothesis import strategies as hst
+from test_hutchpp import Counting, _jac_case, _many, _matrix, _mlp
 
 import sketchtrace as st
 from sketchtrace.backends import JaxBackend
 from sketchtrace.testing import check_unbiased
-
-from test_hutchpp import Counting, _jac_case, _matrix, _many, _mlp
-from _stats import assert_catches_scale, assert_unbiased_powered, low_variance_matrix, map_keys
 
 
 def _test_vectors(key, k, n, kind):

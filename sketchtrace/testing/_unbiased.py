@@ -67,6 +67,7 @@ def trials_needed(std, bias, *, false_alarm=1e-6, power=0.99) -> int:
     if not bias > 0:
         raise ValueError(f"bias must be nonzero; got {bias}")
     z = float(stats.norm.isf(false_alarm / 2.0)) + float(stats.norm.isf(1 - power))
+
     def enough(n):
         return detectable_bias(std, n, false_alarm=false_alarm, power=power) <= bias
 
@@ -110,7 +111,9 @@ def check_unbiased(samples, truth, *, false_alarm=1e-6, exact_rtol=1e-6) -> Unbi
         z = 0.0 if mean == truth else math.copysign(math.inf, mean - truth)
         return UnbiasednessReport(mean, std, sem, z, thr, n, 0.0, ok)
     z = (mean - truth) / sem
-    return UnbiasednessReport(mean, std, sem, z, thr, n, detectable_bias(std, n, false_alarm=false_alarm), abs(z) <= thr)
+    return UnbiasednessReport(
+        mean, std, sem, z, thr, n, detectable_bias(std, n, false_alarm=false_alarm), abs(z) <= thr
+    )
 
 
 def check_power(report: UnbiasednessReport, truth, rtol: float) -> UnbiasednessReport:

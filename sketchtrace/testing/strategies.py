@@ -63,7 +63,9 @@ def _matrices(draw, sizes, spectrum, low, high, as_op):
         eigs = np.asarray(spectrum(n), dtype=float)
     else:
         if spectrum not in SPECTRA:
-            raise ValueError(f"spectrum must be one of {sorted(SPECTRA)} or a callable n -> eigenvalues; got {spectrum!r}")
+            raise ValueError(
+                f"spectrum must be one of {sorted(SPECTRA)} or a callable n -> eigenvalues; got {spectrum!r}"
+            )
         eigs = SPECTRA[spectrum](n)
     seed = draw(hst.integers(0, 2**31 - 1))
     return _case(eigs, seed, as_op)
