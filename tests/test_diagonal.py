@@ -131,6 +131,22 @@ def test_xdiag_refuses_operator_without_transpose_or_declared_symmetry():
         st.diagonal(np.random.default_rng(0), fn, num_matvecs=8, method="xdiag")
 
 
+def test_xdiag_nonsymmetric_torch():
+    torch = pytest.importorskip("torch")
+    from sketchtrace.operators import TorchFunctionOperator, as_torch_operator
+
+    rng = np.random.default_rng(1)
+    M = rng.standard_normal((50, 9)) @ rng.standard_normal((9, 50))
+    T = torch.tensor(M)
+    with_transpose = TorchFunctionOperator(lambda v: v @ T.T, (50, 50), torch.float64, rmatvec=lambda u: u @ T)
+    for op in (as_torch_operator(T), as_torch_operator(T.to_sparse_csr()), with_transpose):
+        est = st.diagonal(torch.Generator().manual_seed(0), op, num_matvecs=20, method="xdiag")
+        np.testing.assert_allclose(np.asarray(est.value), np.diag(M), rtol=1e-8, atol=1e-8)
+    no_transpose = TorchFunctionOperator(lambda v: v @ T.T, (50, 50), torch.float64)
+    with pytest.raises(ValueError, match="transpose"):
+        st.diagonal(torch.Generator().manual_seed(0), no_transpose, num_matvecs=20, method="xdiag")
+
+
 def test_xdiag_exact_on_nonsymmetric_low_rank():
     """matfree's case: a non-symmetric rank-9 50 x 50 ``A B``, 20 matvecs (10 test vectors > rank)."""
     rng = np.random.default_rng(1)

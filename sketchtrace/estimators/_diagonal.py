@@ -31,6 +31,8 @@ def _adjoint(bk, op):
     products = getattr(src, "products", None)
     if products is not None and "rmatmat" not in products:
         return None
+    if bk.name == "torch":
+        return _torch_adjoint(src)
     if bk.name != "numba":
         return None if type(src).rmatmat is _base_rmatmat() else src.T
     if isinstance(src, DenseOperator):
@@ -53,6 +55,20 @@ def _traceable(adj, dtype):
     except Exception:  # noqa: BLE001 - any tracing failure means: no usable transpose
         return None
     return adj
+
+
+def _torch_adjoint(src):
+    """``A^T`` as a torch operator (stored tensors, or a function operator with ``rmatvec``)."""
+    from ..operators import TorchFunctionOperator, TorchTensorOperator
+
+    if isinstance(src, TorchTensorOperator):
+        At = src.A.t()
+        return TorchTensorOperator(At.to_sparse_coo() if src.is_sparse else At)  # CSR^T is CSC: stored as COO
+    if isinstance(src, TorchFunctionOperator) and src.rmatvec_fn is not None:
+        return TorchFunctionOperator(
+            src.rmatvec_fn, src.shape[::-1], src.dtype, device=src.device, vectorized=src.vectorized
+        )
+    return None
 
 
 def _base_rmatmat():
