@@ -269,7 +269,9 @@ def main():
         _print_alpha(line, args)
     print()
     print("Summary (total matvecs over the sequence; ratio = repeated Hutchinson / predictor-corrector):")
-    print(f"{'alpha':>8} | {'Hutchinson':>11} | {'Hutch++':>9} | {'pc oracle':>10} | {'pc auto':>9} | {'ratio oracle':>12} | {'ratio auto':>10}")
+    print(
+        f"{'alpha':>8} | {'Hutchinson':>11} | {'Hutch++':>9} | {'pc oracle':>10} | {'pc auto':>9} | {'ratio oracle':>12} | {'ratio auto':>10}"
+    )
     for r in rows:
         hpp = f"{r['hutchpp'][1]:>9d}" if "hutchpp" in r else f"{'-':>9}"
         po, pa = r["pc_oracle"], r["pc_auto"]
@@ -281,17 +283,23 @@ def main():
         if abs(r["alpha"] - 1e-2) < 1e-12:
             ratio = r["hutch"][1] / r["pc_auto"][2]
             ok = "MET" if ratio >= 5 else "NOT MET"
-            print(f"\nTarget (alpha=1e-2, >= 5x fewer matvecs than repeated Hutchinson, gamma='auto'): {ok} ({ratio:.1f}x)")
+            print(
+                f"\nTarget (alpha=1e-2, >= 5x fewer matvecs than repeated Hutchinson, gamma='auto'): {ok} ({ratio:.1f}x)"
+            )
     print(f"total time {time.perf_counter() - t_start:.0f} s")
 
 
 def _print_alpha(r, args):
     h = r["hutch"]
-    print(f"\nalpha={r['alpha']:.0e} (measured mean relative change per step {r['measured']:.2e}), {r['seconds']:.0f} s")
+    print(
+        f"\nalpha={r['alpha']:.0e} (measured mean relative change per step {r['measured']:.2e}), {r['seconds']:.0f} s"
+    )
     print(f"  repeated Hutchinson : {h[0]:>4d} matvecs/step, total {h[1]:>8d}  (worst 0.9-quantile {h[2]:.3f})")
     if "hutchpp" in r:
         p = r["hutchpp"]
-        print(f"  repeated Hutch++    : {p[0]:>4d} matvecs/step, total {p[1]:>8d}  (worst 0.9-quantile {p[2]:.3f}; st.hutchpp)")
+        print(
+            f"  repeated Hutch++    : {p[0]:>4d} matvecs/step, total {p[1]:>8d}  (worst 0.9-quantile {p[2]:.3f}; st.hutchpp)"
+        )
     for label in ("oracle", "auto"):
         R, per, total, w_cp, w_all, g = r[f"pc_{label}"]
         Rs = f"R={R}" if R is not None else f"R>{R_GRID[-1]} (failed)"

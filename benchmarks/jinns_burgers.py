@@ -49,16 +49,27 @@ def setup(n, nb, ni, seed=0):
     from jinns.parameters import Params
 
     k1, k2 = jax.random.split(jax.random.key(seed))
-    eqx_list = ((eqx.nn.Linear, 2, 16), (jax.nn.tanh,), (eqx.nn.Linear, 16, 16), (jax.nn.tanh,),
-                (eqx.nn.Linear, 16, 16), (jax.nn.tanh,), (eqx.nn.Linear, 16, 1))
+    eqx_list = (
+        (eqx.nn.Linear, 2, 16),
+        (jax.nn.tanh,),
+        (eqx.nn.Linear, 16, 16),
+        (jax.nn.tanh,),
+        (eqx.nn.Linear, 16, 16),
+        (jax.nn.tanh,),
+        (eqx.nn.Linear, 16, 1),
+    )
     u, nn_params = jinns.nn.PINN_MLP.create(key=k1, eqx_list=eqx_list, eq_type="PDENonStatio")
-    data = jinns.data.CubicMeshPDENonStatio(key=k2, n=n, nb=nb, ni=ni, dim=1, min_pts=(-1.0,), max_pts=(1.0,),
-                                             tmin=0.0, tmax=1.0, method="uniform")
+    data = jinns.data.CubicMeshPDENonStatio(
+        key=k2, n=n, nb=nb, ni=ni, dim=1, min_pts=(-1.0,), max_pts=(1.0,), tmin=0.0, tmax=1.0, method="uniform"
+    )
     params = Params(nn_params=nn_params, eq_params={"nu": jnp.asarray(NU, jnp.float32)})
     loss = LossPDENonStatio(
-        u=u, dynamic_loss=BurgersEquation(), boundary_condition=Dirichlet(),
+        u=u,
+        dynamic_loss=BurgersEquation(),
+        boundary_condition=Dirichlet(),
         initial_condition_fun=lambda x: -jnp.sin(jnp.pi * x),
-        loss_weights=LossWeightsPDENonStatio(dyn_loss=1.0, initial_condition=1.0, boundary_loss=1.0), params=params,
+        loss_weights=LossWeightsPDENonStatio(dyn_loss=1.0, initial_condition=1.0, boundary_loss=1.0),
+        params=params,
     )
     return u, params, data, loss
 
@@ -109,16 +120,22 @@ def main(argv=None):
     print("| run | compile s | run s | total s | relative L2 vs Cole-Hopf |")
     print("|---|---|---|---|---|")
     for label, s, err in rows:
-        print(f"| {label} | {s.get('compile', float('nan')):.1f} | {s.get('run', float('nan')):.1f} | "
-              f"{s['total']:.1f} | {err:.3f} |")
+        print(
+            f"| {label} | {s.get('compile', float('nan')):.1f} | {s.get('run', float('nan')):.1f} | "
+            f"{s['total']:.1f} | {err:.3f} |"
+        )
     (_, plain, _), (_, weighted, _) = rows[1], rows[2]
     step = plain["run"] / n_iter
     t_refresh = refresh_cost(loss, params, data, repeats=5)
-    print(f"\nweighted / unweighted (jinns_train): run {weighted['run'] / plain['run']:.2f}x, "
-          f"total {weighted['total'] / plain['total']:.2f}x; weighted total / jinns.solve total "
-          f"{weighted['total'] / rows[0][1]['total']:.2f}x")
-    print(f"one exact refresh: {1e3 * t_refresh:.1f} ms = {t_refresh / step:.1f} training steps "
-          f"({1e3 * step:.2f} ms each); {n_iter // every} refreshes")
+    print(
+        f"\nweighted / unweighted (jinns_train): run {weighted['run'] / plain['run']:.2f}x, "
+        f"total {weighted['total'] / plain['total']:.2f}x; weighted total / jinns.solve total "
+        f"{weighted['total'] / rows[0][1]['total']:.2f}x"
+    )
+    print(
+        f"one exact refresh: {1e3 * t_refresh:.1f} ms = {t_refresh / step:.1f} training steps "
+        f"({1e3 * step:.2f} ms each); {n_iter // every} refreshes"
+    )
 
 
 if __name__ == "__main__":

@@ -91,7 +91,9 @@ def contenders(op, matvec, n, probes, steps):
         "sketchtrace deflated": {"method": "deflated", "reorthogonalize": False},
     }
     fns = {
-        name: jax.jit(lambda k, kw=kw: st.logdet(k, op, num_matvecs=m, lanczos_steps=steps, allow_exact=False, **kw).value)
+        name: jax.jit(
+            lambda k, kw=kw: st.logdet(k, op, num_matvecs=m, lanczos_steps=steps, allow_exact=False, **kw).value
+        )
         for name, kw in ours.items()
     }
     x_like = jnp.zeros((n,), jnp.float64)
@@ -100,7 +102,9 @@ def contenders(op, matvec, n, probes, steps):
         # paired comparison: matfree fed exactly the probes sketchtrace draws from the same key
         " (same probes)": lambda k: JaxBackend.probes(k, probes, n, jnp.float64),
     }
-    for (reortho, label), (suffix, sampler) in itertools.product((("none", ""), ("full", " (reorth)")), samplers.items()):
+    for (reortho, label), (suffix, sampler) in itertools.product(
+        (("none", ""), ("full", " (reorth)")), samplers.items()
+    ):
         integrand = funm.monte_carlo_funm_sym_logdet(decomp.tridiag_sym(steps, reortho=reortho))
         est = stochtrace.estimator_monte_carlo(integrand, sampler)
         fns[f"matfree slq{label}{suffix}"] = jax.jit(lambda k, est=est: est(lambda v: matvec(v), k))
@@ -193,7 +197,9 @@ def numba_rows(n, probes, steps, repeats):
     op = st.as_operator(C)
     fns = {
         "numba st.logdet": lambda: float(
-            st.logdet(np.random.default_rng(1), op, num_matvecs=probes * steps, lanczos_steps=steps, allow_exact=False).value
+            st.logdet(
+                np.random.default_rng(1), op, num_matvecs=probes * steps, lanczos_steps=steps, allow_exact=False
+            ).value
         ),
         "scipy block Lanczos loop": lambda: scipy_lanczos_logdet(C, probes, steps, np.random.default_rng(1)),
     }
@@ -217,30 +223,62 @@ def section(quick=False, repeats=None):
     n_sp = 20_000 if quick else 400_000
     res = jax_rows(n, probes, steps, trials, repeats, quick)
     nnz, nb = numba_rows(n_sp, probes, steps, 3 if quick else 5)
-    lines = [(f"## Traces of matrix functions: log det by SLQ vs matfree (n = {n}, {probes} probes x {steps} "
-             f"Lanczos steps = {probes * steps} matvecs, mean relative error over {trials} keys, median of "
-             f"{repeats} interleaved jitted calls)"), ""]
+    lines = [
+        (
+            f"## Traces of matrix functions: log det by SLQ vs matfree (n = {n}, {probes} probes x {steps} "
+            f"Lanczos steps = {probes * steps} matvecs, mean relative error over {trials} keys, median of "
+            f"{repeats} interleaved jitted calls)"
+        ),
+        "",
+    ]
     rows = []
     for problem, r in res:
         lines += [f"### {problem}", "", "| contender | mean rel. error (+- sem) | median ms |", "|---|---|---|"]
         lines += [f"| {name} | {e:.2e} (+- {se:.1e}) | {t * 1e3:.2f} |" for name, ((e, se), t) in r.items()]
         lines.append("")
-        rows.append((f"SLQ error / matfree error (same probes), {problem}",
-                     r["sketchtrace slq"][0][0] / r["matfree slq (same probes)"][0][0], "slq_err"))
-        rows.append((f"SLQ error / matfree error (independent probes), {problem}",
-                     r["sketchtrace slq"][0][0] / r["matfree slq"][0][0], "slq_err"))
+        rows.append(
+            (
+                f"SLQ error / matfree error (same probes), {problem}",
+                r["sketchtrace slq"][0][0] / r["matfree slq (same probes)"][0][0],
+                "slq_err",
+            )
+        )
+        rows.append(
+            (
+                f"SLQ error / matfree error (independent probes), {problem}",
+                r["sketchtrace slq"][0][0] / r["matfree slq"][0][0],
+                "slq_err",
+            )
+        )
         best = min(r[c][0][0] for c in r if c.startswith("sketchtrace"))
         rows.append((f"best sketchtrace error / matfree error, {problem}", best / r["matfree slq"][0][0], "slq_err"))
         rows.append((f"SLQ time / matfree time, {problem}", r["sketchtrace slq"][1] / r["matfree slq"][1], "slq_time"))
-        rows.append((f"SLQ (reorth) time / matfree (reorth) time, {problem}",
-                     r["sketchtrace slq (reorth)"][1] / r["matfree slq (reorth)"][1], "slq_time"))
+        rows.append(
+            (
+                f"SLQ (reorth) time / matfree (reorth) time, {problem}",
+                r["sketchtrace slq (reorth)"][1] / r["matfree slq (reorth)"][1],
+                "slq_time",
+            )
+        )
         if "polynomial" in problem:
-            rows.append(("deflated error / SLQ error, dense polynomial",
-                         r["sketchtrace deflated"][0][0] / r["sketchtrace slq"][0][0], "deflated_err"))
+            rows.append(
+                (
+                    "deflated error / SLQ error, dense polynomial",
+                    r["sketchtrace deflated"][0][0] / r["sketchtrace slq"][0][0],
+                    "deflated_err",
+                )
+            )
     ratio = nb["scipy block Lanczos loop"][0] / nb["numba st.logdet"][0]
     rows.append((f"SciPy Lanczos loop / numba logdet, CSR n={n_sp:,}", ratio, "lanczos_numba"))
-    lines += [(f"### numba backend vs a SciPy Lanczos loop (CSR n = {n_sp:,}, nnz = {nnz:,}, {probes} probes x "
-              f"{steps} steps)"), "", "| contender | median ms | value |", "|---|---|---|"]
+    lines += [
+        (
+            f"### numba backend vs a SciPy Lanczos loop (CSR n = {n_sp:,}, nnz = {nnz:,}, {probes} probes x "
+            f"{steps} steps)"
+        ),
+        "",
+        "| contender | median ms | value |",
+        "|---|---|---|",
+    ]
     lines += [f"| {name} | {t * 1e3:.1f} | {v:.6g} |" for name, (t, v) in nb.items()]
     lines += ["", f"SciPy / numba: **{ratio:.2f}x**", ""]
     return lines, rows

@@ -74,26 +74,36 @@ def step_and_residuals(prob, opt):
 
 def cost_table(widths, sizes, k, repeats):
     print(f"\n## weight update cost / training step cost (median of {repeats}; k = {k} probes)\n")
-    print("| width | n_res + n_bc points | params | step ms | exact | hutchinson-k | pc (fd, 1 probe) | pc (jvp) "
-          "| pc (fd, subsample=0.1) |")
+    print(
+        "| width | n_res + n_bc points | params | step ms | exact | hutchinson-k | pc (fd, 1 probe) | pc (jvp) "
+        "| pc (fd, subsample=0.1) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for width in widths:
         for n_res, n_bc in sizes:
             prob, key, params, p1, batch, opt, step, w1, R, R1 = wave_setup(width, n_res, n_bc)
             t_step = median_time(step, params, opt.init(params), batch, w1, repeats=repeats)
             row = []
-            for est, kw in [("exact", dict(chunk_size=128)), ("hutchinson", dict(num_probes=k)),
-                            ("pc", dict(fd="forward", subsample=None)), ("pc", dict(fd="jvp", subsample=None)),
-                            ("pc", dict(fd="forward", subsample=0.1))]:
+            for est, kw in [
+                ("exact", dict(chunk_size=128)),
+                ("hutchinson", dict(num_probes=k)),
+                ("pc", dict(fd="forward", subsample=None)),
+                ("pc", dict(fd="jvp", subsample=None)),
+                ("pc", dict(fd="forward", subsample=0.1)),
+            ]:
                 w = pa.ntk_weighting(prob.blocks, estimator=est, **kw)
                 s = w.init(key, params, batch)
-                upd = jax.jit(lambda key, s, a, b, bt, r, rp, w=w: w.update(key, s, a, b, bt, residuals=r,
-                                                                           residuals_prev=rp))
+                upd = jax.jit(
+                    lambda key, s, a, b, bt, r, rp, w=w: w.update(key, s, a, b, bt, residuals=r, residuals_prev=rp)
+                )
                 t = median_time(upd, key, s, params, p1, batch, R1, R, repeats=repeats)
                 row.append(t / t_step)
             npar = sum(x.size for x in jax.tree.leaves(params))
-            print(f"| {width} | {n_res + 4 * n_bc} | {npar} | {1e3 * t_step:.2f} | "
-                  + " | ".join(f"{r:.2f}" for r in row) + " |")
+            print(
+                f"| {width} | {n_res + 4 * n_bc} | {npar} | {1e3 * t_step:.2f} | "
+                + " | ".join(f"{r:.2f}" for r in row)
+                + " |"
+            )
 
 
 def memory_table(width, points, chunk):
@@ -123,8 +133,10 @@ def stencil_table(n, repeats):
     2-16-16-16-1 tanh network, 609 parameters), in gradient steps of the same block."""
     layers = (2, 16, 16, 16, 1)
     keys = jax.random.split(jax.random.key(0), len(layers) - 1)
-    params = [{"W": jax.random.normal(k, (a, b)) / np.sqrt(a), "b": jnp.zeros(b)}
-              for k, a, b in zip(keys, layers[:-1], layers[1:])]
+    params = [
+        {"W": jax.random.normal(k, (a, b)) / np.sqrt(a), "b": jnp.zeros(b)}
+        for k, a, b in zip(keys, layers[:-1], layers[1:])
+    ]
 
     def features(p, x):
         h = x
@@ -151,10 +163,14 @@ def stencil_table(n, repeats):
     print("| block | exact traces ms | gradient steps |")
     print("|---|---|---|")
     for label, blocks in [
-        ("opaque (pointwise=False): min(p, rows) whole-block JVPs",
-         pa.ResidualBlocks({"fd": lambda p, x: mix(features(p, x), x)}, pointwise=False)),
-        ("MixedBlock(features, mix): per-point gradients + p JVPs of mix",
-         pa.ResidualBlocks({"fd": pa.MixedBlock(features, mix)})),
+        (
+            "opaque (pointwise=False): min(p, rows) whole-block JVPs",
+            pa.ResidualBlocks({"fd": lambda p, x: mix(features(p, x), x)}, pointwise=False),
+        ),
+        (
+            "MixedBlock(features, mix): per-point gradients + p JVPs of mix",
+            pa.ResidualBlocks({"fd": pa.MixedBlock(features, mix)}),
+        ),
     ]:
         exact = jax.jit(lambda p, b, blocks=blocks: pa.ntk_traces(None, blocks, p, b, chunk_size=64)["fd"].value)
         blocks.pointwise_modes(params, batch)  # the one-off pointwise check, outside the timing

@@ -79,9 +79,13 @@ def main():
 
     C = symmetric_csr(n)
     op = st.as_operator(C)
-    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (timings scale with it; ratios less so)")
-    print(f"matrix: n = {n:,}, nnz = {C.nnz:,} ({C.nnz / n:.1f} per row), indices {C.indices.dtype}, "
-          f"{k} Rademacher probes, NUMBA_NUM_THREADS = {numba.get_num_threads()}")
+    print(
+        f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (timings scale with it; ratios less so)"
+    )
+    print(
+        f"matrix: n = {n:,}, nnz = {C.nnz:,} ({C.nnz / n:.1f} per row), indices {C.indices.dtype}, "
+        f"{k} Rademacher probes, NUMBA_NUM_THREADS = {numba.get_num_threads()}"
+    )
 
     prepared = NumbaBackend.prepare(op)
     indptr, indices, data = prepared.data
@@ -144,10 +148,14 @@ def main():
     t_bw_f64 = (csr_bytes + 2 * probe_f64) / bw_read  # read V once, write C @ V once
     ours = med["numba hutchinson (ours, end to end)"]
     print(f"\nread bandwidth (parallel sum): {bw_read / 1e9:.1f} GB/s; numpy copy: {bw_copy / 1e9:.1f} GB/s")
-    print(f"bytes of one pass: CSR {csr_bytes / 1e6:.1f} MB + probe bits {probe_bits / 1e6:.1f} MB "
-          f"-> bandwidth bound {t_bw * 1e3:.2f} ms (with float64 probes and output: {t_bw_f64 * 1e3:.2f} ms)")
+    print(
+        f"bytes of one pass: CSR {csr_bytes / 1e6:.1f} MB + probe bits {probe_bits / 1e6:.1f} MB "
+        f"-> bandwidth bound {t_bw * 1e3:.2f} ms (with float64 probes and output: {t_bw_f64 * 1e3:.2f} ms)"
+    )
     print("\nratios (> 1 means ours is faster):")
-    print(f"  scipy path / ours                      {med['scipy path (draw V, C @ V, einsum)'] / ours:6.2f}x   (target >= 1.5x)")
+    print(
+        f"  scipy path / ours                      {med['scipy path (draw V, C @ V, einsum)'] / ours:6.2f}x   (target >= 1.5x)"
+    )
     print(f"  scipy C @ V only / ours                {med['scipy C @ V only'] / ours:6.2f}x")
     if jax_fn is not None:
         print(f"  jax backend / ours                     {med['jax backend hutchinson (BCOO)'] / ours:6.2f}x")
@@ -157,8 +165,10 @@ def main():
     print(f"  fused kernel / bandwidth bound (bits)  {med['ours: fused CSR quad-form kernel'] / t_bw:6.2f}")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     flops = 2 * C.nnz * k
-    print(f"\narithmetic: {C.nnz:,} nonzeros x {k} probes = {flops / 1e9:.2f} Gflop per pass; "
-          f"fused kernel runs at {flops / med['ours: fused CSR quad-form kernel'] / 1e9:.1f} Gflop/s")
+    print(
+        f"\narithmetic: {C.nnz:,} nonzeros x {k} probes = {flops / 1e9:.2f} Gflop per pass; "
+        f"fused kernel runs at {flops / med['ours: fused CSR quad-form kernel'] / 1e9:.1f} Gflop/s"
+    )
 
 
 if __name__ == "__main__":

@@ -59,44 +59,44 @@ TARGETS = {
 # why a ratio can miss its target and what would fix it (printed for every kind that misses)
 EXPLAIN = {
     "hutch_bare": "Hutchinson's extra work over its products is drawing the probes and one reduction; at small "
-                  "sizes the fixed dispatch cost of the jitted call dominates. Fix: larger operators or batching "
-                  "several estimates in one call (vmap over keys).",
+    "sizes the fixed dispatch cost of the jitted call dominates. Fix: larger operators or batching "
+    "several estimates in one call (vmap over keys).",
     "hutch_matfree": "Both run the same products; a loss means our probe drawing (one key split per probe so that "
-                     "results do not depend on chunk_size) costs more than matfree's single draw. Fix: draw the "
-                     "whole block from one key when chunk_size is None.",
+    "results do not depend on chunk_size) costs more than matfree's single draw. Fix: draw the "
+    "whole block from one key when chunk_size is None.",
     "xtrace_matfree": "Measured (JVP of the MLP, 64 matvecs): our JacobianOperator.matmat vmaps the linearized JVP "
-                      "over probe ROWS (k, n), matfree vmaps jax.jvp over sample COLUMNS (n, k); on XLA:CPU the "
-                      "column layout gives the faster matmuls. Patching matmat to vmap with in_axes=-1 took our "
-                      "XTrace from 2.56 to 2.33 ms (matfree 2.28 ms) but made Hutchinson 3 % slower (2.31 -> "
-                      "2.39 ms), so the shared operator was left unchanged; fix: a column-layout sketch path for "
-                      "JacobianOperator in XTrace's two products (sketchtrace/_operators.py owner). On the dense "
-                      "operator the two are equal within noise.",
+    "over probe ROWS (k, n), matfree vmaps jax.jvp over sample COLUMNS (n, k); on XLA:CPU the "
+    "column layout gives the faster matmuls. Patching matmat to vmap with in_axes=-1 took our "
+    "XTrace from 2.56 to 2.33 ms (matfree 2.28 ms) but made Hutchinson 3 % slower (2.31 -> "
+    "2.39 ms), so the shared operator was left unchanged; fix: a column-layout sketch path for "
+    "JacobianOperator in XTrace's two products (sketchtrace/_operators.py owner). On the dense "
+    "operator the two are equal within noise.",
     "slq_err": "Plain SLQ is the same estimator as matfree's (Rademacher probes, Lanczos, Gauss quadrature) "
-               "with different random probes, so the error ratio scatters around 1 by Monte Carlo noise (see the "
-               "+- sem columns); the deflated method is the one that lowers the error on decaying spectra.",
+    "with different random probes, so the error ratio scatters around 1 by Monte Carlo noise (see the "
+    "+- sem columns); the deflated method is the one that lowers the error on decaying spectra.",
     "slq_time": "Both run the same products; see the matfun section's table (reorthogonalisation costs differ: ours is "
-                "two classical Gram-Schmidt passes against the stored basis).",
+    "two classical Gram-Schmidt passes against the stored basis).",
     "deflated_err": "Deflation helps when f(A) has a few dominant eigenvalues; on this spectrum the budget may be too "
-                    "small for the block Krylov space to capture them.",
+    "small for the block Krylov space to capture them.",
     "lanczos_numba": "On an oversubscribed machine (load average above the core count) every parallel region waits "
-                     "for its threads, and both contenders are memory-bound CSR products plus vector updates; the "
-                     "5x target needs free cores (NUMBA_NUM_THREADS = free cores, e.g. a 16-core machine).",
+    "for its threads, and both contenders are memory-bound CSR products plus vector updates; the "
+    "5x target needs free cores (NUMBA_NUM_THREADS = free cores, e.g. a 16-core machine).",
     "scipy_numba": "The numba path is limited by memory bandwidth; a loss means the machine was oversubscribed "
-                   "(NUMBA_NUM_THREADS > free cores). Fix: set NUMBA_NUM_THREADS to the free cores.",
+    "(NUMBA_NUM_THREADS > free cores). Fix: set NUMBA_NUM_THREADS to the free cores.",
     "pc_step": "pc with forward differences needs two residual evaluations per probe (at params_prev + h v and "
-               "params + h v) and one training step costs only about 3.5-4 residual evaluations here (the wave "
-               "residual's second derivatives dominate both), so its floor is about 0.5-0.6 steps: 0.3 is out of "
-               "reach for a refresh at every step, whatever the implementation. Fix: refresh less often "
-               "(every=4 meets the target, measured above; the anchor's unperturbed residuals are kept in the state, "
-               "so a refresh costs 2 evaluations on a fixed batch) or subsample rows (pc_cheap rows).",
+    "params + h v) and one training step costs only about 3.5-4 residual evaluations here (the wave "
+    "residual's second derivatives dominate both), so its floor is about 0.5-0.6 steps: 0.3 is out of "
+    "reach for a refresh at every step, whatever the implementation. Fix: refresh less often "
+    "(every=4 meets the target, measured above; the anchor's unperturbed residuals are kept in the state, "
+    "so a refresh costs 2 evaluations on a fixed batch) or subsample rows (pc_cheap rows).",
     "pc_cheap": "Subsampled pc evaluates the residuals on a fraction f of each block's points only, so its floor "
-                "is about 2 f (fixed batch) or 3 f (batch redrawn every step) residual evaluations; a miss at "
-                "f = 0.1 means fixed per-call costs (subset draw, probe, gathers, dispatch) dominate at this size "
-                "or that the machine was loaded (see the load average). Fix: a smaller fraction, or every > 1.",
+    "is about 2 f (fixed batch) or 3 f (batch redrawn every step) residual evaluations; a miss at "
+    "f = 0.1 means fixed per-call costs (subset draw, probe, gathers, dispatch) dominate at this size "
+    "or that the machine was loaded (see the load average). Fix: a smaller fraction, or every > 1.",
     "torch_pc_pina": "A torch pc refresh evaluates PINA's residuals (autograd Laplacian) at four parameter points "
-                     "(unperturbed and perturbed, at params_prev and params) while a training step evaluates them "
-                     "once plus a backward pass, so its floor is about 1-2 steps. Fix: take the step's residuals "
-                     "and subsample points per refresh as the JAX pc does (not done for torch yet), or every > 1.",
+    "(unperturbed and perturbed, at params_prev and params) while a training step evaluates them "
+    "once plus a backward pass, so its floor is about 1-2 steps. Fix: take the step's residuals "
+    "and subsample points per refresh as the JAX pc does (not done for torch yet), or every > 1.",
 }
 NOISE = 0.05  # ratios within 5 % of a target are counted as meeting it "within noise"
 
@@ -165,19 +165,27 @@ def estimator_section(n_dense, n_mlp, width, k, repeats, rows):
 
     cases = {
         f"dense {n_dense} x {n_dense}": dict(
-            op=lambda a: st.as_operator(a), arg=A, matvec=lambda a: (lambda v: a @ v),
-            bare=lambda a, V: V @ a.T, x_like=jnp.zeros(n_dense, jnp.float32), n=n_dense),
+            op=lambda a: st.as_operator(a),
+            arg=A,
+            matvec=lambda a: lambda v: a @ v,
+            bare=lambda a, V: V @ a.T,
+            x_like=jnp.zeros(n_dense, jnp.float32),
+            n=n_dense,
+        ),
         f"JVP of MLP {n_mlp}-{width}-{width}-{n_mlp}": dict(
-            op=lambda x: st.JacobianOperator(f, x), arg=x0,
-            matvec=lambda x: (lambda v: jax.jvp(f, (x,), (v,))[1]),
+            op=lambda x: st.JacobianOperator(f, x),
+            arg=x0,
+            matvec=lambda x: lambda v: jax.jvp(f, (x,), (v,))[1],
             bare=lambda x, V: jax.vmap(jax.linearize(f, x)[1])(V),
-            x_like=jnp.zeros(n_mlp, jnp.float32), n=n_mlp),
+            x_like=jnp.zeros(n_mlp, jnp.float32),
+            n=n_mlp,
+        ),
     }
     for name, c in cases.items():
         mf_hutch, mf_xtrace = _matfree_fns(c["x_like"], k)
         opf, mv, bare_fn = c["op"], c["matvec"], c["bare"]
         V = jax.random.rademacher(jax.random.key(1), (k, c["n"]), dtype=jnp.float32)
-        V1, V2 = V[: k // 2], V[k // 2:]
+        V1, V2 = V[: k // 2], V[k // 2 :]
         arg = c["arg"]
         contenders = {
             "ours hutchinson": (jax.jit(lambda kk, a: st.hutchinson(kk, opf(a), num_matvecs=k).value), (key, arg)),
@@ -185,7 +193,10 @@ def estimator_section(n_dense, n_mlp, width, k, repeats, rows):
             "matfree hutchinson": (jax.jit(lambda kk, a: mf_hutch(mv(a), kk)), (key, arg)),
             "ours xtrace": (jax.jit(lambda kk, a: st.xtrace(kk, opf(a), num_matvecs=k).value), (key, arg)),
             # XTrace's products: A Omega, then A Q (dependent), k/2 rows each
-            "bare matvecs (2 x k/2 probes)": (jax.jit(lambda a, v1, v2: bare_fn(a, bare_fn(a, v1) + v2)), (arg, V1, V2)),
+            "bare matvecs (2 x k/2 probes)": (
+                jax.jit(lambda a, v1, v2: bare_fn(a, bare_fn(a, v1) + v2)),
+                (arg, V1, V2),
+            ),
             "matfree xtrace": (jax.jit(lambda kk, a: mf_xtrace(mv(a), kk)), (key, arg)),
             # the operator closed over (a constant of the compiled program) instead of passed in
             "ours xtrace (closed over)": (jax.jit(lambda kk: st.xtrace(kk, opf(arg), num_matvecs=k).value), (key,)),
@@ -208,8 +219,11 @@ def estimator_section(n_dense, n_mlp, width, k, repeats, rows):
         rows.append((f"XTrace / matfree XTrace, {name}", r["xtrace_matfree"], "xtrace_matfree"))
         rows.append((f"XTrace / matfree XTrace, {name}, closed over", r["xtrace_matfree_closed"], "xtrace_matfree"))
     lines = [f"## 1. JAX estimators (jit, float32, {k} matvecs, {repeats} interleaved repeats)", ""]
-    lines += ["XTrace: ours with `num_matvecs=k` and matfree's `leave_one_out_xtrace` with k/2 sphere samples "
-              "both spend k matvecs (A Omega, then A Q). Bare matvecs: the same products on pre-drawn probes.", ""]
+    lines += [
+        "XTrace: ours with `num_matvecs=k` and matfree's `leave_one_out_xtrace` with k/2 sphere samples "
+        "both spend k matvecs (A Omega, then A Q). Bare matvecs: the same products on pre-drawn probes.",
+        "",
+    ]
     for name, med, r, la, lb in out:
         lines += [f"### {name} (load average {la:.1f} -> {lb:.1f})", "", "| contender | median ms |", "|---|---|"]
         lines += [f"| {nm} | {t * 1e3:.3f} |" for nm, t in med.items()]
@@ -223,9 +237,8 @@ def estimator_section(n_dense, n_mlp, width, k, repeats, rows):
 
 
 def numba_section(n, k, repeats, rows):
-    from numba_vs_scipy import scipy_path, symmetric_csr
-
     import numba
+    from numba_vs_scipy import scipy_path, symmetric_csr
 
     C = symmetric_csr(n)
     op = st.as_operator(C)
@@ -238,9 +251,14 @@ def numba_section(n, k, repeats, rows):
     lb = load()
     ratio = med["scipy path (draw V, C @ V, einsum)"] / med["numba hutchinson (ours, end to end)"]
     rows.append((f"SciPy path / numba Hutchinson, CSR n={n:,}", ratio, "scipy_numba"))
-    lines = [f"## 2. numba backend vs plain SciPy (CSR n = {n:,}, nnz = {C.nnz:,}, {k} Rademacher probes, "
-             f"float64, {repeats} interleaved repeats, NUMBA_NUM_THREADS = {numba.get_num_threads()}, "
-             f"load average {la:.1f} -> {lb:.1f})", "", "| contender | median ms |", "|---|---|"]
+    lines = [
+        f"## 2. numba backend vs plain SciPy (CSR n = {n:,}, nnz = {C.nnz:,}, {k} Rademacher probes, "
+        f"float64, {repeats} interleaved repeats, NUMBA_NUM_THREADS = {numba.get_num_threads()}, "
+        f"load average {la:.1f} -> {lb:.1f})",
+        "",
+        "| contender | median ms |",
+        "|---|---|",
+    ]
     lines += [f"| {nm} | {t * 1e3:.2f} |" for nm, t in med.items()]
     lines += ["", f"SciPy / numba: **{ratio:.2f}x** (target >= 1.5x)", ""]
     return lines
@@ -277,7 +295,9 @@ def ntk_section(width, n_res, n_bc, k, repeats, rows):
         "pc (forward differences, 1 probe, not batched)": ("pc", dict(fd="forward", batched=False, subsample=None)),
         PC_SUB: ("pc", dict(fd="forward")),
         f"pc (forward differences, 1 probe, subsample={SUB}, not batched)": (
-            "pc", dict(fd="forward", subsample=SUB, batched=False)),
+            "pc",
+            dict(fd="forward", subsample=SUB, batched=False),
+        ),
         f"hutchinson ({k} probes)": ("hutchinson", dict(num_probes=k)),
         "exact (chunked per-point gradients)": ("exact", dict(chunk_size=128)),
     }
@@ -293,8 +313,7 @@ def ntk_section(width, n_res, n_bc, k, repeats, rows):
     for every in EVERY:
         we = pa.ntk_weighting(prob.blocks, estimator="pc", fd="forward", every=every, subsample=None)
         se = we.init(key, params, batch)
-        upde = jax.jit(lambda kk, s, a, b, bt, r, rp, we=we: we.update(kk, s, a, b, bt, residuals=r,
-                                                                        residuals_prev=rp))
+        upde = jax.jit(lambda kk, s, a, b, bt, r, rp, we=we: we.update(kk, s, a, b, bt, residuals=r, residuals_prev=rp))
 
         def updates(upde=upde, se=se, every=every):
             s, pair = se, ((params, p1, R1, R), (p1, params, R, R1))
@@ -312,30 +331,54 @@ def ntk_section(width, n_res, n_bc, k, repeats, rows):
     t_step = med["training step (residuals, VJP, Adam)"]
     t_res = med["one residual evaluation (forward pass)"]
     npar = sum(x.size for x in jax.tree.leaves(params))
-    lines = [f"## 3. NTK weight update cost per training step (wave1d, MLP 2-{width}-{width}-{width}-1, {npar} "
-             f"parameters, {n_res} + 4 x {n_bc} points, float32, jit, {repeats} interleaved repeats, "
-             f"load average {la:.1f} -> {lb:.1f})", "", "| contender | median ms | / training step |", "|---|---|---|"]
+    lines = [
+        f"## 3. NTK weight update cost per training step (wave1d, MLP 2-{width}-{width}-{width}-1, {npar} "
+        f"parameters, {n_res} + 4 x {n_bc} points, float32, jit, {repeats} interleaved repeats, "
+        f"load average {la:.1f} -> {lb:.1f})",
+        "",
+        "| contender | median ms | / training step |",
+        "|---|---|---|",
+    ]
     for nm, t in med.items():
         lines.append(f"| {nm} | {t * 1e3:.3f} | {t / t_step:.3f} |")
-    rows.append(("pc weights (forward differences) / training step", med["pc (forward differences, 1 probe)"] / t_step,
-                 "pc_step"))
+    rows.append(
+        (
+            "pc weights (forward differences) / training step",
+            med["pc (forward differences, 1 probe)"] / t_step,
+            "pc_step",
+        )
+    )
     for every in EVERY:
-        rows.append((f"pc weights refreshed every {every} steps (per step) / training step",
-                     med[every_name(every)] / t_step, "pc_step"))
+        rows.append(
+            (
+                f"pc weights refreshed every {every} steps (per step) / training step",
+                med[every_name(every)] / t_step,
+                "pc_step",
+            )
+        )
     for nm in (PC_SUB, PC_SUB + REDRAWN):
         rows.append((f"{nm} / training step", med[nm] / t_step, "pc_cheap"))
-    rows.append(("pc (forward differences, all points, batch redrawn) / training step",
-                 med["pc (forward differences, 1 probe)" + REDRAWN] / t_step, None))
+    rows.append(
+        (
+            "pc (forward differences, all points, batch redrawn) / training step",
+            med["pc (forward differences, 1 probe)" + REDRAWN] / t_step,
+            None,
+        )
+    )
     rows.append(("exact weights / training step", med["exact (chunked per-point gradients)"] / t_step, None))
     pc = med["pc (forward differences, 1 probe)"]
-    lines += ["", f"One probe of pc with forward differences costs two residual evaluations (at `params_prev + h v` "
-              f"and `params + h v`; the unperturbed residuals come from the training step): its floor is "
-              f"2 x {t_res * 1e3:.3f} ms = {2 * t_res / t_step:.3f} training steps; measured pc / that floor = "
-              f"{pc / (2 * t_res):.2f}. The training step itself costs {t_step / t_res:.1f} residual evaluations. With `every=e` a refresh "
-              "compares against the parameters of the last refresh, whose unperturbed residuals are kept in the state "
-              "(fixed batch): two residual evaluations per refresh, 2/e per step. `subsample=f` evaluates on a "
-              "fraction f of each block's points (floor 2 f evaluations; 3 f when the batch is redrawn every step "
-              "and the unperturbed residuals at params_prev are needed too).", ""]
+    lines += [
+        "",
+        f"One probe of pc with forward differences costs two residual evaluations (at `params_prev + h v` "
+        f"and `params + h v`; the unperturbed residuals come from the training step): its floor is "
+        f"2 x {t_res * 1e3:.3f} ms = {2 * t_res / t_step:.3f} training steps; measured pc / that floor = "
+        f"{pc / (2 * t_res):.2f}. The training step itself costs {t_step / t_res:.1f} residual evaluations. With `every=e` a refresh "
+        "compares against the parameters of the last refresh, whose unperturbed residuals are kept in the state "
+        "(fixed batch): two residual evaluations per refresh, 2/e per step. `subsample=f` evaluates on a "
+        "fraction f of each block's points (floor 2 f evaluations; 3 f when the batch is redrawn every step "
+        "and the unperturbed residuals at params_prev are needed too).",
+        "",
+    ]
     return lines
 
 
@@ -348,12 +391,19 @@ def memory_section(n, probes, chunk):
     with contextlib.redirect_stdout(io.StringIO()):
         mem = memory(n=n, probes=probes, chunk=chunk)
     block = probes * n * 4 / 2**20
-    lines = [f"## 4. Peak temporary memory, chunked vs unchunked probes (matrix-free tridiagonal operator, "
-             f"n = {n:,}, {probes} probes, float32; XLA compiled memory analysis)", "",
-             "| configuration | XLA temp MiB |", "|---|---|",
-             f"| no chunk_size | {mem[None] / 2**20:.1f} |", f"| chunk_size = {chunk} | {mem[chunk] / 2**20:.1f} |",
-             f"| (one {probes} x n probe block) | {block:.1f} |", "",
-             f"unchunked / chunked: **{mem[None] / max(mem[chunk], 1):.1f}x**", ""]
+    lines = [
+        f"## 4. Peak temporary memory, chunked vs unchunked probes (matrix-free tridiagonal operator, "
+        f"n = {n:,}, {probes} probes, float32; XLA compiled memory analysis)",
+        "",
+        "| configuration | XLA temp MiB |",
+        "|---|---|",
+        f"| no chunk_size | {mem[None] / 2**20:.1f} |",
+        f"| chunk_size = {chunk} | {mem[chunk] / 2**20:.1f} |",
+        f"| (one {probes} x n probe block) | {block:.1f} |",
+        "",
+        f"unchunked / chunked: **{mem[None] / max(mem[chunk], 1):.1f}x**",
+        "",
+    ]
     return lines
 
 
@@ -400,9 +450,11 @@ def machine():
         mf_version = version("matfree")
     except Exception:  # pragma: no cover
         mf_version = getattr(matfree, "__version__", "?")
-    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; python "
-            f"{platform.python_version()}, jax {jax.__version__} ({jax.devices()[0].platform}), numba "
-            f"{numba.__version__}, numpy {np.__version__}, scipy {scipy.__version__}, matfree {mf_version}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; python "
+        f"{platform.python_version()}, jax {jax.__version__} ({jax.devices()[0].platform}), numba "
+        f"{numba.__version__}, numpy {np.__version__}, scipy {scipy.__version__}, matfree {mf_version}"
+    )
 
 
 def main(argv=None):
@@ -415,18 +467,25 @@ def main(argv=None):
         sizes = dict(n_dense=300, n_mlp=64, width=64, k=16, n_csr=20_000, res=(32, 100, 25), mem=(100_000, 64, 8))
         repeats = args.repeats or 5
     else:
-        sizes = dict(n_dense=3000, n_mlp=1000, width=1000, k=64, n_csr=400_000, res=(128, 1200, 400),
-                     mem=(1_000_000, 256, 16))
+        sizes = dict(
+            n_dense=3000, n_mlp=1000, width=1000, k=64, n_csr=400_000, res=(128, 1200, 400), mem=(1_000_000, 256, 16)
+        )
         repeats = args.repeats or 21
     t0 = time.perf_counter()
     rows = []
-    lines = ["# Performance report", "",
-             f"Generated by `python benchmarks/report.py{' --quick' if args.quick else ''}` on "
-             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
-             f"Machine: {machine()}.", "",
-             f"Load average at start: {', '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min). Other "
-             "processes may share the cores: every section interleaves its contenders and compares medians, "
-             "so ratios are more reliable than absolute times.", ""]
+    lines = [
+        "# Performance report",
+        "",
+        f"Generated by `python benchmarks/report.py{' --quick' if args.quick else ''}` on "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        "",
+        f"Machine: {machine()}.",
+        "",
+        f"Load average at start: {', '.join(f'{x:.1f}' for x in os.getloadavg())} (1, 5, 15 min). Other "
+        "processes may share the cores: every section interleaves its contenders and compares medians, "
+        "so ratios are more reliable than absolute times.",
+        "",
+    ]
     body = []
     body += estimator_section(sizes["n_dense"], sizes["n_mlp"], sizes["width"], sizes["k"], 3 * repeats, rows)
     body += numba_section(sizes["n_csr"], 64 if not args.quick else 16, max(5, repeats // 3), rows)
@@ -446,8 +505,10 @@ def main(argv=None):
         lines += ["", "### Why the misses (and the misses within noise) miss, and what would fix them", ""]
         lines += [f"- **{kind}**: {EXPLAIN[kind]}" for kind in dict.fromkeys(missed)]
     lines += [""] + body
-    lines.append(f"Total report time {time.perf_counter() - t0:.0f} s; load average at end "
-                 f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}.")
+    lines.append(
+        f"Total report time {time.perf_counter() - t0:.0f} s; load average at end "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}."
+    )
     text = "\n".join(lines) + "\n"
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:

@@ -104,11 +104,15 @@ def main():
 
     devs = jax.devices()
     counts = [c for c in counts if c <= len(devs)]
-    print(f"platform={devs[0].platform} devices visible={len(devs)} ({devs[0].device_kind}); "
-          f"device counts {counts}; jax {jax.__version__}")
+    print(
+        f"platform={devs[0].platform} devices visible={len(devs)} ({devs[0].device_kind}); "
+        f"device counts {counts}; jax {jax.__version__}"
+    )
     if devs[0].platform == "cpu":
-        print(f"NOTE: {len(devs)} forced host devices share {os.cpu_count()} CPU core(s): the ratios below show "
-              "the overhead of sharding, not a speed-up. Run on several GPUs for real scaling.")
+        print(
+            f"NOTE: {len(devs)} forced host devices share {os.cpu_count()} CPU core(s): the ratios below show "
+            "the overhead of sharding, not a speed-up. Run on several GPUs for real scaling."
+        )
 
     key = jax.random.key(0)
     rng = np.random.default_rng(0)
@@ -141,8 +145,9 @@ def main():
             lambda k, p: pa.ntk_traces(None, blocks, p, batch, method="exact", chunk_size=64, mesh=mesh)
         ),
         "ntk-hutchinson": lambda mesh: jax.jit(
-            lambda k, p: pa.ntk_traces(k, blocks, p, batch, method="hutchinson", num_matvecs=args.probes,
-                                       side="params", mesh=mesh)
+            lambda k, p: pa.ntk_traces(
+                k, blocks, p, batch, method="hutchinson", num_matvecs=args.probes, side="params", mesh=mesh
+            )
         ),
     }
     if "mesh" in inspect.signature(st.xtrace).parameters:

@@ -56,7 +56,11 @@ def dense_case(n, k, repeats):
 def jvp_case(width, points, k, repeats):
     torch.manual_seed(0)
     net = torch.nn.Sequential(
-        torch.nn.Linear(2, width), torch.nn.Tanh(), torch.nn.Linear(width, width), torch.nn.Tanh(), torch.nn.Linear(width, 1)
+        torch.nn.Linear(2, width),
+        torch.nn.Tanh(),
+        torch.nn.Linear(width, width),
+        torch.nn.Tanh(),
+        torch.nn.Linear(width, 1),
     ).double()
     x = torch.rand(points, 2, dtype=torch.float64)
     J = module_jacobian(net, lambda model, pts: model(pts).reshape(-1), x)
@@ -98,9 +102,19 @@ def pina_case(repeats):
         return PhysicsInformedSingleModelSolver(problem, model, weighting=weighting)
 
     def train(solver, epochs):
-        trainer = Trainer(solver, max_epochs=epochs, accelerator="cpu", batch_size=None, train_size=1.0, val_size=0.0,
-                          test_size=0.0, enable_progress_bar=False, enable_model_summary=False, logger=False,
-                          enable_checkpointing=False)
+        trainer = Trainer(
+            solver,
+            max_epochs=epochs,
+            accelerator="cpu",
+            batch_size=None,
+            train_size=1.0,
+            val_size=0.0,
+            test_size=0.0,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            logger=False,
+            enable_checkpointing=False,
+        )
         t0 = time.perf_counter()
         trainer.train()
         return time.perf_counter() - t0
@@ -128,18 +142,26 @@ def run(quick=False, repeats=None):
     jh, jb, shape = jvp_case(width, points, k, repeats)
     lines = [
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, float64, {repeats} interleaved repeats (medians)",
-        (f"dense {n} x {n}, {k} Rademacher probes: hutchinson {th * 1e3:.2f} ms, bare V @ A.T {tb * 1e3:.2f} ms, "
-        f"ratio {th / tb:.3f} (target <= 1.1)"),
-        (f"torch.func JVP operator J^T J, J {shape[0]} x {shape[1]}, {k} probes: hutchinson {jh * 1e3:.2f} ms, "
-        f"bare vmap(jvp) {jb * 1e3:.2f} ms, ratio {jh / jb:.3f} (target <= 1.1)"),
+        (
+            f"dense {n} x {n}, {k} Rademacher probes: hutchinson {th * 1e3:.2f} ms, bare V @ A.T {tb * 1e3:.2f} ms, "
+            f"ratio {th / tb:.3f} (target <= 1.1)"
+        ),
+        (
+            f"torch.func JVP operator J^T J, J {shape[0]} x {shape[1]}, {k} probes: hutchinson {jh * 1e3:.2f} ms, "
+            f"bare vmap(jvp) {jb * 1e3:.2f} ms, ratio {jh / jb:.3f} (target <= 1.1)"
+        ),
     ]
-    rows = [("torch Hutchinson / bare matvecs, dense", th / tb, "hutch_bare"),
-            ("torch Hutchinson / bare JVPs, torch.func Jacobian", jh / jb, "hutch_bare")]
+    rows = [
+        ("torch Hutchinson / bare matvecs, dense", th / tb, "hutch_bare"),
+        ("torch Hutchinson / bare JVPs, torch.func Jacobian", jh / jb, "hutch_bare"),
+    ]
     try:
         med, ts, npts = pina_case(max(3, repeats // 3))
         for name, tp in med.items():
-            lines.append(f"PINA Poisson ({npts} points): {name} weights (1 probe, forward differences) {tp * 1e3:.1f} "
-                         f"ms, training step {ts * 1e3:.1f} ms, ratio {tp / ts:.3f} (target <= 0.2)")
+            lines.append(
+                f"PINA Poisson ({npts} points): {name} weights (1 probe, forward differences) {tp * 1e3:.1f} "
+                f"ms, training step {ts * 1e3:.1f} ms, ratio {tp / ts:.3f} (target <= 0.2)"
+            )
             rows.append((f"torch {name} weights / PINA training step", tp / ts, "torch_pc_pina"))
     except ImportError as exc:
         lines.append(f"PINA case skipped: {exc}")

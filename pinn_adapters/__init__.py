@@ -7,8 +7,8 @@ functions that need them; importing this package needs only JAX and sketchtrace.
 from . import problems
 from ._blocks import MixedBlock, ResidualBlocks
 from ._ntk import ntk_traces, ntk_weights
-from .app import NonFiniteError, TrainResult, TrainState, load_checkpoint, save_checkpoint, train
 from ._weighting import NTKWeighting, WeightingState, ntk_weighting
+from .app import NonFiniteError, TrainResult, TrainState, load_checkpoint, save_checkpoint, train
 
 __all__ = [
     "ResidualBlocks",

@@ -130,9 +130,7 @@ class ResidualBlocks:
     def __init__(self, fns: Mapping[str, Callable], *, reduction: str = "mean", pointwise=True):
         if not isinstance(fns, Mapping):
             hint = " (wrap it: {'residual': fn}, one entry per block)" if callable(fns) else ""
-            raise TypeError(
-                f"fns must be a mapping block name -> fn(params, points); got {type(fns).__name__}{hint}"
-            )
+            raise TypeError(f"fns must be a mapping block name -> fn(params, points); got {type(fns).__name__}{hint}")
         if not fns:
             raise ValueError("fns must contain at least one residual block")
         for name, fn in fns.items():
@@ -270,7 +268,9 @@ class ResidualBlocks:
         modes = self.pointwise_modes(params, batch)
         fn = self.__dict__.get("_norms_jit")
         if fn is None:
-            fn = self.__dict__["_norms_jit"] = jax.jit(self._point_grad_sq_norms, static_argnames=("chunk_size", "modes"))
+            fn = self.__dict__["_norms_jit"] = jax.jit(
+                self._point_grad_sq_norms, static_argnames=("chunk_size", "modes")
+            )
         return fn(params, batch, chunk_size=chunk_size, modes=modes)
 
     # ------------------------------------------------------------------ pointwise detection
@@ -326,7 +326,6 @@ class ResidualBlocks:
         if isinstance(block_fn, MixedBlock):
             return _pointwise_evidence(lambda p, x: jnp.reshape(block_fn.features(p, x), (-1,)), params, points)
         return _pointwise_evidence(lambda p, x: self.block_residuals(name, p, x), params, points)
-
 
     # ------------------------------------------------------------------ exact traces
     def _point_grad_sq_norms(self, params, batch, *, chunk_size, modes):

@@ -163,18 +163,20 @@ def ntk_traces(
         except FloatingPointError as e:  # the core's finiteness check does not know the block names
             raise _non_finite_gradient_error(blocks, params, batch) from e
     if normalize == "mean":
-        out = {
-            n: st.Estimate(e.value / rows[n], e.sem / rows[n], e.num_matvecs) for n, e in out.items()
-        }
+        out = {n: st.Estimate(e.value / rows[n], e.sem / rows[n], e.num_matvecs) for n, e in out.items()}
     return out
 
 
 def _non_finite_gradient_error(blocks, params, batch):
     """A ValueError naming the blocks whose Jacobian is non-finite (one JVP per block along ones)."""
     ones = jax.tree.map(jnp.ones_like, params)
-    bad = [n for n in blocks.names
-           if not bool(jnp.all(jnp.isfinite(jax.jvp(lambda p, n=n: blocks.block_residuals(n, p, batch[n]),
-                                                    (params,), (ones,))[1])))]
+    bad = [
+        n
+        for n in blocks.names
+        if not bool(
+            jnp.all(jnp.isfinite(jax.jvp(lambda p, n=n: blocks.block_residuals(n, p, batch[n]), (params,), (ones,))[1]))
+        )
+    ]
     which = ", ".join(repr(n) for n in bad) if bad else f"one of {list(blocks.names)}"
     return ValueError(
         f"ntk_traces: block {which} has non-finite gradients (NaN or inf) although its residuals are "

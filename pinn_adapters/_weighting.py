@@ -236,16 +236,12 @@ def ntk_weighting(
 def _configure(blocks, **cfg) -> dict:
     """Check every argument before any work; return the static configuration."""
     if not isinstance(blocks, ResidualBlocks):
-        raise TypeError(
-            f"blocks must be a pinn_adapters.ResidualBlocks; got {type(blocks).__name__}"
-        )
+        raise TypeError(f"blocks must be a pinn_adapters.ResidualBlocks; got {type(blocks).__name__}")
     est = check_choice(cfg["estimator"], ESTIMATORS, name="estimator")
     check_choice(cfg["fd"], FD_SCHEMES, name="fd")
     check_choice(cfg["init_method"], ("exact", "hutchinson"), name="init_method")
     if cfg["normalize"] not in ("sum", "mean", None):
-        raise ValueError(
-            f"normalize must be 'sum', 'mean' or None; got {cfg['normalize']!r}"
-        )
+        raise ValueError(f"normalize must be 'sum', 'mean' or None; got {cfg['normalize']!r}")
     cfg["every"] = check_num_matvecs(cfg["every"], name="every")
     cfg["num_probes"] = check_num_matvecs(cfg["num_probes"], name="num_probes")
     ema, gamma = cfg["ema"], cfg["gamma"]
@@ -254,23 +250,15 @@ def _configure(blocks, **cfg) -> dict:
     if gamma != "auto" and not (isinstance(gamma, (int, float)) and 0 < gamma <= 1):
         raise ValueError(f"gamma must be a float in (0, 1] or 'auto'; got {gamma!r}")
     if est == "moving_average" and gamma == "auto":
-        raise ValueError(
-            "gamma='auto' is for estimator='pc'; give the moving average a float beta as gamma"
-        )
+        raise ValueError("gamma='auto' is for estimator='pc'; give the moving average a float beta as gamma")
     if cfg["rule"] == "jaxpi" and cfg["normalize"] == "mean":
-        raise ValueError(
-            "rule='jaxpi' divides by the block sizes itself; use normalize='sum' with it"
-        )
-    ntk_weights(
-        {"_": 1.0}, rule=cfg["rule"], cap=cfg["cap"], eps=cfg["eps"]
-    )  # validates rule, cap, eps
+        raise ValueError("rule='jaxpi' divides by the block sizes itself; use normalize='sum' with it")
+    ntk_weights({"_": 1.0}, rule=cfg["rule"], cap=cfg["cap"], eps=cfg["eps"])  # validates rule, cap, eps
     if not isinstance(cfg["batched"], bool):
         raise TypeError(f"batched must be True or False; got {cfg['batched']!r}")
     cfg["subsample"] = _check_subsample(cfg["subsample"], blocks, est, gamma)
     cfg["normalize"] = cfg["normalize"] or blocks.reduction
-    cfg["sampler"] = cfg["sampler"] or (
-        "gaussian" if est in ("pc", "moving_average") else "rademacher"
-    )
+    cfg["sampler"] = cfg["sampler"] or ("gaussian" if est in ("pc", "moving_average") else "rademacher")
     if cfg["init_matvecs"] is None:
         cfg["init_matvecs"] = max(8, cfg["num_probes"])
     return cfg
@@ -285,23 +273,17 @@ def _check_subsample(spec, blocks, estimator, gamma):
         return None
     if estimator != "pc" or gamma == "auto":
         raise ValueError(
-            f"subsample is for estimator='pc' with a float gamma; got estimator={estimator!r}, "
-            f"gamma={gamma!r}"
+            f"subsample is for estimator='pc' with a float gamma; got estimator={estimator!r}, gamma={gamma!r}"
         )
     per_block = spec if isinstance(spec, dict) else {n: spec for n in blocks.names}
     unknown = sorted(set(per_block) - set(blocks.names))
     if unknown:
-        raise ValueError(
-            f"subsample names unknown block(s) {unknown}; blocks are {list(blocks.names)}"
-        )
+        raise ValueError(f"subsample names unknown block(s) {unknown}; blocks are {list(blocks.names)}")
     for n, v in per_block.items():
         ok_int = isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
         ok_frac = isinstance(v, float) and 0 < v <= 1
         if not (ok_int or ok_frac or v is None):
-            raise ValueError(
-                f"subsample for block {n!r} must be a point count >= 1 or a fraction in (0, 1]; "
-                f"got {v!r}"
-            )
+            raise ValueError(f"subsample for block {n!r} must be a point count >= 1 or a fraction in (0, 1]; got {v!r}")
     if blocks.pointwise is False:
         raise ValueError(
             "subsample needs pointwise residual blocks (ResidualBlocks(..., pointwise=True or "
@@ -348,15 +330,11 @@ def _skeleton(blocks, cfg, strategy):
         raw, inner = strategy.init(key, params, batch)
         traces = _normalized(raw, rows, cfg)
         weights, _ = _weights_from(traces, rows, ones, cfg)
-        return WeightingState(
-            _cast(weights, dtype), _cast(traces, dtype), zero, zero, inner
-        )
+        return WeightingState(_cast(weights, dtype), _cast(traces, dtype), zero, zero, inner)
 
     def refresh(key, state, params_prev, params, batch, residuals, residuals_prev):
         rows = residual_rows(blocks, params, batch)
-        raw, inner = strategy.refresh(
-            key, state.inner, params_prev, params, batch, residuals, residuals_prev
-        )
+        raw, inner = strategy.refresh(key, state.inner, params_prev, params, batch, residuals, residuals_prev)
         traces = _normalized(raw, rows, cfg)
         new_w, ok = _weights_from(traces, rows, state.weights, cfg)
         if ema is not None:
@@ -366,13 +344,9 @@ def _skeleton(blocks, cfg, strategy):
         # a rejected refresh must not poison a recursion: keep the estimator's old state
         inner = jax.tree.map(lambda a, b: jnp.where(ok, a, b), inner, state.inner)
         rejected = state.rejected + jnp.where(ok, 0, 1).astype(jnp.int32)
-        return WeightingState(
-            _cast(new_w, dtype), _cast(traces, dtype), state.count + 1, rejected, inner
-        )
+        return WeightingState(_cast(new_w, dtype), _cast(traces, dtype), state.count + 1, rejected, inner)
 
-    def update(
-        key, state, params_prev, params, batch, *, residuals=None, residuals_prev=None
-    ):
+    def update(key, state, params_prev, params, batch, *, residuals=None, residuals_prev=None):
         batch = blocks.coerce_batch(batch)
         if strategy.refresh is None:
             return state.weights, state._replace(count=state.count + 1)
@@ -405,9 +379,7 @@ def _weights_from(traces, rows, fallback, cfg):
     """Weights from traces; where any trace is not finite, ``fallback`` (and ``ok`` False)."""
     names = list(traces)
     sizes = rows if cfg["rule"] == "jaxpi" else None
-    w = ntk_weights(
-        traces, rule=cfg["rule"], cap=cfg["cap"], eps=cfg["eps"], sizes=sizes
-    )
+    w = ntk_weights(traces, rule=cfg["rule"], cap=cfg["cap"], eps=cfg["eps"], sizes=sizes)
     ok = jnp.all(jnp.stack([jnp.isfinite(traces[n]) for n in names]))
     return {n: jnp.where(ok, w[n], fallback[n]) for n in names}, ok
 
@@ -492,13 +464,9 @@ def _dynamic_strategy(blocks, cfg, mesh):
     """
     names, g, m = blocks.names, cfg["gamma"], cfg["num_probes"]
     if cfg["estimator"] == "pc":
-        core = st.predictor_corrector(
-            num_probes=m, gamma=g, sampler=cfg["sampler"], init_matvecs=m
-        )
+        core = st.predictor_corrector(num_probes=m, gamma=g, sampler=cfg["sampler"], init_matvecs=m)
     else:
-        core = st.moving_average(
-            num_probes=m, beta=g, sampler=cfg["sampler"], init_matvecs=m
-        )
+        core = st.moving_average(num_probes=m, beta=g, sampler=cfg["sampler"], init_matvecs=m)
     first = _first_traces(blocks, cfg, mesh)
 
     def gram(params, batch, value):
@@ -507,9 +475,7 @@ def _dynamic_strategy(blocks, cfg, mesh):
                 st.JacobianOperator(blocks.residuals, params, batch, mode="fwd"),
                 side="input",
             )
-        return st.FiniteDifferenceGram(
-            blocks.residuals, params, batch, h=cfg["h"], scheme=cfg["fd"], value=value
-        )
+        return st.FiniteDifferenceGram(blocks.residuals, params, batch, h=cfg["h"], scheme=cfg["fd"], value=value)
 
     def init(key, params, batch):
         op = gram(params, batch, None)
@@ -521,11 +487,7 @@ def _dynamic_strategy(blocks, cfg, mesh):
     def refresh(key, inner, params_prev, params, batch, residuals, residuals_prev):
         state, offset = inner
         op_next = gram(params, batch, residuals)
-        op_prev = (
-            gram(params_prev, batch, residuals_prev)
-            if cfg["estimator"] == "pc"
-            else None
-        )
+        op_prev = gram(params_prev, batch, residuals_prev) if cfg["estimator"] == "pc" else None
         kept = {n: 1 - state.gamma[i] for i, n in enumerate(op_next.block_names)}
         est, state = core.update(key, state, op_prev, op_next)
         offset = {n: kept[n] * offset[n] for n in names}
@@ -553,9 +515,7 @@ def _pc_strategy(blocks, cfg, mesh):
         if every > 1:
             params_prev = inner.anchor
             # the anchor's residuals are on the caller's batch only if it says the batch is fixed
-            residuals_prev = (
-                inner.anchor_residuals if residuals_prev is not None else None
-            )
+            residuals_prev = inner.anchor_residuals if residuals_prev is not None else None
             if residuals is None:
                 residuals = blocks.residuals(params, batch)
             anchor, anchor_res = params, residuals
@@ -571,9 +531,7 @@ def _pc_strategy(blocks, cfg, mesh):
         )
         T = (1.0 - gamma) * (inner.estimate - x) + y
         value = T.mean(axis=0)
-        return {n: value[i] for i, n in enumerate(names)}, PCState(
-            T.astype(inner.estimate.dtype), anchor, anchor_res
-        )
+        return {n: value[i] for i, n in enumerate(names)}, PCState(T.astype(inner.estimate.dtype), anchor, anchor_res)
 
     return _Strategy(init, refresh)
 
@@ -604,9 +562,7 @@ def _subsample(key, blocks, batch, spec):
         if m == sizes[n]:
             sub[n], idx[n], scale[n] = batch[n], None, 1.0
             continue
-        ix = jax.random.choice(
-            jax.random.fold_in(key, i), sizes[n], (m,), replace=False
-        )
+        ix = jax.random.choice(jax.random.fold_in(key, i), sizes[n], (m,), replace=False)
         sub[n] = jax.tree.map(lambda a, ix=ix: a[ix], batch[n])
         idx[n], scale[n] = ix, subsample_scale(sizes[n], m)
     return sub, idx, sizes, scale
@@ -630,9 +586,7 @@ def _evaluate(g, points, batched):
     return jax.tree.map(lambda *a: jnp.stack(a), *outs)
 
 
-def pc_quad_forms(
-    key, blocks, params_prev, params, batch, cfg, *, residuals=None, residuals_prev=None
-):
+def pc_quad_forms(key, blocks, params_prev, params, batch, cfg, *, residuals=None, residuals_prev=None):
     """``x = q(params_prev)``, ``y = q(params)``, each ``(R, B)``: ``scale_b ||J_b v_r||^2`` on one subset.
 
     The subset (``cfg["subsample"]``) and the ``R`` probes are shared by both points.
@@ -643,23 +597,15 @@ def pc_quad_forms(
     flat, unravel = ravel_pytree(params)
     flat_prev = ravel_pytree(params_prev)[0] if cfg["gamma"] != 1 else None
     keys = jax.random.split(k_v, cfg["num_probes"])
-    V = jax.vmap(
-        lambda k: ravel_pytree(st.sample_like(k, params, sampler=cfg["sampler"]))[0]
-    )(keys)
+    V = jax.vmap(lambda k: ravel_pytree(st.sample_like(k, params, sampler=cfg["sampler"]))[0])(keys)
 
     def g(x):
         return blocks.residuals(unravel(x), sub)
 
     anchors = [a for a in (flat_prev, flat) if a is not None]
-    bases = [_take_rows(r, idx, sizes) for r in (residuals_prev, residuals)][
-        -len(anchors) :
-    ]
-    jv = _jvps(
-        g, jnp.stack(anchors), bases, V.astype(flat.dtype), cfg
-    )  # dict: (points, R, rows)
-    q = jnp.stack(
-        [scale[n] * jnp.sum(jnp.square(jv[n]), axis=-1) for n in blocks.names], axis=-1
-    )
+    bases = [_take_rows(r, idx, sizes) for r in (residuals_prev, residuals)][-len(anchors) :]
+    jv = _jvps(g, jnp.stack(anchors), bases, V.astype(flat.dtype), cfg)  # dict: (points, R, rows)
+    q = jnp.stack([scale[n] * jnp.sum(jnp.square(jv[n]), axis=-1) for n in blocks.names], axis=-1)
     y = q[-1]
     x = q[0] if len(anchors) == 2 else jnp.zeros_like(y)
     return x, y
@@ -680,23 +626,17 @@ def _jvps(g, anchors, bases, V, cfg):
     h = cfg["h"]
     if h is None:
         rms = jnp.sqrt(jnp.mean(jnp.square(anchors[-1])))
-        h = st.default_step(anchors.dtype, cfg["fd"]) * (
-            1.0 + jax.lax.stop_gradient(rms)
-        )
+        h = st.default_step(anchors.dtype, cfg["fd"]) * (1.0 + jax.lax.stop_gradient(rms))
     h = jnp.asarray(h, anchors.dtype)
     plus = (anchors[:, None, :] + h * V[None]).reshape(A * R, -1)
     if cfg["fd"] == "central":
         minus = (anchors[:, None, :] - h * V[None]).reshape(A * R, -1)
         out = _evaluate(g, jnp.concatenate([plus, minus]), cfg["batched"])
-        return jax.tree.map(
-            lambda a: ((a[: A * R] - a[A * R :]) / (2 * h)).reshape(A, R, -1), out
-        )
+        return jax.tree.map(lambda a: ((a[: A * R] - a[A * R :]) / (2 * h)).reshape(A, R, -1), out)
     missing = [i for i, b in enumerate(bases) if b is None]
     out = _evaluate(
         g,
-        jnp.concatenate([plus, anchors[jnp.asarray(missing, jnp.int32)]])
-        if missing
-        else plus,
+        jnp.concatenate([plus, anchors[jnp.asarray(missing, jnp.int32)]]) if missing else plus,
         cfg["batched"],
     )
     result = {}

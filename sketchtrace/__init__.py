@@ -3,8 +3,16 @@
 Public names live here; everything else is internal.
 """
 
-from . import sharding, validation
+from . import sharding as sharding  # public submodules
+from . import validation as validation
 from ._estimate import Estimate
+from ._samplers import (
+    probe_rows,
+    sample_like,
+    sampler_gaussian,
+    sampler_rademacher,
+    sampler_sphere,
+)
 from .estimators import (
     DynamicState,
     block_traces,
@@ -38,13 +46,6 @@ from .operators import (
     gram,
 )
 from .sharding import make_mesh
-from ._samplers import (
-    probe_rows,
-    sample_like,
-    sampler_gaussian,
-    sampler_rademacher,
-    sampler_sphere,
-)
 
 __version__ = "0.1.0"
 

@@ -33,7 +33,4 @@ class Estimate(NamedTuple):
             except (TypeError, ValueError):
                 return repr(x)
 
-        return (
-            f"Estimate(value={fmt(self.value)}, sem={fmt(self.sem)}, "
-            f"num_matvecs={fmt(self.num_matvecs)})"
-        )
+        return f"Estimate(value={fmt(self.value)}, sem={fmt(self.sem)}, num_matvecs={fmt(self.num_matvecs)})"

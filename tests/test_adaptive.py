@@ -33,7 +33,9 @@ SLACK = 0.05
 
 
 @pytest.mark.parametrize(
-    "method,rtol", [("auto", 1e-2), ("xnystrace", 1e-3), ("hutchinson", 0.1)], ids=["auto-xtrace", "xnystrace", "hutchinson"]
+    "method,rtol",
+    [("auto", 1e-2), ("xnystrace", 1e-3), ("hutchinson", 0.1)],
+    ids=["auto-xtrace", "xnystrace", "hutchinson"],
 )
 def test_meets_tolerance_in_confidence_of_runs(method, rtol):
     A, tr = _matrix(n=150, decay=0.9)
@@ -79,7 +81,9 @@ def test_warns_and_returns_when_budget_runs_out():
 
 
 @settings(max_examples=6)
-@given(n=hst.integers(5, 40), budget=hst.integers(16, 60), method=hst.sampled_from(["hutchinson", "xtrace", "xnystrace"]))
+@given(
+    n=hst.integers(5, 40), budget=hst.integers(16, 60), method=hst.sampled_from(["hutchinson", "xtrace", "xnystrace"])
+)
 def test_budget_never_exceeded(n, budget, method):
     A, _ = _matrix(n=n, decay=0.95)
     op = Counting(A)
@@ -124,9 +128,7 @@ def test_bad_input():
 # ----------------------------------------------------------------------------- powered unbiasedness
 
 
-@pytest.mark.parametrize(
-    "method,shift,rank,first,trials", [("hutchinson", 2.0, 0, 4, 50), ("xtrace", 1.0, 3, 8, 100)]
-)
+@pytest.mark.parametrize("method,shift,rank,first,trials", [("hutchinson", 2.0, 0, 4, 50), ("xtrace", 1.0, 3, 8, 100)])
 def test_unbiased_detects_one_percent(method, shift, rank, first, trials):
     """The grown estimate (every round, budget spent: no data-dependent stopping) is unbiased.
 

@@ -118,8 +118,10 @@ def _long_functions():
 
 
 def _is_docstring(stmt):
-    return isinstance(stmt, ast.Expr) and isinstance(getattr(stmt, "value", None), ast.Constant) and isinstance(
-        stmt.value.value, str
+    return (
+        isinstance(stmt, ast.Expr)
+        and isinstance(getattr(stmt, "value", None), ast.Constant)
+        and isinstance(stmt.value.value, str)
     )
 
 

@@ -204,7 +204,9 @@ def test_scipy_linear_operator_of_the_wrong_output_shape_refused_up_front(backen
 
     L = SciPyLinearOperator((40, 40), matvec=matvec, dtype=np.float64)
     rand = RNG(0) if backend == "numba" else key
-    with pytest.raises(ValueError, match=r"op \(a SciPy LinearOperator of shape \(40, 40\)\) returned shape \(41,\); expected \(40,\)"):
+    with pytest.raises(
+        ValueError, match=r"op \(a SciPy LinearOperator of shape \(40, 40\)\) returned shape \(41,\); expected \(40,\)"
+    ):
         st.hutchinson(rand, L, num_matvecs=4)
     assert len(calls) == 1  # one probe at setup, before any estimation
 
@@ -258,13 +260,16 @@ def _tiny_problem():
     return pa.problems.poisson1d(layers=(1, 4, 1), n_res=4, n_bc=1)
 
 
-@pytest.mark.parametrize(("kw", "err", "msg"), [
-    ({"seed": "abc"}, TypeError, r"seed must be an integer >= 0; got str 'abc'"),
-    ({"seed": -1}, ValueError, r"seed must be an integer >= 0; got -1"),
-    ({"steps": 2.5}, TypeError, r"steps must be an integer >= 0"),
-    ({"log_every": 0}, ValueError, r"log_every must be an integer >= 1"),
-    ({"checkpoint_every": np.float32(2)}, TypeError, r"checkpoint_every must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    ("kw", "err", "msg"),
+    [
+        ({"seed": "abc"}, TypeError, r"seed must be an integer >= 0; got str 'abc'"),
+        ({"seed": -1}, ValueError, r"seed must be an integer >= 0; got -1"),
+        ({"steps": 2.5}, TypeError, r"steps must be an integer >= 0"),
+        ({"log_every": 0}, ValueError, r"log_every must be an integer >= 1"),
+        ({"checkpoint_every": np.float32(2)}, TypeError, r"checkpoint_every must be an integer >= 1"),
+    ],
+)
 def test_train_arguments_named_before_any_work(kw, err, msg):
     import pinn_adapters as pa
 

@@ -18,7 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-
 def _load(path):
     name = "_asv_" + path.stem
     spec = importlib.util.spec_from_file_location(name, path)
@@ -46,7 +45,12 @@ def _run_all(obj, *params):
 
 @pytest.mark.parametrize(
     "params",
-    [("hutchinson", "jax", "dense"), ("xtrace", "numba", "sparse"), ("hutchpp", "jax", "vjp"), ("xnystrace", "jax", "gram")],
+    [
+        ("hutchinson", "jax", "dense"),
+        ("xtrace", "numba", "sparse"),
+        ("hutchpp", "jax", "vjp"),
+        ("xnystrace", "jax", "gram"),
+    ],
     ids="-".join,
 )
 def test_estimators_suite(params, monkeypatch):
@@ -73,7 +77,8 @@ def test_estimators_suite_error_track_detects_bias(monkeypatch):
     assert b.track_relative_error("hutchinson", "numba", "dense") < 1e-12
     est = b.est
     b.est = lambda key, op, num_matvecs: est(key, op, num_matvecs=num_matvecs)._replace(
-        value=1.1 * est(key, op, num_matvecs=num_matvecs).value)
+        value=1.1 * est(key, op, num_matvecs=num_matvecs).value
+    )
     assert b.track_relative_error("hutchinson", "numba", "dense") == pytest.approx(0.1)
 
 

@@ -101,8 +101,11 @@ def test_json_output_checked_before_any_work(where, tmp_path, capsys, monkeypatc
 
     np.save(tmp_path / "m.npy", np.eye(3))
     (tmp_path / "file").write_text("x")
-    target = {"missing-dir": tmp_path / "nope" / "r.json", "under-a-file": tmp_path / "file" / "r.json",
-              "a-directory": tmp_path}[where]
+    target = {
+        "missing-dir": tmp_path / "nope" / "r.json",
+        "under-a-file": tmp_path / "file" / "r.json",
+        "a-directory": tmp_path,
+    }[where]
     monkeypatch.setattr(cli, "load_matrix", lambda p: pytest.fail("the matrix was loaded before --json was checked"))
     assert "--json" in _one_line_error(capsys, "trace", str(tmp_path / "m.npy"), "--json", str(target))
 
@@ -115,8 +118,13 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_console_script_error_is_one_line_without_traceback(tmp_path):
     bad = tmp_path / "bad.mtx"
     bad.write_text("%%MatrixMarket matrix coordinate real general\n2 2 1\n1 q 1.0\n")
-    proc = subprocess.run([sys.executable, "-m", "sketchtrace", "trace", str(bad)], capture_output=True, text=True, check=False,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sketchtrace", "trace", str(bad)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1 and "bad.mtx" in proc.stderr
 
@@ -124,6 +132,9 @@ def test_console_script_error_is_one_line_without_traceback(tmp_path):
 def test_console_script_demo_runs():
     out = subprocess.run(
         [sys.executable, "-m", "sketchtrace", "trace", "--demo", "--matvecs", "30"],
-        capture_output=True, text=True, timeout=300, check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
     ).stdout
     assert "demo" in out and "exact trace: 1.6444" in out and "hutchinson" in out

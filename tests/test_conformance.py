@@ -18,13 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from _stats import assert_mean_within, map_keys, qform_variance, variance_ratio_bounds
 from scipy import stats
 
 import sketchtrace as st
 from sketchtrace.testing import check_unbiased
-
-from _stats import assert_mean_within, qform_variance, variance_ratio_bounds
-from _stats import map_keys
 
 numba = pytest.importorskip("numba")
 
@@ -162,7 +160,9 @@ def test_block_traces_unbiased_and_sum_to_total(bk):
     for s in range(3):  # same probes: the blocks add up to the total
         per = st.block_traces(bk.key(s), op, num_matvecs=m)
         total = st.hutchinson(bk.key(s), op, num_matvecs=m)
-        np.testing.assert_allclose(float(per["top"].value) + float(per["bottom"].value), float(total.value), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(
+            float(per["top"].value) + float(per["bottom"].value), float(total.value), rtol=1e-12, atol=1e-12
+        )
     if bk.name == "jax":
         keys = jax.random.split(jax.random.key(99), trials)
         out = jax.jit(jax.vmap(lambda k: st.block_traces(k, op, num_matvecs=m)))(keys)
@@ -318,7 +318,7 @@ def _many(bk, fn, trials, seed=77):
     return np.array([float(e.value) for e in out]), np.array([float(e.sem) for e in out])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _samples(backend_name, name, m=9, trials=400):
     """(values, sems) of ``trials`` estimates of tr(P); computed once per backend and estimator."""
     bk = _Jax if backend_name == "jax" else _Numba

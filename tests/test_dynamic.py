@@ -90,7 +90,7 @@ def run(est, num_seeds, num_steps, *, seed=0, blocks=None, record=(50, 100)):
     return {t: (vals[:, i], sems[:, i]) for i, t in enumerate(record)}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def run_pc(num_probes, gamma, num_seeds=2000, num_steps=100, record=(50, 100)):
     """Cached runs shared by several tests (each configuration compiles once)."""
     pc = st.predictor_corrector(num_probes=num_probes, gamma=gamma, init_matvecs=4 * num_probes)
@@ -462,7 +462,9 @@ def test_quad_form_only_operator(key):
     np.testing.assert_allclose(float(e.value), float(e_ref.value), rtol=1e-12)
     with pytest.raises(ValueError, match="matmat"):  # refused before any work
         st.xtrace(key, QuadOnly(seq(0)), num_matvecs=8)
-    assert st.trace(key, QuadOnly(seq(0)), rtol=0.5, first_matvecs=4, max_matvecs=12).num_matvecs <= 12  # auto: hutchinson
+    assert (
+        st.trace(key, QuadOnly(seq(0)), rtol=0.5, first_matvecs=4, max_matvecs=12).num_matvecs <= 12
+    )  # auto: hutchinson
 
 
 def _numba_available():

@@ -65,10 +65,13 @@ def test_forward_reuses_fx():
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("scheme, order, hs", [
-    ("forward", 1, np.logspace(-6, -2, 9)),
-    ("central", 2, np.logspace(-4, -1.5, 9)),
-])
+@pytest.mark.parametrize(
+    "scheme, order, hs",
+    [
+        ("forward", 1, np.logspace(-6, -2, 9)),
+        ("central", 2, np.logspace(-4, -1.5, 9)),
+    ],
+)
 def test_pathwise_error_order(scheme, order, hs):
     # per-probe error of ||J v||^2 shrinks like h (forward) and h^2 (central) in float64
     b = st.finite_difference_bias(jax.random.key(0), mlp, make_params(), X, h=hs, scheme=scheme, num_probes=8)
@@ -164,7 +167,7 @@ def test_gram_value_reuse_counts_evaluations():
     V = jnp.ones((3, G.shape[1]))
     G.quad_forms(V)  # traced once under vmap: one evaluation per probe
     assert len(calls) == 1
-    G2 = st.FiniteDifferenceGram(f, p, X)
+    st.FiniteDifferenceGram(f, p, X)
     assert len(calls) == 2  # computes f(x) once itself
 
 
@@ -177,9 +180,7 @@ def test_gram_in_predictor_corrector(key):
     @jax.jit
     def both(p0, p1):
         s = pc.init(key, st.FiniteDifferenceGram(mlp, p0, X))
-        e, _ = pc.update(
-            jax.random.key(1), s, st.FiniteDifferenceGram(mlp, p0, X), st.FiniteDifferenceGram(mlp, p1, X)
-        )
+        e, _ = pc.update(jax.random.key(1), s, st.FiniteDifferenceGram(mlp, p0, X), st.FiniteDifferenceGram(mlp, p1, X))
         J0 = st.gram(st.JacobianOperator(mlp, p0, X), side="input")
         J1 = st.gram(st.JacobianOperator(mlp, p1, X), side="input")
         e_ref, _ = pc.update(jax.random.key(1), pc.init(key, J0), J0, J1)

@@ -50,7 +50,12 @@ def test_quadrature_exact_when_steps_reach_dimension_jax_callable_f():
     key = jax.random.key(5)
     est = jax.jit(
         lambda k: st.trace_function(
-            k, A, lambda x: jnp.log(x) ** 2, num_matvecs=g * n, lanczos_steps=n, reorthogonalize=True,
+            k,
+            A,
+            lambda x: jnp.log(x) ** 2,
+            num_matvecs=g * n,
+            lanczos_steps=n,
+            reorthogonalize=True,
             allow_exact=False,
         )
     )(key)
@@ -76,8 +81,9 @@ def test_breakdown_gives_exact_quadrature():
     lam = np.repeat([1.0, 2.0, 4.0], 10)
     A, _ = spd(n, lam, seed=2)
     for reorth in (False, True):
-        est = st.logdet(np.random.default_rng(1), A, num_matvecs=8 * g, lanczos_steps=8, reorthogonalize=reorth,
-                          allow_exact=False)
+        est = st.logdet(
+            np.random.default_rng(1), A, num_matvecs=8 * g, lanczos_steps=8, reorthogonalize=reorth, allow_exact=False
+        )
         Z = backend_named("numba").probes(np.random.default_rng(1), g, n, np.float64)
         np.testing.assert_allclose(est.value, qforms(A, Z, "log").mean(), rtol=1e-9)
 
@@ -130,7 +136,10 @@ def test_sem_matches_spread():
     n = 40
     lam = np.linspace(1.0, 3.0, n)
     A, _ = spd(n, lam)
-    ests = [st.trace_inverse(np.random.default_rng(s), A, num_matvecs=80, lanczos_steps=8, allow_exact=False) for s in range(60)]
+    ests = [
+        st.trace_inverse(np.random.default_rng(s), A, num_matvecs=80, lanczos_steps=8, allow_exact=False)
+        for s in range(60)
+    ]
     spread = np.std([float(e.value) for e in ests], ddof=1)
     mean_sem = np.sqrt(np.mean([float(e.sem) ** 2 for e in ests]))
     assert 0.6 < mean_sem / spread < 1.6  # sample-variance ratio over 60 trials, 10 probes each
@@ -207,12 +216,18 @@ def test_deflated_halves_the_error_on_polynomial_decay():
     trials = 40
     err2 = {}
     for method in ("slq", "deflated"):
-        vals = np.array([
-            float(st.logdet(np.random.default_rng(s), A, num_matvecs=120, lanczos_steps=10, method=method,
-                            allow_exact=False).value)
-            for s in range(trials)
-        ])
+        vals = np.array(
+            [
+                float(
+                    st.logdet(
+                        np.random.default_rng(s), A, num_matvecs=120, lanczos_steps=10, method=method, allow_exact=False
+                    ).value
+                )
+                for s in range(trials)
+            ]
+        )
         err2[method] = (vals - truth) ** 2
+
     # one-sided comparison of mean squared errors with 4 standard errors of margin on each side
     def upper(e):
         return e.mean() + 4 * e.std(ddof=1) / math.sqrt(e.size)
@@ -227,9 +242,9 @@ def test_deflated_jax_matches_numba_statistics():
     n = 60
     lam = 1.0 + 50.0 * np.arange(1, n + 1) ** -2.0
     A, _ = spd(n, lam)
-    est = jax.jit(
-        lambda k: st.logdet(k, A, num_matvecs=40, lanczos_steps=6, method="deflated", allow_exact=False)
-    )(jax.random.key(0))
+    est = jax.jit(lambda k: st.logdet(k, A, num_matvecs=40, lanczos_steps=6, method="deflated", allow_exact=False))(
+        jax.random.key(0)
+    )
     assert est.num_matvecs <= 40
     assert abs(float(est.value) - exact_tr(lam, "log")) < 6 * float(est.sem) + 1e-6
 

@@ -126,9 +126,13 @@ def test_blocks_on_every_kind():
     want = _direct_quad(V, D, [(0, 40), (40, 100), (100, N)])
     for kind in ("csr", "dense", "scipy-linop", "numba-fn", "python-fn"):
         op = NB.prepare(st.as_operator(KINDS[kind](), blocks=blocks))
-        np.testing.assert_allclose(NB.quad_forms(np.random.default_rng(1), op, 9, "rademacher", 4), want, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(
+            NB.quad_forms(np.random.default_rng(1), op, 9, "rademacher", 4), want, rtol=1e-10, atol=1e-10
+        )
         exact = NB.exact_quad_forms(op, 64).sum(axis=0)
-        np.testing.assert_allclose(exact, [np.trace(D[:40, :40]), np.trace(D[40:100, 40:100]), np.trace(D[100:, 100:])], rtol=1e-12)
+        np.testing.assert_allclose(
+            exact, [np.trace(D[:40, :40]), np.trace(D[40:100, 40:100]), np.trace(D[100:, 100:])], rtol=1e-12
+        )
 
 
 def test_many_blocks_and_chunk_boundaries():
@@ -197,8 +201,13 @@ _THREAD_SCRIPT = textwrap.dedent(
 def test_results_are_bitwise_identical_for_any_thread_count():
     code = _THREAD_SCRIPT.format(repo=REPO, tests=os.path.join(REPO, "tests"))
     procs = [  # both at once (they compile the same things)
-        subprocess.Popen([sys.executable, "-c", code, threads], env=dict(os.environ, NUMBA_NUM_THREADS=threads, JAX_PLATFORMS="cpu"),
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", code, threads],
+            env=dict(os.environ, NUMBA_NUM_THREADS=threads, JAX_PLATFORMS="cpu"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for threads in ("1", "2")
     ]
     results = []
@@ -299,6 +308,7 @@ def test_numba_matvec_with_explicit_signatures():
 
     est = st.hutchinson(np.random.default_rng(0), st.FunctionOperator(double, 10, np.float64), num_matvecs=10)
     assert float(est.value) == 20.0 and float(est.sem) == 0.0
+
     @numba.njit("float32[:](float32[:])")
     def f32_only(v):
         return v * np.float32(2)
@@ -366,7 +376,12 @@ def test_without_numba_the_error_says_how_to_install():
             print("MSG:", exc)
         """
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "MSG:" in proc.stdout and "pip install 'sketchtrace[numba]'" in proc.stdout

@@ -95,7 +95,10 @@ def _pytree_f(params, x, scale):
 @pytest.fixture
 def pytree_case():
     rng = np.random.default_rng(0)
-    params = {"layer": {"w": jnp.asarray(rng.standard_normal((3, 2))), "b": jnp.asarray(rng.standard_normal(3))}, "c": jnp.asarray(0.7)}
+    params = {
+        "layer": {"w": jnp.asarray(rng.standard_normal((3, 2))), "b": jnp.asarray(rng.standard_normal(3))},
+        "c": jnp.asarray(0.7),
+    }
     x = jnp.asarray([0.3, -0.2])
     flat, unravel = ravel_pytree(params)
     jac = jax.jacfwd(lambda p: ravel_pytree(_pytree_f(unravel(p), x, 2.0))[0])(flat)
@@ -175,7 +178,11 @@ def test_blocks_spec_forms():
 
 def test_samplers_moments_and_sphere_norm():
     k = jax.random.key(0)
-    for name, fn in [("rademacher", st.sampler_rademacher), ("gaussian", st.sampler_gaussian), ("sphere", st.sampler_sphere)]:
+    for name, fn in [
+        ("rademacher", st.sampler_rademacher),
+        ("gaussian", st.sampler_gaussian),
+        ("sphere", st.sampler_sphere),
+    ]:
         V = np.asarray(fn(k, (20000, 6), jnp.float64))
         cov = V.T @ V / V.shape[0]
         np.testing.assert_allclose(cov, np.eye(6), atol=0.06, err_msg=name)

@@ -106,8 +106,13 @@ def test_every_reuses_the_anchor_residuals_on_a_fixed_batch(setup):
 def test_bad_subsample_is_refused_before_any_work(setup):
     prob = setup[0]
     b = prob.blocks
-    for bad, match in [(0, "subsample"), (1.5, "fraction"), (-2, "count"), ("half", "subsample"),
-                       ({"nope": 0.5}, "unknown block")]:
+    for bad, match in [
+        (0, "subsample"),
+        (1.5, "fraction"),
+        (-2, "count"),
+        ("half", "subsample"),
+        ({"nope": 0.5}, "unknown block"),
+    ]:
         with pytest.raises(ValueError, match=match):
             pa.ntk_weighting(b, subsample=bad)
     with pytest.raises(ValueError, match="estimator='pc'"):

@@ -82,13 +82,17 @@ def test_flax_linen_and_nnx(mlp, points, reference):
 
     module = Linen()
     variables = module.init(jax.random.key(1), jnp.zeros((1,)))
-    variables = {"params": {f"Dense_{i}": {"kernel": layer.weight.T, "bias": layer.bias} for i, layer in enumerate(mlp.layers)}}
+    variables = {
+        "params": {f"Dense_{i}": {"kernel": layer.weight.T, "bias": layer.bias} for i, layer in enumerate(mlp.layers)}
+    }
     blocks, params = adapters.from_linen(module, variables, FNS)
     _assert_same(pa.ntk_traces(None, blocks, params, points), reference)
 
     class NNX(nnx.Module):
         def __init__(self, rngs):
-            self.layers = nnx.List([nnx.Linear(1, 8, rngs=rngs), nnx.Linear(8, 8, rngs=rngs), nnx.Linear(8, 1, rngs=rngs)])
+            self.layers = nnx.List(
+                [nnx.Linear(1, 8, rngs=rngs), nnx.Linear(8, 8, rngs=rngs), nnx.Linear(8, 1, rngs=rngs)]
+            )
 
         def __call__(self, x):
             for layer in self.layers[:-1]:
@@ -117,8 +121,11 @@ def test_jinns_traces_and_weights(mlp, points, reference):
     jinns.parameters.EqParams.clear()  # jinns fixes the equation-parameter names per session
     params = Params(nn_params=nn_params, eq_params={})
     loss = LossPDEStatio(
-        u=u, dynamic_loss=Poisson(), boundary_condition=Dirichlet(),
-        loss_weights=LossWeightsPDEStatio(dyn_loss=1.0, boundary_loss=1.0), params=params,
+        u=u,
+        dynamic_loss=Poisson(),
+        boundary_condition=Dirichlet(),
+        loss_weights=LossWeightsPDEStatio(dyn_loss=1.0, boundary_loss=1.0),
+        params=params,
     )
     from jinns.data._Batchs import PDEStatioBatch
 
@@ -172,17 +179,22 @@ class JaxpiStyleModel:
 
 
 def _make_blocks(model, batch):
-    blocks = pa.ResidualBlocks({
-        "bcs": lambda p, x: jax.vmap(model.u_net, (None, 0))(p, x),
-        "res": lambda p, x: jax.vmap(model.r_net, (None, 0))(p, x[:, 0]),
-    })
+    blocks = pa.ResidualBlocks(
+        {
+            "bcs": lambda p, x: jax.vmap(model.u_net, (None, 0))(p, x),
+            "res": lambda p, x: jax.vmap(model.r_net, (None, 0))(p, x[:, 0]),
+        }
+    )
     return blocks, {"bcs": model.x_bc, "res": batch}
 
 
 def test_jaxpi_style_drop_in():
     k = jax.random.split(jax.random.key(5), 3)
-    params = {"W1": jax.random.normal(k[0], (6,)), "b1": jax.random.normal(k[1], (6,)),
-              "W2": jax.random.normal(k[2], (6,)) / 3}
+    params = {
+        "W1": jax.random.normal(k[0], (6,)),
+        "b1": jax.random.normal(k[1], (6,)),
+        "W2": jax.random.normal(k[2], (6,)) / 3,
+    }
     model = JaxpiStyleModel(params, jnp.asarray([0.0, 1.0]))
     batch = jnp.linspace(0.1, 0.9, 7)[:, None]
     ref = model.compute_diag_ntk(params, batch)
@@ -200,8 +212,13 @@ def test_jaxpi_style_drop_in():
         np.testing.assert_allclose(float(w[n]), float(w_ref[n]), rtol=1e-10)
     # sketched per-point diagonal: unbiased for every entry (mean over many keys)
     blocks, bb = _make_blocks(model, batch)
-    est = jax.jit(jax.vmap(lambda key: adapters.compute_diag_ntk(
-        blocks, params, bb, method="hutchinson", key=key, num_matvecs=2)["res"]))(jax.random.split(k[0], 3000))
+    est = jax.jit(
+        jax.vmap(
+            lambda key: adapters.compute_diag_ntk(blocks, params, bb, method="hutchinson", key=key, num_matvecs=2)[
+                "res"
+            ]
+        )
+    )(jax.random.split(k[0], 3000))
     from sketchtrace.testing import check_unbiased
 
     for i in range(est.shape[1]):
@@ -212,9 +229,11 @@ def test_jaxpi_style_drop_in():
 
 
 def test_host_libraries_imported_lazily():
-    code = ("import sys, pinn_adapters, pinn_adapters.adapters, pinn_adapters.problems; "
-            "bad = [m for m in ('flax', 'equinox', 'jinns', 'optax', 'tqdm', 'matplotlib') if m in sys.modules]; "
-            "print(bad); assert not bad, bad")
+    code = (
+        "import sys, pinn_adapters, pinn_adapters.adapters, pinn_adapters.problems; "
+        "bad = [m for m in ('flax', 'equinox', 'jinns', 'optax', 'tqdm', 'matplotlib') if m in sys.modules]; "
+        "print(bad); assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
 
 
@@ -232,11 +251,15 @@ def test_jinns_train_refreshes_weights_inside_one_run(mlp):
     jinns.parameters.EqParams.clear()  # jinns fixes the equation-parameter names per session
     params = Params(nn_params=nn_params, eq_params={})
     loss = LossPDEStatio(
-        u=u, dynamic_loss=Poisson(), boundary_condition=Dirichlet(),
-        loss_weights=LossWeightsPDEStatio(dyn_loss=1.0, boundary_loss=1.0), params=params,
+        u=u,
+        dynamic_loss=Poisson(),
+        boundary_condition=Dirichlet(),
+        loss_weights=LossWeightsPDEStatio(dyn_loss=1.0, boundary_loss=1.0),
+        params=params,
     )
-    data = jinns.data.CubicMeshPDEStatio(key=jax.random.key(1), n=12, nb=2, dim=1, min_pts=(0.0,), max_pts=(1.0,),
-                                         method="uniform")
+    data = jinns.data.CubicMeshPDEStatio(
+        key=jax.random.key(1), n=12, nb=2, dim=1, min_pts=(0.0,), max_pts=(1.0,), method="uniform"
+    )
     batch0 = data.get_batch()[1]
     opt = optax.adam(1e-2)
     res = adapters.jinns_train(None, loss, params, data, opt, n_iter=3, every=2)
@@ -251,7 +274,9 @@ def test_jinns_train_refreshes_weights_inside_one_run(mlp):
     np.testing.assert_allclose(np.asarray(h["loss"]), np.asarray(total), rtol=1e-6)
     plain = adapters.jinns_train(None, loss, params, data, opt, n_iter=3, every=None)
     _, terms0 = loss.evaluate(params, batch0)  # unweighted terms are reported, the loss's own weights used
-    np.testing.assert_allclose(float(plain.history["terms"]["dyn_loss"][0]), float(sum(jax.tree.leaves(terms0.dyn_loss))), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(plain.history["terms"]["dyn_loss"][0]), float(sum(jax.tree.leaves(terms0.dyn_loss))), rtol=1e-6
+    )
     assert np.all(np.asarray(plain.history["weights"]["dyn_loss"]) == 1.0)
     assert set(res.seconds) == {"compile", "run"}
     with pytest.raises(ValueError, match="every"):

@@ -6,7 +6,21 @@ import pytest
 
 from sketchtrace.cli import main
 
-TINY = ["--steps", "12", "--width", "6", "--depth", "1", "--log-every", "4", "--n-res", "20", "--n-bc", "5", "--no-progress"]
+TINY = [
+    "--steps",
+    "12",
+    "--width",
+    "6",
+    "--depth",
+    "1",
+    "--log-every",
+    "4",
+    "--n-res",
+    "20",
+    "--n-bc",
+    "5",
+    "--no-progress",
+]
 FIGURES = {"solution.png", "error.png", "losses.png", "weights.png", "diagnostics.png"}
 
 
@@ -42,7 +56,12 @@ def test_pinn_wave_compare_table(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["pinn", "wave", "--compare", "--out", str(out)] + TINY) == 0
     summary = json.loads((out / "compare.json").read_text())
-    assert [row["run"] for row in summary["table"]] == ["none", "exact (every 100)", "exact (every step)", "pc (every step)"]
+    assert [row["run"] for row in summary["table"]] == [
+        "none",
+        "exact (every 100)",
+        "exact (every step)",
+        "pc (every step)",
+    ]
     assert summary["table"][0]["step_time_vs_none"] == 1.0
     assert (out / "compare.png").exists() and (out / "compare.md").read_text().startswith("wave equation")
     assert "| pc (every step) |" in capsys.readouterr().out
@@ -89,20 +108,24 @@ def _one_line_error(capsys, *argv):
     return err
 
 
-@pytest.mark.parametrize(("option", "value"), [("--seed", "-1"), ("--steps", "0"), ("--n-res", "0"),
-                                               ("--n-bc", "-1"), ("--width", "x")])
+@pytest.mark.parametrize(
+    ("option", "value"), [("--seed", "-1"), ("--steps", "0"), ("--n-res", "0"), ("--n-bc", "-1"), ("--width", "x")]
+)
 def test_bad_option_values_name_the_option(option, value, capsys, tmp_path, no_training):
     err = _one_line_error(capsys, "wave", option, value, "--out", str(tmp_path / "o"))
     assert f"argument {option}: expected an integer >=" in err
 
 
-@pytest.mark.parametrize(("content", "msg"), [
-    ('{"steps": 12,\n "width": }', r"c.json: not valid JSON \(line 2 column 11"),
-    ('["steps", 12]', "c.json: expected a JSON object of WaveConfig keys; got a list"),
-    ('{"seed": -1}', "c.json: seed must be an integer >= 0; got -1"),
-    ('{"gamma": "0.1"}', "c.json: gamma must be a real number"),
-    ('{"wieghts": "none"}', r"c.json: unknown keys \['wieghts'\]"),
-])
+@pytest.mark.parametrize(
+    ("content", "msg"),
+    [
+        ('{"steps": 12,\n "width": }', r"c.json: not valid JSON \(line 2 column 11"),
+        ('["steps", 12]', "c.json: expected a JSON object of WaveConfig keys; got a list"),
+        ('{"seed": -1}', "c.json: seed must be an integer >= 0; got -1"),
+        ('{"gamma": "0.1"}', "c.json: gamma must be a real number"),
+        ('{"wieghts": "none"}', r"c.json: unknown keys \['wieghts'\]"),
+    ],
+)
 def test_bad_config_file_names_the_file(content, msg, capsys, tmp_path, no_training):
     import re
 

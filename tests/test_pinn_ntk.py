@@ -208,8 +208,9 @@ def test_weight_guards():
 
 def test_non_finite_residuals_refused(setup):
     blocks, params, batch, _ = setup
-    bad = pa.ResidualBlocks({"res": lambda p, x: jnp.log(-jnp.abs(x[:, 0]) - 1.0) + net(p, x)[:, 0],
-                             "bc": blocks.fns["bc"]})
+    bad = pa.ResidualBlocks(
+        {"res": lambda p, x: jnp.log(-jnp.abs(x[:, 0]) - 1.0) + net(p, x)[:, 0], "bc": blocks.fns["bc"]}
+    )
     for method, kw in [("exact", {}), ("hutchinson", {"num_matvecs": 3})]:
         with pytest.raises(ValueError, match="block 'res' has .* non-finite"):
             pa.ntk_traces(jax.random.key(0), bad, params, batch, method=method, **kw)
@@ -265,8 +266,9 @@ def test_non_pointwise_exact_traces_both_sides(widths):
     tr = pa.ntk_traces(None, blocks, params, {"fd": pts}, chunk_size=3)
     np.testing.assert_allclose(float(tr["fd"].value), truth(stencil), rtol=1e-10)
     declared = pa.ResidualBlocks({"fd": stencil}, pointwise=False)
-    np.testing.assert_allclose(float(pa.ntk_traces(None, declared, params, {"fd": pts})["fd"].value),
-                               truth(stencil), rtol=1e-10)
+    np.testing.assert_allclose(
+        float(pa.ntk_traces(None, declared, params, {"fd": pts})["fd"].value), truth(stencil), rtol=1e-10
+    )
 
 
 def test_mixed_block_exact_traces_and_feature_check():
@@ -276,7 +278,9 @@ def test_mixed_block_exact_traces_and_feature_check():
     np.testing.assert_allclose(float(tr["fd"].value), truth(lambda p, x: mix(features(p, x), x)), rtol=1e-10)
     jitted = jax.jit(lambda p: pa.ntk_traces(None, blocks, p, {"fd": pts})["fd"].value)
     np.testing.assert_allclose(float(jitted(params)), float(tr["fd"].value), rtol=1e-10)
-    mixing_features = pa.ResidualBlocks({"fd": pa.MixedBlock(lambda p, x: features(p, x) - features(p, x).mean(0), mix)})
+    mixing_features = pa.ResidualBlocks(
+        {"fd": pa.MixedBlock(lambda p, x: features(p, x) - features(p, x).mean(0), mix)}
+    )
     with pytest.raises(ValueError, match="'fd' is a MixedBlock whose features are not pointwise"):
         pa.ntk_traces(None, mixing_features, params, {"fd": pts})
     with pytest.raises(TypeError, match="mix must be callable"):

@@ -1,6 +1,5 @@
 """pinn_adapters: weighting during training, the train loop, checkpoint/resume, built-in problems."""
 
-import math
 import types
 
 import jax
@@ -35,8 +34,17 @@ def runs(wave):
         ("pc", pa.ntk_weighting(wave.blocks, estimator="pc", num_probes=1)),
         ("hutchinson", pa.ntk_weighting(wave.blocks, estimator="hutchinson", num_probes=1)),
     ]:
-        out[name] = pa.train(wave, weighting=w, steps=120, log_every=8, seed=1, progress=False,
-                             track_weight_error=True, optimizer=optax.adam(1e-3), resample=False)
+        out[name] = pa.train(
+            wave,
+            weighting=w,
+            steps=120,
+            log_every=8,
+            seed=1,
+            progress=False,
+            track_weight_error=True,
+            optimizer=optax.adam(1e-3),
+            resample=False,
+        )
     return out
 
 
@@ -107,10 +115,12 @@ def test_every_and_ema_and_cap():
 
 
 def test_non_finite_traces_keep_previous_weights_under_jit():
-    blocks = pa.ResidualBlocks({
-        "a": lambda p, x: jnp.sqrt(p["s"] - 1.0) * x[:, 0],  # NaN once s < 1
-        "b": lambda p, x: p["s"] * x[:, 0] ** 2,
-    })
+    blocks = pa.ResidualBlocks(
+        {
+            "a": lambda p, x: jnp.sqrt(p["s"] - 1.0) * x[:, 0],  # NaN once s < 1
+            "b": lambda p, x: p["s"] * x[:, 0] ** 2,
+        }
+    )
     batch = {"a": jnp.linspace(0.1, 1, 5)[:, None], "b": jnp.linspace(0.1, 1, 4)[:, None]}
     good, bad = {"s": jnp.asarray(2.0)}, {"s": jnp.asarray(0.5)}
     for est in ("exact", "pc"):
@@ -128,7 +138,9 @@ def test_non_finite_traces_keep_previous_weights_under_jit():
 def test_train_refuses_non_finite_loss():
     blocks = pa.ResidualBlocks({"a": lambda p, x: jnp.log(p["s"]) * x[:, 0]})
     prob = types.SimpleNamespace(
-        name="bad", blocks=blocks, init_params=lambda k: {"s": jnp.asarray(5.0)},  # one SGD step makes s < 0
+        name="bad",
+        blocks=blocks,
+        init_params=lambda k: {"s": jnp.asarray(5.0)},  # one SGD step makes s < 0
         sample_batch=lambda k: {"a": jnp.ones((3, 1))},
     )
     with pytest.raises(FloatingPointError, match="non-finite"):

@@ -25,7 +25,13 @@ def test_linear_in_the_operator_with_shared_probes(a, seed, alpha, beta, m, samp
     lhs = st.hutchinson(key, alpha * a.matrix + beta * b, num_matvecs=m, sampler=sampler)
     ra = st.hutchinson(key, a.matrix, num_matvecs=m, sampler=sampler)
     rb = st.hutchinson(key, b, num_matvecs=m, sampler=sampler)
-    scale = 1 + abs(alpha) * abs(float(ra.value)) + abs(beta) * abs(float(rb.value)) + np.abs(b).sum() + np.abs(a.matrix).sum()
+    scale = (
+        1
+        + abs(alpha) * abs(float(ra.value))
+        + abs(beta) * abs(float(rb.value))
+        + np.abs(b).sum()
+        + np.abs(a.matrix).sum()
+    )
     np.testing.assert_allclose(float(lhs.value), alpha * float(ra.value) + beta * float(rb.value), atol=1e-11 * scale)
 
 

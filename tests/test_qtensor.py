@@ -9,7 +9,6 @@ import pytest
 
 pytest.importorskip("skfem")
 
-import pinn_adapters as pa  # noqa: E402
 from pinn_adapters.fem import initial_q, manufactured, solve_qtensor  # noqa: E402
 from pinn_adapters.problems import qtensor2d, qtensor_blocks  # noqa: E402
 from pinn_adapters.problems._qtensor2d import director  # noqa: E402
@@ -157,8 +156,29 @@ def test_cli_tiny_run_writes_outputs(tmp_path, monkeypatch, capsys):
     out = tmp_path / "q"
     cfg = tmp_path / "tiny.json"  # no exact-weight tracking: keeps the test's compile time short
     cfg.write_text(json.dumps({"problem": "qtensor", "track_weight_error": False}))
-    args = ["pinn", "qtensor", "--config", str(cfg), "--weights", "pc", "--steps", "6", "--width", "6", "--depth", "1",
-            "--log-every", "3", "--n-res", "8", "--n-bc", "2", "--no-progress", "--out", str(out)]
+    args = [
+        "pinn",
+        "qtensor",
+        "--config",
+        str(cfg),
+        "--weights",
+        "pc",
+        "--steps",
+        "6",
+        "--width",
+        "6",
+        "--depth",
+        "1",
+        "--log-every",
+        "3",
+        "--n-res",
+        "8",
+        "--n-bc",
+        "2",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     assert {"results.json", "director.png", "error.png", "losses.png", "weights.png"} <= {p.name for p in out.iterdir()}
     r = json.loads((out / "results.json").read_text())

@@ -94,9 +94,14 @@ def test_sigkill_at_random_moments_always_resumes_from_a_complete_checkpoint_bit
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     path = str(tmp_path / "run.ckpt")
-    env = dict(os.environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu",
-               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env = dict(
+        os.environ,
+        JAX_ENABLE_X64="1",
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     rng = np.random.default_rng(15)
     ref = pa.train(PROBLEM, steps=0, **KW)
     like = ref.state
@@ -169,12 +174,16 @@ def test_nan_is_found_at_its_step_without_checkpoints_or_log_steps():
 
 
 def test_infinite_gradient_with_finite_loss_names_the_block():
-    blocks = pa.ResidualBlocks({
-        "smooth": lambda p, x: p["s"] * x[:, 0],
-        "kink": lambda p, x: jnp.sqrt(jnp.abs(p["s"] - 1.0)) * x[:, 0],  # infinite gradient at s = 1
-    })
+    blocks = pa.ResidualBlocks(
+        {
+            "smooth": lambda p, x: p["s"] * x[:, 0],
+            "kink": lambda p, x: jnp.sqrt(jnp.abs(p["s"] - 1.0)) * x[:, 0],  # infinite gradient at s = 1
+        }
+    )
     prob = types.SimpleNamespace(
-        name="kink", blocks=blocks, init_params=lambda k: {"s": jnp.asarray(1.0)},
+        name="kink",
+        blocks=blocks,
+        init_params=lambda k: {"s": jnp.asarray(1.0)},
         sample_batch=lambda k: {"smooth": jnp.ones((2, 1)), "kink": jnp.ones((2, 1))},
     )
     with pytest.raises(NonFiniteError, match="step 1 in block 'kink'") as info:
@@ -201,17 +210,24 @@ def saved(tmp_path_factory):
 
 
 def test_resume_refuses_another_architecture(saved):
-    wide = types.SimpleNamespace(**{**vars(PROBLEM), "layers": (1, 8, 1),
-                                    "init_params": lambda k: {"W": jnp.zeros((1, 8)), "b": jnp.zeros(8),
-                                                              "v": jnp.zeros(8)}})
+    wide = types.SimpleNamespace(
+        **{
+            **vars(PROBLEM),
+            "layers": (1, 8, 1),
+            "init_params": lambda k: {"W": jnp.zeros((1, 8)), "b": jnp.zeros(8), "v": jnp.zeros(8)},
+        }
+    )
     with pytest.raises(ValueError, match=r"architecture\.layers is \[1, 4, 1\] in the checkpoint but \[1, 8, 1\]"):
         pa.train(wide, steps=4, resume=saved, **KW)
 
 
 @pytest.mark.parametrize(
     ("change", "field"),
-    [({"weighting": "pc"}, "weighting.estimator"), ({"seed": 1}, "training.seed"),
-     ({"resample": False}, "training.resample")],
+    [
+        ({"weighting": "pc"}, "weighting.estimator"),
+        ({"seed": 1}, "training.seed"),
+        ({"resample": False}, "training.resample"),
+    ],
 )
 def test_resume_refuses_a_mismatch_naming_the_field(saved, change, field):
     with pytest.raises(ValueError, match=rf"{field} is .* in the checkpoint"):

@@ -88,9 +88,9 @@ class _Recorder(st.LinearOperator):
 
 def worker():  # pragma: no cover - runs in the subprocess
     jax.config.update("jax_enable_x64", True)
+    from sketchtrace import probe_rows
     from sketchtrace.backends import map_chunks
     from sketchtrace.estimators._common import summarize
-    from sketchtrace import probe_rows
 
     rep = {"devices": len(jax.devices())}
     mesh = make_mesh()
@@ -125,7 +125,9 @@ def worker():  # pragma: no cover - runs in the subprocess
     if "mesh" in inspect.signature(st.xtrace).parameters:
         cmp("xtrace", lambda ms: st.xtrace(key, A, num_matvecs=10, mesh=ms))
         cmp("xnystrace", lambda ms: st.xnystrace(key, A, num_matvecs=10, mesh=ms))
-    cmp("trace adaptive", lambda ms: st.trace(key, A, rtol=0.5, max_matvecs=20, method="hutchinson", mesh=ms), jit=False)
+    cmp(
+        "trace adaptive", lambda ms: st.trace(key, A, rtol=0.5, max_matvecs=20, method="hutchinson", mesh=ms), jit=False
+    )
     agree["2-D mesh"] = _maxrel(
         st.block_traces(key, op, num_matvecs=7, mesh=mesh2d), st.block_traces(key, op, num_matvecs=7)
     )
@@ -134,11 +136,17 @@ def worker():  # pragma: no cover - runs in the subprocess
         cmp(f"jacobian gram {side}", lambda ms: st.block_traces(key, st.gram(J, side), num_matvecs=6, mesh=ms))
 
     blocks, params, batch = _mlp_blocks()
-    cmp("ntk exact", lambda ms: pa.ntk_traces(None, blocks, params, batch, method="exact", chunk_size=2, mesh=ms), jit=False)
+    cmp(
+        "ntk exact",
+        lambda ms: pa.ntk_traces(None, blocks, params, batch, method="exact", chunk_size=2, mesh=ms),
+        jit=False,
+    )
     for side in ("params", "residuals"):
         cmp(
             f"ntk hutchinson {side}",
-            lambda ms: pa.ntk_traces(key, blocks, params, batch, method="hutchinson", num_matvecs=5, side=side, mesh=ms),
+            lambda ms: pa.ntk_traces(
+                key, blocks, params, batch, method="hutchinson", num_matvecs=5, side=side, mesh=ms
+            ),
         )
     # NTK weighting: exact / Hutchinson refreshes and pc's exact first estimate take mesh=
     p2 = jax.tree.map(lambda x: 1.01 * x, params)
@@ -223,14 +231,20 @@ def worker():  # pragma: no cover - runs in the subprocess
     half = make_mesh(jax.devices()[:2])
     far_key = jax.device_put(key, jax.devices()[3])
     expect("key outside mesh", ValueError, lambda: st.hutchinson(far_key, A, num_matvecs=4, mesh=half))
-    expect("generator with mesh", TypeError, lambda: st.hutchinson(np.random.default_rng(0), A, num_matvecs=4, mesh=mesh))
+    expect(
+        "generator with mesh", TypeError, lambda: st.hutchinson(np.random.default_rng(0), A, num_matvecs=4, mesh=mesh)
+    )
     rep["errors"] = errors
     # a key committed to a device OF the mesh is fine (it is replicated)
     near_key = jax.device_put(key, jax.devices()[1])
-    rep["near_key_rel"] = _maxrel(st.hutchinson(near_key, A, num_matvecs=8, mesh=mesh), st.hutchinson(key, A, num_matvecs=8))
+    rep["near_key_rel"] = _maxrel(
+        st.hutchinson(near_key, A, num_matvecs=8, mesh=mesh), st.hutchinson(key, A, num_matvecs=8)
+    )
     # an operator whose matrix sits on one device is replicated onto the mesh
     A_on_2 = jax.device_put(jnp.asarray(A), jax.devices()[2])
-    rep["committed_op_rel"] = _maxrel(st.hutchinson(key, A_on_2, num_matvecs=8, mesh=mesh), st.hutchinson(key, A, num_matvecs=8))
+    rep["committed_op_rel"] = _maxrel(
+        st.hutchinson(key, A_on_2, num_matvecs=8, mesh=mesh), st.hutchinson(key, A, num_matvecs=8)
+    )
     print("REPORT " + json.dumps(rep))
 
 
@@ -240,11 +254,11 @@ def report():
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={NUM_DEVICES}").strip()
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run(
-        [sys.executable, __file__], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
+    proc = subprocess.run([sys.executable, __file__], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("REPORT ")]
-    assert proc.returncode == 0 and lines, f"worker failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert proc.returncode == 0 and lines, (
+        f"worker failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    )
     return json.loads(lines[-1][len("REPORT ") :])
 
 
@@ -303,8 +317,21 @@ def test_inconsistent_devices_are_refused_clearly(report):
 
 def test_multihost_example_runs_two_processes_on_localhost():
     """examples/multihost.py through jax.distributed.initialize: 2 processes x 2 host devices."""
-    cmd = [sys.executable, str(ROOT / "examples" / "multihost.py"), "--local-processes", "2", "--devices", "2",
-           "--n", "40", "--points", "8", "--probes", "6", "--quick"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "examples" / "multihost.py"),
+        "--local-processes",
+        "2",
+        "--devices",
+        "2",
+        "--n",
+        "40",
+        "--points",
+        "8",
+        "--probes",
+        "6",
+        "--quick",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr

@@ -7,8 +7,23 @@ import pytest
 from pinn_adapters.app import _sweep
 from sketchtrace.cli import main
 
-TINY = ["--steps", "4", "--width", "4", "--depth", "1", "--log-every", "2", "--n-res", "8", "--n-bc", "2",
-        "--cost-repeats", "1", "--no-progress"]
+TINY = [
+    "--steps",
+    "4",
+    "--width",
+    "4",
+    "--depth",
+    "1",
+    "--log-every",
+    "2",
+    "--n-res",
+    "8",
+    "--n-bc",
+    "2",
+    "--cost-repeats",
+    "1",
+    "--no-progress",
+]
 SCHEDULES = "none,pc-sub/1 g=0.1"
 
 

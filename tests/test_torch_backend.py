@@ -96,7 +96,9 @@ def test_unbiased(name, At):
 def test_biased_estimator_is_caught(At):
     # the same test rejects an estimator biased by 3% (about 1.5 of its standard deviations / sqrt(150) * 12)
     with pytest.raises(AssertionError, match="biased"):
-        assert_unbiased(lambda s: 1.03 * st.hutchinson(gen(s), At, num_matvecs=6).value, float(torch.trace(At)), num_trials=150)
+        assert_unbiased(
+            lambda s: 1.03 * st.hutchinson(gen(s), At, num_matvecs=6).value, float(torch.trace(At)), num_trials=150
+        )
 
 
 def test_predictor_corrector_unbiased(At):
@@ -210,7 +212,9 @@ def test_jacobian_operator_and_gram_blocks():
     assert J.block_names == ("interior", "boundary") and J.shape == (5, sum(p.numel() for p in net.parameters()))
     params = dict(net.named_parameters())
     full = torch.autograd.functional.jacobian(
-        lambda *leaves: torch.cat(list(f(lambda inp: torch.func.functional_call(net, dict(zip(params, leaves)), (inp,)), x).values())),
+        lambda *leaves: torch.cat(
+            list(f(lambda inp: torch.func.functional_call(net, dict(zip(params, leaves)), (inp,)), x).values())
+        ),
         tuple(p.detach() for p in params.values()),
     )
     Jd = torch.cat([j.reshape(5, -1) for j in full], dim=1)

@@ -77,13 +77,22 @@ def draw(out: pathlib.Path):
         (x0, y0), (x1, y1) = pos[a], pos[b]
         up = y1 >= y0
         ax.annotate(
-            "", xy=(x1, y1 + 0.12), xytext=(x0, y0 - 0.12),
+            "",
+            xy=(x1, y1 + 0.12),
+            xytext=(x0, y0 - 0.12),
             arrowprops=dict(arrowstyle="->", color="red" if up else "0.55", lw=1.6 if up else 0.8),
         )
     for n, (x, y) in pos.items():
         color = "#dbe9f6" if n.startswith("sketchtrace") else "#fde2c8"
-        ax.text(x, y, n.replace("pinn_adapters", "pa").replace("sketchtrace", "st"), ha="center", va="center",
-                fontsize=8, bbox=dict(boxstyle="round", fc=color, ec="0.3"))
+        ax.text(
+            x,
+            y,
+            n.replace("pinn_adapters", "pa").replace("sketchtrace", "st"),
+            ha="center",
+            va="center",
+            fontsize=8,
+            bbox=dict(boxstyle="round", fc=color, ec="0.3"),
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(-0.6, max(rows) + 0.6)
     ax.axis("off")

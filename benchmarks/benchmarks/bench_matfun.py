@@ -25,8 +25,13 @@ from matfun import contenders, dense_spd, scipy_lanczos_logdet, sparse_spd, spec
 jax.config.update("jax_enable_x64", True)
 
 N, PROBES, STEPS = 1000, 10, 20
-CONTENDERS = ["sketchtrace slq", "sketchtrace slq (reorth)", "sketchtrace deflated", "matfree slq",
-              "matfree slq (reorth)"]
+CONTENDERS = [
+    "sketchtrace slq",
+    "sketchtrace slq (reorth)",
+    "sketchtrace deflated",
+    "matfree slq",
+    "matfree slq (reorth)",
+]
 
 
 class LogdetSLQ:
@@ -61,8 +66,9 @@ class NumbaLanczos:
 
     def run(self, n, contender):
         if contender == "numba st.logdet":
-            return st.logdet(np.random.default_rng(1), self.op, num_matvecs=PROBES * STEPS, lanczos_steps=STEPS,
-                             allow_exact=False).value
+            return st.logdet(
+                np.random.default_rng(1), self.op, num_matvecs=PROBES * STEPS, lanczos_steps=STEPS, allow_exact=False
+            ).value
         return scipy_lanczos_logdet(self.C, PROBES, STEPS, np.random.default_rng(1))
 
     def time_logdet(self, n, contender):

@@ -61,8 +61,9 @@ class NTKWeights:
         self.state = w.init(self.key, self.params, self.batch)
         self.upd = jax.jit(lambda k, s, a, b, bt, r, rp: w.update(k, s, a, b, bt, residuals=r, residuals_prev=rp))
         exact = pa.ntk_weighting(blocks, estimator="exact")
-        self.exact_weights, _ = exact.update(self.key, exact.init(self.key, self.params, self.batch),
-                                             self.params, self.p1, self.batch)
+        self.exact_weights, _ = exact.update(
+            self.key, exact.init(self.key, self.params, self.batch), self.params, self.p1, self.batch
+        )
         self.run_update()
         self.run_step()
 
@@ -96,7 +97,8 @@ class NTKWeights:
 
     def track_weight_error(self, estimator):
         weights, _ = self.run_update()
-        return max(abs(float(weights[n]) - float(self.exact_weights[n])) / float(self.exact_weights[n])
-                   for n in weights)
+        return max(
+            abs(float(weights[n]) - float(self.exact_weights[n])) / float(self.exact_weights[n]) for n in weights
+        )
 
     track_weight_error.unit = "relative error"

@@ -12,7 +12,6 @@ import sys
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np
-import scipy.sparse as sp
 
 import sketchtrace as st
 

@@ -20,8 +20,17 @@ from sketchtrace.validation import check_choice, check_num_matvecs
 from .._blocks import ResidualBlocks
 
 
-def compute_diag_ntk(blocks: ResidualBlocks, params, batch, *, method="exact", key=None, num_matvecs=None,
-                     chunk_size=256, sampler="rademacher"):
+def compute_diag_ntk(
+    blocks: ResidualBlocks,
+    params,
+    batch,
+    *,
+    method="exact",
+    key=None,
+    num_matvecs=None,
+    chunk_size=256,
+    sampler="rademacher",
+):
     """Per-residual-row NTK diagonal ``K_ii = ||grad_params r_i||^2`` for every block.
 
     Parameters
@@ -84,7 +93,8 @@ def jaxpi_ntk_method(make_blocks, *, method="exact", key=None, num_matvecs=None,
             bits = jax.tree.leaves(batch)
             h = sum(jnp.sum(jax.lax.bitcast_convert_type(jnp.asarray(x, jnp.float32), jnp.uint32)) for x in bits)
             k = jax.random.fold_in(key, h.astype(jnp.uint32))
-        return compute_diag_ntk(blocks, params, bb, method=method, key=k, num_matvecs=num_matvecs,
-                                chunk_size=chunk_size)
+        return compute_diag_ntk(
+            blocks, params, bb, method=method, key=k, num_matvecs=num_matvecs, chunk_size=chunk_size
+        )
 
     return compute

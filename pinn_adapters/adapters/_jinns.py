@@ -64,8 +64,10 @@ class JinnsBlocks(ResidualBlocks):
     def coerce_batch(self, batch):
         if isinstance(batch, Mapping):
             return batch
-        if not hasattr(batch, "__dataclass_fields__") and not hasattr(batch, "domain_batch") and not hasattr(
-            batch, "temporal_batch"
+        if (
+            not hasattr(batch, "__dataclass_fields__")
+            and not hasattr(batch, "domain_batch")
+            and not hasattr(batch, "temporal_batch")
         ):
             raise TypeError(f"batch must be a jinns batch object (from data.get_batch()); got {type(batch).__name__}")
         if self._opaque(batch):
@@ -191,8 +193,9 @@ def jinns_loss_with_weights(loss, weights, *, terms=None):
     return eqx.tree_at(lambda l: l.loss_weights, loss, dataclasses.replace(lw, **new))
 
 
-def jinns_ntk_weights(key, loss, params, batch, *, method="exact", num_matvecs=None, rule="wang2022", cap=None,
-                      chunk_size=256, terms=None):
+def jinns_ntk_weights(
+    key, loss, params, batch, *, method="exact", num_matvecs=None, rule="wang2022", cap=None, chunk_size=256, terms=None
+):
     """Compute NTK weights for a jinns loss and return the loss with them as ``loss_weights``.
 
     ``lambda_i = sum_j tr(K_jj) / tr(K_ii)`` over the loss terms (``rule="wang2022"``)
@@ -222,8 +225,18 @@ def jinns_ntk_weights(key, loss, params, batch, *, method="exact", num_matvecs=N
 
         _JITTED = eqx.filter_jit(_jinns_ntk_weights)
     terms = None if terms is None else tuple(terms)
-    return _JITTED(key, loss, params, batch, method=method, num_matvecs=num_matvecs, rule=rule, cap=cap,
-                   chunk_size=chunk_size, terms=terms)
+    return _JITTED(
+        key,
+        loss,
+        params,
+        batch,
+        method=method,
+        num_matvecs=num_matvecs,
+        rule=rule,
+        cap=cap,
+        chunk_size=chunk_size,
+        terms=terms,
+    )
 
 
 _JITTED = None
@@ -231,8 +244,9 @@ _JITTED = None
 
 def _jinns_ntk_weights(key, loss, params, batch, *, method, num_matvecs, rule, cap, chunk_size, terms):
     blocks, nn_params = from_jinns(loss, params, terms=terms)
-    w = jinns_weights_fn(blocks, method=method, num_matvecs=num_matvecs, rule=rule, cap=cap,
-                         chunk_size=chunk_size)(key, nn_params, batch)
+    w = jinns_weights_fn(blocks, method=method, num_matvecs=num_matvecs, rule=rule, cap=cap, chunk_size=chunk_size)(
+        key, nn_params, batch
+    )
     return jinns_loss_with_weights(loss, w, terms=blocks.names), w
 
 
@@ -240,8 +254,16 @@ def jinns_weights_fn(blocks, *, method="exact", num_matvecs=None, rule="wang2022
     """``weights(key, nn_params, batch) -> dict``: NTK weights of ``blocks`` (traceable, jit-safe)."""
 
     def weights(key, nn_params, batch):
-        tr = ntk_traces(key, blocks, nn_params, batch, method=method, num_matvecs=num_matvecs, normalize="sum",
-                        chunk_size=chunk_size)
+        tr = ntk_traces(
+            key,
+            blocks,
+            nn_params,
+            batch,
+            method=method,
+            num_matvecs=num_matvecs,
+            normalize="sum",
+            chunk_size=chunk_size,
+        )
         sizes = residual_rows(blocks, nn_params, blocks.coerce_batch(batch)) if rule == "jaxpi" else None
         return ntk_weights(tr, rule=rule, cap=cap, sizes=sizes)
 
@@ -265,8 +287,23 @@ class JinnsTrainResult(NamedTuple):
     seconds: dict
 
 
-def jinns_train(key, loss, params, data, optimizer, *, n_iter, every=250, method="exact", num_matvecs=None,
-                rule="wang2022", cap=None, chunk_size=256, terms=None, opt_state=None):
+def jinns_train(
+    key,
+    loss,
+    params,
+    data,
+    optimizer,
+    *,
+    n_iter,
+    every=250,
+    method="exact",
+    num_matvecs=None,
+    rule="wang2022",
+    cap=None,
+    chunk_size=256,
+    terms=None,
+    opt_state=None,
+):
     """Train a jinns problem with NTK loss weights refreshed inside one compiled run.
 
     jinns' ``solve`` has no place for weights that need the parameters and the
@@ -312,8 +349,9 @@ def jinns_train(key, loss, params, data, optimizer, *, n_iter, every=250, method
     blocks, _ = from_jinns(loss, params, terms=terms)
     names = blocks.names
     if every is not None:
-        weights_fn = jinns_weights_fn(blocks, method=method, num_matvecs=num_matvecs, rule=rule, cap=cap,
-                                      chunk_size=chunk_size)
+        weights_fn = jinns_weights_fn(
+            blocks, method=method, num_matvecs=num_matvecs, rule=rule, cap=cap, chunk_size=chunk_size
+        )
         blocks.pointwise_modes(params.nn_params, data.get_batch()[1])  # the one-off pointwise check, concrete
     if key is None:
         if every is not None and method != "exact":

@@ -50,8 +50,12 @@ def versions() -> dict:
     """Library versions recorded in every checkpoint (a mismatch warns on resume)."""
     import sketchtrace
 
-    out = {"python": platform.python_version(), "numpy": np.__version__, "jax": jax.__version__,
-           "sketchtrace": sketchtrace.__version__}
+    out = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "jax": jax.__version__,
+        "sketchtrace": sketchtrace.__version__,
+    }
     with contextlib.suppress(Exception):
         import jaxlib
 

@@ -15,9 +15,13 @@ from ._sweep import register as register_sweep
 def register(sub):
     """Add the ``pinn`` subcommand to sketchtrace's ``argparse`` subparsers."""
     w = sub.add_parser("pinn", help="the main job: train a PINN with NTK weights (see docs/pinn-wave.md)")
-    w.add_argument("problem", help="built-in problem: wave (Wang et al. 1D wave equation) or qtensor (2D Q-tensor flow)")
+    w.add_argument(
+        "problem", help="built-in problem: wave (Wang et al. 1D wave equation) or qtensor (2D Q-tensor flow)"
+    )
     w.add_argument("--weights", choices=("none", "exact", "hutchinson", "pc"), default=None, help="default pc")
-    w.add_argument("--exact-every", type=option_int(1), default=None, help="refresh exact weights every N steps (default 100)")
+    w.add_argument(
+        "--exact-every", type=option_int(1), default=None, help="refresh exact weights every N steps (default 100)"
+    )
     w.add_argument("--steps", type=option_int(1), default=None, help="Adam steps (default 3000)")
     w.add_argument("--width", type=option_int(1), default=None, help="hidden width (default 64)")
     w.add_argument("--depth", type=option_int(1), default=None, help="hidden layers (default 3)")
@@ -45,9 +49,18 @@ def run_pinn(args):
     check_output_dir(args.out, name="--out")  # before any training
     overrides = {
         "problem": args.problem,
-        "weights": args.weights, "exact_every": args.exact_every, "steps": args.steps, "width": args.width,
-        "depth": args.depth, "seed": args.seed, "log_every": args.log_every, "gamma": args.gamma,
-        "num_probes": args.num_probes, "x64": True if args.x64 else None, "n_res": args.n_res, "n_bc": args.n_bc,
+        "weights": args.weights,
+        "exact_every": args.exact_every,
+        "steps": args.steps,
+        "width": args.width,
+        "depth": args.depth,
+        "seed": args.seed,
+        "log_every": args.log_every,
+        "gamma": args.gamma,
+        "num_probes": args.num_probes,
+        "x64": True if args.x64 else None,
+        "n_res": args.n_res,
+        "n_bc": args.n_bc,
     }
     if args.config:
         cfg = WaveConfig.from_file(args.config, **overrides)

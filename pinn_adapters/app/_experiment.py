@@ -56,8 +56,17 @@ class WaveConfig:
             raise ValueError(f"problem must be one of {sorted(PROBLEMS)}; got {self.problem!r}")
         if self.weights not in WEIGHTS:
             raise ValueError(f"weights must be one of {WEIGHTS}; got {self.weights!r}")
-        for name in ("steps", "width", "depth", "n_res", "n_bc", "exact_every", "num_probes", "log_every",
-                     "decay_steps"):
+        for name in (
+            "steps",
+            "width",
+            "depth",
+            "n_res",
+            "n_bc",
+            "exact_every",
+            "num_probes",
+            "log_every",
+            "decay_steps",
+        ):
             setattr(self, name, check_int(getattr(self, name), name=name, minimum=1))
         self.seed = check_int(self.seed, name="seed", minimum=0)
         self.gamma = check_real(self.gamma, name="gamma", low=0, high=1, low_open=True)
@@ -96,8 +105,14 @@ def _versions():
 
     import sketchtrace
 
-    out = {"python": platform.python_version(), "jax": jax.__version__, "sketchtrace": sketchtrace.__version__,
-           "numpy": np.__version__, "platform": platform.platform(), "devices": [str(d) for d in jax.devices()]}
+    out = {
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "sketchtrace": sketchtrace.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "devices": [str(d) for d in jax.devices()],
+    }
     try:
         import optax
 
@@ -181,8 +196,13 @@ def _run_wave(cfg: WaveConfig, out, *, progress, label, figures) -> dict:
     weighting = make_weighting(cfg, prob.blocks)
     t0 = time.perf_counter()
     res = train(
-        prob, weighting=weighting, steps=cfg.steps, seed=cfg.seed, log_every=cfg.log_every,
-        track_weight_error=cfg.track_weight_error and cfg.weights in ("hutchinson", "pc"), progress=progress,
+        prob,
+        weighting=weighting,
+        steps=cfg.steps,
+        seed=cfg.seed,
+        log_every=cfg.log_every,
+        track_weight_error=cfg.track_weight_error and cfg.weights in ("hutchinson", "pc"),
+        progress=progress,
     )
     wall = time.perf_counter() - t0
     hist = res.history
@@ -251,22 +271,26 @@ def compare(cfg: WaveConfig, out, *, progress=True) -> dict:
     runs = {}
     for label, change in COMPARE_RUNS:
         sub = dataclasses.replace(cfg, **change)
-        slug = label.split(" (")[0] + ("" if "(" not in label else "_" + label.split("every ")[1].rstrip(")").replace(" ", ""))
+        slug = label.split(" (")[0] + (
+            "" if "(" not in label else "_" + label.split("every ")[1].rstrip(")").replace(" ", "")
+        )
         print(f"--- {label}", flush=True)
         runs[label] = run_wave(sub, out / slug, progress=progress, label=label)
     base = runs["none"]["metrics"]["time_per_step_s"]
     rows = []
     for label, r in runs.items():
         m = r["metrics"]
-        rows.append({
-            "run": label,
-            "relative_l2": m["relative_l2"],
-            "wall_time_s": m["wall_time_s"],
-            "time_per_step_ms": 1e3 * m["time_per_step_s"],
-            "step_time_vs_none": m["time_per_step_s"] / base,
-            "median_weight_rel_error": m["median_weight_rel_error"],
-            **{k: v for k, v in m.items() if k.startswith("relative_l2_")},
-        })
+        rows.append(
+            {
+                "run": label,
+                "relative_l2": m["relative_l2"],
+                "wall_time_s": m["wall_time_s"],
+                "time_per_step_ms": 1e3 * m["time_per_step_s"],
+                "step_time_vs_none": m["time_per_step_s"] / base,
+                "median_weight_rel_error": m["median_weight_rel_error"],
+                **{k: v for k, v in m.items() if k.startswith("relative_l2_")},
+            }
+        )
     table = format_table(rows, cfg)
     print(table)
     summary = {"config": dataclasses.asdict(cfg), "table": rows, "versions": _versions()}
@@ -286,7 +310,8 @@ def format_table(rows, cfg) -> str:
     head = (
         f"{cfg.problem} equation, MLP [{d_in}, {', '.join([str(cfg.width)] * cfg.depth)}, {d_out}], "
         f"{cfg.steps} Adam steps, seed {cfg.seed}, batch {cfg.n_res} interior + {pts} points\n\n"
-        "| run | relative L2 | " + "".join(f"rel. L2 {k[12:]} | " for k in extra)
+        "| run | relative L2 | "
+        + "".join(f"rel. L2 {k[12:]} | " for k in extra)
         + "wall time (s) | time/step (ms) | step time vs none | median weight rel. error vs exact |\n"
         "|---|---|---|---|---|---|" + "---|" * len(extra)
     )
@@ -294,7 +319,8 @@ def format_table(rows, cfg) -> str:
     for r in rows:
         err = "-" if r["median_weight_rel_error"] is None else f"{r['median_weight_rel_error']:.3f}"
         lines.append(
-            f"| {r['run']} | {r['relative_l2']:.3e} | " + "".join(f"{r[k]:.3e} | " for k in extra)
+            f"| {r['run']} | {r['relative_l2']:.3e} | "
+            + "".join(f"{r[k]:.3e} | " for k in extra)
             + f"{r['wall_time_s']:.1f} | {r['time_per_step_ms']:.2f} | {r['step_time_vs_none']:.2f} | {err} |"
         )
     return "\n".join(lines)
@@ -331,14 +357,26 @@ def _fd_bias(out, *, width, depth, seed, num_probes, hs) -> list:
         batch = prob.sample_batch(jax.random.fold_in(key, 1))
         for scheme in ("forward", "central"):
             r = st.finite_difference_bias(
-                jax.random.fold_in(key, 2), prob.blocks.residuals, params, batch, h=hs, scheme=scheme,
+                jax.random.fold_in(key, 2),
+                prob.blocks.residuals,
+                params,
+                batch,
+                h=hs,
+                scheme=scheme,
                 num_probes=num_probes,
             )
             exact_total = np.asarray(r.exact).sum(axis=1)
             fd_total = np.asarray(r.fd).sum(axis=2)
             rel = (fd_total.mean(axis=1) - exact_total.mean()) / exact_total.mean()
-            rows.append({"dtype": jnp.dtype(dtype).name, "scheme": scheme, "h": hs, "relative_bias": rel.tolist(),
-                         "default_h": st.default_step(dtype, scheme)})
+            rows.append(
+                {
+                    "dtype": jnp.dtype(dtype).name,
+                    "scheme": scheme,
+                    "h": hs,
+                    "relative_bias": rel.tolist(),
+                    "default_h": st.default_step(dtype, scheme),
+                }
+            )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "fd_bias.json", json.dumps(rows, indent=1))

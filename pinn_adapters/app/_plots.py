@@ -43,7 +43,7 @@ def training_figures(out: Path, history: dict, label: str):
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
-    for i, n in enumerate(names):
+    for n in names:
         line = ax.semilogy(steps, [w[n] for w in history["weights"]], label=f"{n} ({label})")[0]
         exact = history.get("exact_weights") or []
         if exact and any(e is not None for e in exact):

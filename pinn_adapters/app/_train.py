@@ -97,8 +97,21 @@ class TrainResult:
     time_per_step: float
 
 
-HISTORY_KEYS = ("step", "loss", "block_loss", "weights", "weight_error", "exact_weights", "avg_res_sq",
-                "avg_grad_sq", "min_weight", "max_weight", "rejected", "relative_l2", "time")
+HISTORY_KEYS = (
+    "step",
+    "loss",
+    "block_loss",
+    "weights",
+    "weight_error",
+    "exact_weights",
+    "avg_res_sq",
+    "avg_grad_sq",
+    "min_weight",
+    "max_weight",
+    "rejected",
+    "relative_l2",
+    "time",
+)
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -116,8 +129,11 @@ def save_checkpoint(path, state: TrainState, *, manifest=None):
     """
     path = ckpt.check_writable(path)
     bad = int(np.asarray(state.bad_step))
-    finite = all(bool(np.all(np.isfinite(np.asarray(x)))) for x in jax.tree.leaves((state.params, state.opt_state))
-                 if np.issubdtype(np.asarray(x).dtype, np.inexact))
+    finite = all(
+        bool(np.all(np.isfinite(np.asarray(x))))
+        for x in jax.tree.leaves((state.params, state.opt_state))
+        if np.issubdtype(np.asarray(x).dtype, np.inexact)
+    )
     if bad or not finite:
         raise ValueError(f"save_checkpoint: refusing to write non-finite training state to {path!r}")
     ckpt.write_checkpoint(path, state, {"step": int(np.asarray(state.step)), **ckpt.jsonable(manifest or {})})
@@ -150,10 +166,12 @@ def _run_manifest(problem, w, params_template, seed, resample, reuse_residuals) 
     """What a checkpoint records about the run (compared field by field on resume)."""
     info = getattr(problem, "info", None)
     return {
-        "problem": {"name": getattr(problem, "name", type(problem).__name__),
-                    "batch_sizes": getattr(problem, "batch_sizes", None),
-                    "info": info if isinstance(info, dict) else None,
-                    "blocks": list(problem.blocks.names)},
+        "problem": {
+            "name": getattr(problem, "name", type(problem).__name__),
+            "batch_sizes": getattr(problem, "batch_sizes", None),
+            "info": info if isinstance(info, dict) else None,
+            "blocks": list(problem.blocks.names),
+        },
         "architecture": {"layers": getattr(problem, "layers", None), "params": ckpt.leaf_table(params_template)},
         "weighting": dict(w.config),
         "training": {"seed": seed, "resample": resample, "reuse_residuals": reuse_residuals},
@@ -208,8 +226,10 @@ def _jitted_rel_l2(problem):
 
 
 def _compiled(problem, w, optimizer, resample, reuse_residuals):
-    return _cached((problem, w, optimizer, resample, reuse_residuals),
-                   lambda: _build(problem, w, optimizer, resample, reuse_residuals))
+    return _cached(
+        (problem, w, optimizer, resample, reuse_residuals),
+        lambda: _build(problem, w, optimizer, resample, reuse_residuals),
+    )
 
 
 def _all_finite(tree):
@@ -223,15 +243,18 @@ def _guard(state, new, losses, weights, names):
     Once a step was flagged, every later step is a no-op, so the state stays the last
     finite one until the host reads the flag (at log and checkpoint steps).
     """
-    bad = jnp.stack([~(jnp.isfinite(losses[n]) & jnp.isfinite(weights[n]) & jnp.isfinite(weights[n] * losses[n]))
-                     for n in names])
+    bad = jnp.stack(
+        [~(jnp.isfinite(losses[n]) & jnp.isfinite(weights[n]) & jnp.isfinite(weights[n] * losses[n])) for n in names]
+    )
     finite = ~jnp.any(bad) & _all_finite((new.params, new.opt_state))
     take = finite & (state.bad_step == 0)
     out = jax.tree.map(lambda a, b: jnp.where(take, a, b), new, state)
     first = (state.bad_step == 0) & ~finite
     block = jnp.where(jnp.any(bad), jnp.argmax(bad), len(names)).astype(jnp.int32)
-    return out._replace(bad_step=jnp.where(first, state.step + 1, state.bad_step).astype(jnp.int32),
-                        bad_block=jnp.where(first, block, state.bad_block).astype(jnp.int32))
+    return out._replace(
+        bad_step=jnp.where(first, state.step + 1, state.bad_step).astype(jnp.int32),
+        bad_block=jnp.where(first, block, state.bad_block).astype(jnp.int32),
+    )
 
 
 def _build(problem, w, optimizer, resample, reuse_residuals):
@@ -263,10 +286,19 @@ def _build(problem, w, optimizer, resample, reuse_residuals):
         gsq = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
         wv = jnp.stack([weights[n] for n in names])
         new = TrainState(
-            state.step + 1, new_params, state.params, opt_state, ws, state.key,
-            state.sum_res_sq + sum(losses.values()), state.sum_grad_sq + gsq,
-            jnp.minimum(state.min_weight, jnp.min(wv)), jnp.maximum(state.max_weight, jnp.max(wv)), R,
-            state.bad_step, state.bad_block,
+            state.step + 1,
+            new_params,
+            state.params,
+            opt_state,
+            ws,
+            state.key,
+            state.sum_res_sq + sum(losses.values()),
+            state.sum_grad_sq + gsq,
+            jnp.minimum(state.min_weight, jnp.min(wv)),
+            jnp.maximum(state.max_weight, jnp.max(wv)),
+            R,
+            state.bad_step,
+            state.bad_block,
         )
         return _guard(state, new, losses, weights, names), loss, losses, weights
 
@@ -300,8 +332,19 @@ def _init_state(problem, w, optimizer, params, base, batch0):
     r0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(problem.blocks.residuals, p0, batch0))
     zero = jnp.zeros((), jnp.int32)
     return TrainState(
-        zero, p0, p0, optimizer.init(p0), ws, jax.random.key_data(base),
-        jnp.zeros((), dtype), jnp.zeros((), dtype), jnp.min(wv), jnp.max(wv), r0, zero, zero,
+        zero,
+        p0,
+        p0,
+        optimizer.init(p0),
+        ws,
+        jax.random.key_data(base),
+        jnp.zeros((), dtype),
+        jnp.zeros((), dtype),
+        jnp.min(wv),
+        jnp.max(wv),
+        r0,
+        zero,
+        zero,
     )
 
 
@@ -339,7 +382,9 @@ def _raise_non_finite(problem, state, batch_at, checkpoint):
         f"train: non-finite {what} at step {step} in block {block!r}: training stopped there and the last finite "
         f"state (after step {step - 1}) is in this error's .state{saved}. Lower the learning rate or check the "
         f"residuals and points of block {block!r}",
-        step, block, state._replace(bad_step=jnp.zeros((), jnp.int32), bad_block=jnp.zeros((), jnp.int32)),
+        step,
+        block,
+        state._replace(bad_step=jnp.zeros((), jnp.int32), bad_block=jnp.zeros((), jnp.int32)),
     )
 
 
@@ -387,8 +432,11 @@ def _record(run, history, state, loss, losses, weights, start):
 
 def _postfix(history):
     rel, rej = history["relative_l2"][-1], history["rejected"][-1]
-    return {"loss": f"{history['loss'][-1]:.3e}", "rel_l2": "-" if rel is None else f"{rel:.2e}",
-            "rejected": "-" if rej is None else rej}
+    return {
+        "loss": f"{history['loss'][-1]:.3e}",
+        "rel_l2": "-" if rel is None else f"{rel:.2e}",
+        "rejected": "-" if rej is None else rej,
+    }
 
 
 def _loop(run, state, batch0, steps, log_every, bar):
@@ -528,8 +576,18 @@ def train(
         return problem.sample_batch(_keys_at(raw_key, step)[0]) if resample else batch0
 
     step_fn, exact_weight_error = _compiled(problem, w, optimizer, resample, reuse_residuals)
-    run = _Run(problem, w, step_fn, exact_weight_error, _jitted_rel_l2(problem), batch_at, track_weight_error,
-               checkpoint, checkpoint_every, manifest)
+    run = _Run(
+        problem,
+        w,
+        step_fn,
+        exact_weight_error,
+        _jitted_rel_l2(problem),
+        batch_at,
+        track_weight_error,
+        checkpoint,
+        checkpoint_every,
+        manifest,
+    )
     bar = None
     if progress:
         from tqdm.auto import tqdm

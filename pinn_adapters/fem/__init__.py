@@ -11,6 +11,13 @@ from ._qtensor import (
     solve_qtensor,
 )
 
-__all__ = ["FEMSolution", "solve_qtensor", "reference", "default_cache_dir", "initial_q", "initial_director",
-           "make_basis",
-           "manufactured"]
+__all__ = [
+    "FEMSolution",
+    "solve_qtensor",
+    "reference",
+    "default_cache_dir",
+    "initial_q",
+    "initial_director",
+    "make_basis",
+    "manufactured",
+]

@@ -183,9 +183,7 @@ def _check_solver_args(T, num_steps, num_snapshots, scheme, a, c, L, M):
     num_steps = _check_positive_int("num_steps", num_steps)
     num_snapshots = _check_positive_int("num_snapshots", num_snapshots, 2)
     if num_steps % (num_snapshots - 1):
-        raise ValueError(
-            f"num_steps ({num_steps}) must be a multiple of num_snapshots - 1 ({num_snapshots - 1})"
-        )
+        raise ValueError(f"num_steps ({num_steps}) must be a multiple of num_snapshots - 1 ({num_snapshots - 1})")
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}; got {scheme!r}")
     for name, v in (("a", a), ("c", c), ("L", L), ("M", M)):
@@ -242,6 +240,7 @@ def solve_qtensor(
     G. Akrivis, M. Crouzeix, C. Makridakis, Numer. Math. 82 (1999). doi:10.1007/s002110050429
     """
     import scipy.sparse.linalg as spla
+
     fem = _skfem()
     from skfem.helpers import dot, grad
 
@@ -308,8 +307,18 @@ def solve_qtensor(
         if step % every == 0:
             snaps.append(q.copy())
     times = np.linspace(0.0, T, num_snapshots)
-    config = {"T": T, "n": int(n), "element": element, "num_steps": num_steps, "num_snapshots": num_snapshots,
-              "scheme": scheme, "a": a, "c": c, "L": L, "M": M}
+    config = {
+        "T": T,
+        "n": int(n),
+        "element": element,
+        "num_steps": num_steps,
+        "num_snapshots": num_snapshots,
+        "scheme": scheme,
+        "a": a,
+        "c": c,
+        "L": L,
+        "M": M,
+    }
     meta = {"wall_time_s": time.perf_counter() - t_start, "num_dofs": int(N), "h": 2.0 / n, "dt": dt}
     sol = FEMSolution(times, np.stack(snaps), config, meta)
     sol._basis = basis
@@ -340,8 +349,7 @@ def manufactured(*, amplitude=0.6, a=PARAMETERS["a"], c=PARAMETERS["c"], L=PARAM
         lap1 = -2 * k * k * q1
         lap2 = A * xp.cos(2 * t) * (-2 * sy - x * (2 - x) * k * k * sy)
         s = q1 * q1 + q2 * q2
-        return (q1_t - M * (L * lap1 - a * q1 - 2 * c * s * q1),
-                q2_t - M * (L * lap2 - a * q2 - 2 * c * s * q2))
+        return (q1_t - M * (L * lap1 - a * q1 - 2 * c * s * q1), q2_t - M * (L * lap2 - a * q2 - 2 * c * s * q2))
 
     return exact, source, (lambda x, y: exact(x, y, 0.0 * x))
 
@@ -366,8 +374,18 @@ def _relative_difference(fine: FEMSolution, coarse: FEMSolution, num=81):
     return float(np.max(num_ / den))
 
 
-def reference(*, T=1.0, n=32, element="P2", num_steps=None, num_snapshots=21, cache_dir=None, check=True,
-              verbose=False, **coefficients):
+def reference(
+    *,
+    T=1.0,
+    n=32,
+    element="P2",
+    num_steps=None,
+    num_snapshots=21,
+    cache_dir=None,
+    check=True,
+    verbose=False,
+    **coefficients,
+):
     """The cached finite element reference for the Q-tensor problem.
 
     Solves once with :func:`solve_qtensor` and stores the snapshots in
@@ -401,9 +419,17 @@ def reference(*, T=1.0, n=32, element="P2", num_steps=None, num_snapshots=21, ca
     if unknown:
         raise TypeError(f"reference: unknown coefficient(s) {sorted(unknown)}; expected some of {sorted(PARAMETERS)}")
     coef = {**PARAMETERS, **{k: float(v) for k, v in coefficients.items()}}
-    settings = {"T": T, "n": int(n), "element": element, "num_steps": int(num_steps),
-                "num_snapshots": num_snapshots, "scheme": "bdf2", **coef, "check": bool(check),
-                "format": FORMAT_VERSION}
+    settings = {
+        "T": T,
+        "n": int(n),
+        "element": element,
+        "num_steps": int(num_steps),
+        "num_snapshots": num_snapshots,
+        "scheme": "bdf2",
+        **coef,
+        "check": bool(check),
+        "format": FORMAT_VERSION,
+    }
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = folder / "fem" / f"qtensor-{digest}.npz"
@@ -421,8 +447,9 @@ def reference(*, T=1.0, n=32, element="P2", num_steps=None, num_snapshots=21, ca
     if check:
         if n % 2 or num_steps % (2 * (num_snapshots - 1)):
             raise ValueError("check=True needs an even n and num_steps a multiple of 2 (num_snapshots - 1)")
-        coarse = solve_qtensor(T=T, n=n // 2, element=element, num_steps=num_steps // 2,
-                               num_snapshots=num_snapshots, **coef)
+        coarse = solve_qtensor(
+            T=T, n=n // 2, element=element, num_steps=num_steps // 2, num_snapshots=num_snapshots, **coef
+        )
         sol.meta["convergence"] = {
             "coarse": {"n": n // 2, "num_steps": num_steps // 2},
             "relative_l2_difference": _relative_difference(sol, coarse),

@@ -26,8 +26,9 @@ from ._problem import Problem
 BLOCKS = ("bc", "ic", "res_q1", "res_q2")
 
 
-def qtensor_blocks(field, *, a=PARAMETERS["a"], c=PARAMETERS["c"], L=PARAMETERS["L"], M=PARAMETERS["M"],
-                   reduction="mean"):
+def qtensor_blocks(
+    field, *, a=PARAMETERS["a"], c=PARAMETERS["c"], L=PARAMETERS["L"], M=PARAMETERS["M"], reduction="mean"
+):
     """Residual blocks of the Q-tensor PINN for any differentiable field.
 
     Parameters
@@ -318,8 +319,19 @@ def director_figures(out, prob, params, times=None, num=21):
             th, S = director(*field)
             ax = axes[i, j]
             im = ax.pcolormesh(X, Y, S, cmap="viridis", vmin=0, vmax=smax, shading="gouraud")
-            ax.quiver(X, Y, np.cos(th), np.sin(th), headwidth=0, headlength=0, headaxislength=0, pivot="middle",
-                      scale=num * 1.1, color="w", width=0.004)
+            ax.quiver(
+                X,
+                Y,
+                np.cos(th),
+                np.sin(th),
+                headwidth=0,
+                headlength=0,
+                headaxislength=0,
+                pivot="middle",
+                scale=num * 1.1,
+                color="w",
+                width=0.004,
+            )
             ax.set_aspect("equal"), ax.set_title(f"{name}, t = {t:g}")
             ax.set_xlabel("x"), ax.set_ylabel("y")
     fig.colorbar(im, ax=axes, shrink=0.8, label="order S = 2|q|")
@@ -339,8 +351,7 @@ def director_figures(out, prob, params, times=None, num=21):
 def from_config(cfg):
     """Build :func:`qtensor2d` from the main job's configuration (``sketchtrace pinn qtensor``)."""
     layers = (3,) + (cfg.width,) * cfg.depth + (2,)
-    return qtensor2d(layers=layers, n_res=cfg.n_res, n_bc=cfg.n_bc, learning_rate=cfg.learning_rate,
-                     verbose=True)
+    return qtensor2d(layers=layers, n_res=cfg.n_res, n_bc=cfg.n_bc, learning_rate=cfg.learning_rate, verbose=True)
 
 
 def write_figures(out, prob, params, hist, label):

@@ -121,6 +121,7 @@ def _jvp_fn(kind, g, x0, f0, h):
     if h is None:
         rms = float(torch.sqrt(torch.mean(x0.square())))
         h = st.default_step(str(x0.dtype).removeprefix("torch."), kind) * (1.0 + rms)
+
     def fd(v):
         with torch.enable_grad():
             if kind == "forward":
@@ -193,7 +194,10 @@ def ntk_traces(
     blocks.check_batch(batch)
     rows = blocks.rows(params, batch)
     if method == "exact":
-        out = {n: _estimate(t, rows[n], rows[n]) for n, t in exact_traces(blocks, params, batch, chunk_size=chunk_size).items()}
+        out = {
+            n: _estimate(t, rows[n], rows[n])
+            for n, t in exact_traces(blocks, params, batch, chunk_size=chunk_size).items()
+        }
     else:
         if num_matvecs is None:
             raise ValueError("num_matvecs is required for method='hutchinson' (a probe budget, e.g. 8)")
@@ -324,7 +328,9 @@ class TorchNTKWeighting:
         if not all(bool(torch.isfinite(torch.as_tensor(t))) for t in traces.values()):
             return fallback, traces, False
         sizes = rows if cfg["rule"] == "jaxpi" else None
-        w = ntk_weights({n: float(t) for n, t in traces.items()}, rule=cfg["rule"], cap=cfg["cap"], eps=cfg["eps"], sizes=sizes)
+        w = ntk_weights(
+            {n: float(t) for n, t in traces.items()}, rule=cfg["rule"], cap=cfg["cap"], eps=cfg["eps"], sizes=sizes
+        )
         dtype = next(iter(fallback.values())).dtype
         return {n: torch.tensor(float(w[n]), dtype=dtype) for n in names}, traces, True
 
@@ -385,9 +391,21 @@ def ntk_weighting(
         init_matvecs = check_num_matvecs(num_probes if init_matvecs is None else init_matvecs, name="init_matvecs")
     ntk_weights({n: 1.0 for n in blocks.names}, rule=rule, cap=cap, eps=eps)  # checks cap and eps
     cfg = {
-        "estimator": estimator, "every": every, "ema": ema, "rule": rule, "cap": cap, "eps": eps, "normalize": normalize,
-        "num_probes": num_probes, "sampler": sampler, "gamma": float(gamma), "jvp": jvp, "h": h, "init_method": init_method,
-        "init_matvecs": init_matvecs, "chunk_size": check_num_matvecs(chunk_size, name="chunk_size"),
+        "estimator": estimator,
+        "every": every,
+        "ema": ema,
+        "rule": rule,
+        "cap": cap,
+        "eps": eps,
+        "normalize": normalize,
+        "num_probes": num_probes,
+        "sampler": sampler,
+        "gamma": float(gamma),
+        "jvp": jvp,
+        "h": h,
+        "init_method": init_method,
+        "init_matvecs": init_matvecs,
+        "chunk_size": check_num_matvecs(chunk_size, name="chunk_size"),
         "subsample": subsample,
     }
     return TorchNTKWeighting(blocks, cfg)

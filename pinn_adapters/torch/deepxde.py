@@ -32,7 +32,9 @@ def _identity_loss(zero, error):
 def loss_term_residuals(model):
     """``fn(net, X) -> list of residual vectors``, one per DeepXDE loss term (its order)."""
     if dde.backend.backend_name != "pytorch":
-        raise RuntimeError(f"NTKWeights needs DeepXDE's pytorch backend (DDE_BACKEND=pytorch); got {dde.backend.backend_name}")
+        raise RuntimeError(
+            f"NTKWeights needs DeepXDE's pytorch backend (DDE_BACKEND=pytorch); got {dde.backend.backend_name}"
+        )
 
     def terms(net, X):
         inputs = X.detach().clone().requires_grad_(True)
@@ -114,7 +116,9 @@ class NTKWeights(dde.callbacks.Callback):
         if self.state is None or step == 0 or step % self.period:
             return
         params = self.blocks.params()
-        weights, self.state = self.weighting.update(self.generator, self.state, self._params_prev, params, self._batch())
+        weights, self.state = self.weighting.update(
+            self.generator, self.state, self._params_prev, params, self._batch()
+        )
         self._params_prev = params
         self._set(weights)
 

@@ -35,7 +35,9 @@ def condition_points(problem, name):
     if pts is None and hasattr(cond, "domain"):
         domains = problem.discretised_domains
         if cond.domain not in domains:
-            raise ValueError(f"condition {name!r}: domain {cond.domain!r} is not discretised (call problem.discretise_domain)")
+            raise ValueError(
+                f"condition {name!r}: domain {cond.domain!r} is not discretised (call problem.discretise_domain)"
+            )
         pts = domains[cond.domain]
     if pts is None:
         raise ValueError(f"condition {name!r} has neither input points nor a domain")

@@ -137,7 +137,9 @@ class JaxBackend:
             check_csr(op.S)  # JAX would silently drop or misplace entries of a corrupt structure
         elif isinstance(op, ScipyOperator) and not op.__dict__.get("_probed"):
             # its output shape is only seen inside an XLA callback: check one matvec up front
-            probe_matvec(scipy_raw_matvec(op.L), op.shape, op.dtype, what=f"op (a SciPy LinearOperator of shape {op.shape})")
+            probe_matvec(
+                scipy_raw_matvec(op.L), op.shape, op.dtype, what=f"op (a SciPy LinearOperator of shape {op.shape})"
+            )
             object.__setattr__(op, "_probed", True)
         return op
 
@@ -150,7 +152,9 @@ class JaxBackend:
         get_sampler(sampler)
         sampler = _checked_sampler(sampler)
         n, dt = op.probe_dim, op.jax_dtype
-        return map_chunks(lambda ks: op.quad_forms(probe_rows(ks, n, dt, sampler)), jax.random.split(key, num), chunk_size)
+        return map_chunks(
+            lambda ks: op.quad_forms(probe_rows(ks, n, dt, sampler)), jax.random.split(key, num), chunk_size
+        )
 
     @staticmethod
     def exact_quad_forms(op, chunk_size):

@@ -106,7 +106,9 @@ class NumbaOperator:
         return getattr(self.source, "psd", None)
 
     def with_blocks(self, blocks):
-        return NumbaOperator(self.kind, self.shape, self.dtype, make_blocks(blocks, self.shape[0]), self.data, self.source)
+        return NumbaOperator(
+            self.kind, self.shape, self.dtype, make_blocks(blocks, self.shape[0]), self.data, self.source
+        )
 
     @property
     def row_chunks(self):
@@ -171,7 +173,9 @@ def _prepare_new(op) -> NumbaOperator:
         )
         return NumbaOperator("csr", S.shape, dt, blocks, data, op)
     if isinstance(op, ScipyOperator):
-        probe_matvec(scipy_raw_matvec(op.L), op.shape, op.dtype, what=f"op (a SciPy LinearOperator of shape {op.shape})")
+        probe_matvec(
+            scipy_raw_matvec(op.L), op.shape, op.dtype, what=f"op (a SciPy LinearOperator of shape {op.shape})"
+        )
         return NumbaOperator("scipy", op.shape, _compute_dtype(op.dtype), blocks, op.L, op)
     if isinstance(op, FunctionOperator):
         kind = "numba_fn" if isinstance(op.fn, CPUDispatcher) else "py_fn"
@@ -269,7 +273,9 @@ def _parallel_calls(V) -> bool:
 
 
 def _py_apply(op, v):
-    y = check_matvec_output(op.data(v), (op.shape[0],), what=f"matvec of op (FunctionOperator, declared shape {op.shape})")
+    y = check_matvec_output(
+        op.data(v), (op.shape[0],), what=f"matvec of op (FunctionOperator, declared shape {op.shape})"
+    )
     return check_output(y, (op.shape[0],), op.dtype, what=f"matvec (declared shape {op.shape})")
 
 
@@ -284,7 +290,9 @@ def _matmat_rows(op, V) -> np.ndarray:
         K.csr_matmat(indptr, indices, data, np.ascontiguousarray(V.T), op.row_chunks[0], out)
         return out.T
     if op.kind == "scipy":
-        Y = check_matvec_output(op.data.matmat(V.T), (m, V.shape[0]), what=f"op (a SciPy LinearOperator of shape {op.shape})")
+        Y = check_matvec_output(
+            op.data.matmat(V.T), (m, V.shape[0]), what=f"op (a SciPy LinearOperator of shape {op.shape})"
+        )
         return check_output(Y, (m, V.shape[0]), op.dtype, what=f"LinearOperator (declared shape {op.shape})").T
     if op.kind == "numba_fn":
         _check_numba_fn(op, V)
@@ -344,13 +352,13 @@ def _chunks(num, chunk_size):
 # ----------------------------------------------------------------------------- backend
 
 
-
 def _over_row_chunks(fn, op, V, chunk_size):
     """``fn(op, rows)`` over consecutive chunks of the probe rows ``V``, concatenated."""
     op = _prepare(op)
     V = _as_probe_rows(V, op)
     parts = [fn(op, V[lo:hi]) for lo, hi in _chunks(V.shape[0], chunk_size)]
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+
 
 class NumbaBackend:
     """The CPU backend (NumPy arrays, numba kernels); same interface as ``JaxBackend``."""
@@ -441,4 +449,6 @@ class NumbaBackend:
     @staticmethod
     def check_finite(name, x):
         if not bool(np.all(np.isfinite(x))):
-            raise FloatingPointError(f"{name}: the operator produced non-finite values (NaN or inf); check the operator")
+            raise FloatingPointError(
+                f"{name}: the operator produced non-finite values (NaN or inf); check the operator"
+            )

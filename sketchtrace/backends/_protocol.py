@@ -6,7 +6,8 @@ they run on. A new backend (see ``docs/architecture.md``) implements every membe
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 
 @runtime_checkable

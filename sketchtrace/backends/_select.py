@@ -73,8 +73,6 @@ def resolve_backend(key, backend=None) -> str:
     return chosen
 
 
-
-
 def get_backend(key, op, backend=None, mesh=None):
     """Return ``(backend, prepared_op)`` for an estimator call.
 

@@ -37,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ._jax import JaxBackend, map_chunks
 from .._samplers import get_sampler, probe_rows
+from ._jax import JaxBackend, map_chunks
 
 DEFAULT_AXIS = "probes"
 

@@ -145,7 +145,9 @@ def draw(gen, num, dim, dtype, sampler):
     V = sampler(gen, (num, dim), dtype)
     if not isinstance(V, torch.Tensor) or tuple(V.shape) != (num, dim):
         got = tuple(V.shape) if isinstance(V, torch.Tensor) else type(V).__name__
-        raise ValueError(f"sampler returned {got}; expected a torch tensor of shape {(num, dim)} (sampler(gen, shape, dtype))")
+        raise ValueError(
+            f"sampler returned {got}; expected a torch tensor of shape {(num, dim)} (sampler(gen, shape, dtype))"
+        )
     return V.to(dtype)
 
 
@@ -262,7 +264,9 @@ class TorchBackend:
     @staticmethod
     def check_finite(name, x):
         if not bool(torch.all(torch.isfinite(torch.as_tensor(x)))):
-            raise FloatingPointError(f"{name}: the operator produced non-finite values (NaN or inf); check the operator")
+            raise FloatingPointError(
+                f"{name}: the operator produced non-finite values (NaN or inf); check the operator"
+            )
 
 
 def _diagonal_by_block(op):

@@ -6,12 +6,11 @@ import functools
 import math
 import numbers
 import warnings
+from typing import NamedTuple
 
 import jax
 import numpy as np
 from scipy import stats
-
-from typing import NamedTuple
 
 from .._estimate import Estimate
 from ..operators import require_products
@@ -87,7 +86,7 @@ def _round(bk, op, rk, prev, *, new, dt, sampler, chunk_size, n, improved, metho
 _STATIC = ("bk", "new", "dt", "sampler", "chunk_size", "n", "improved", "method")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_round(bk, static_op: bool):
     return bk.jit(_round, static_argnames=_STATIC + (("op",) if static_op else ()))
 
@@ -196,8 +195,15 @@ def trace(
     M. F. Hutchinson, Commun. Stat. Simul. Comput. 19 (1990). doi:10.1080/03610919008812866
     """
     p = _Plan.build(
-        rtol=rtol, atol=atol, confidence=confidence, first=first_matvecs, sampler=sampler,
-        test_vectors=test_vectors, sem_factor=sem_factor, check_psd=check_psd, allow_exact=allow_exact,
+        rtol=rtol,
+        atol=atol,
+        confidence=confidence,
+        first=first_matvecs,
+        sampler=sampler,
+        test_vectors=test_vectors,
+        sem_factor=sem_factor,
+        check_psd=check_psd,
+        allow_exact=allow_exact,
     )
     max_matvecs = check_num_matvecs(max_matvecs, name="max_matvecs")
     bk, op, n, max_matvecs, chunk_size = setup(
@@ -262,8 +268,15 @@ class _Plan(NamedTuple):
             sampler, improved = resolve_test_vectors("improved" if self.sampler is None else self.sampler)
         sem_factor = self.sem_factor if self.sem_factor is not None else (1.0 if method == "hutchinson" else 2.0)
         return self._replace(
-            method=method, per=_PER_VECTOR[method], sampler=sampler, improved=improved, sem_factor=sem_factor,
-            dt=bk.probe_dtype(op), n=n, max_matvecs=max_matvecs, chunk_size=chunk_size,
+            method=method,
+            per=_PER_VECTOR[method],
+            sampler=sampler,
+            improved=improved,
+            sem_factor=sem_factor,
+            dt=bk.probe_dtype(op),
+            n=n,
+            max_matvecs=max_matvecs,
+            chunk_size=chunk_size,
         )
 
     def exact_affordable(self, k_next, spent):
@@ -281,8 +294,17 @@ def _adaptive_loop(bk, op, key, p: _Plan):
             return Estimate(exact.value, exact.sem, spent + p.n)
         key, rk = bk.split(key, 2)
         state, t = _run_round(
-            bk, op, rk, state, new=k_next - k, dt=p.dt, sampler=p.sampler, chunk_size=p.chunk_size, n=p.n,
-            improved=p.improved, method=p.method,
+            bk,
+            op,
+            rk,
+            state,
+            new=k_next - k,
+            dt=p.dt,
+            sampler=p.sampler,
+            chunk_size=p.chunk_size,
+            n=p.n,
+            improved=p.improved,
+            method=p.method,
         )
         bk.check_finite("op", t)
         if p.method == "xnystrace" and p.check_psd and k == 0:

@@ -31,13 +31,25 @@ def block_traces(
     """
     if method == "hutchpp":
         return hutchpp_blocks(
-            key, op, num_matvecs=num_matvecs, sampler=sampler, chunk_size=chunk_size, backend=backend, mesh=mesh,
+            key,
+            op,
+            num_matvecs=num_matvecs,
+            sampler=sampler,
+            chunk_size=chunk_size,
+            backend=backend,
+            mesh=mesh,
             allow_exact=allow_exact,
         )
     if method != "hutchinson":
         raise ValueError(f"method must be 'hutchinson' or 'hutchpp' for block_traces; got {method!r}")
     bk, op, Q, exact, spent = hutchinson_samples(
-        key, op, num_matvecs=num_matvecs, sampler=sampler, chunk_size=chunk_size, backend=backend, mesh=mesh,
+        key,
+        op,
+        num_matvecs=num_matvecs,
+        sampler=sampler,
+        chunk_size=chunk_size,
+        backend=backend,
+        mesh=mesh,
         allow_exact=allow_exact,
     )
     names = require_blocks(op)

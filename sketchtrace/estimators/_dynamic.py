@@ -35,7 +35,7 @@ from .._estimate import Estimate
 from .._samplers import SAMPLERS
 from ..backends import backend_for_key, namespace_of
 from ..operators import LinearOperator
-from ..validation import check_chunk_size, check_choice, check_num_matvecs
+from ..validation import check_choice, check_chunk_size, check_num_matvecs
 
 _SEM_METHODS = ("auto", "replicas", "recursion")
 AUTO_GAMMA_MIN = 1e-4
@@ -204,9 +204,7 @@ def _prepare(bk, op, name):
 
 def _check_pair(a: _OpInfo, b: _OpInfo):
     if a.n != b.n:
-        raise ValueError(
-            f"op_prev and op_next must have the same shape; got probe dimensions {a.n} and {b.n}"
-        )
+        raise ValueError(f"op_prev and op_next must have the same shape; got probe dimensions {a.n} and {b.n}")
     if getattr(a.op, "shape", None) is not None and getattr(b.op, "shape", None) is not None:
         if tuple(a.op.shape) != tuple(b.op.shape):
             raise ValueError(
@@ -216,8 +214,6 @@ def _check_pair(a: _OpInfo, b: _OpInfo):
         raise ValueError(f"op_prev and op_next must have the same blocks; got {a.blocks} and {b.blocks}")
     if a.dtype != b.dtype:
         raise ValueError(f"op_prev and op_next must have the same dtype; got {a.dtype} and {b.dtype}")
-
-
 
 
 # ----------------------------------------------------------------------------- estimator
@@ -398,7 +394,7 @@ def _step_and_report(self, state, x, y, xp):
     return new_state, value, sem
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _compiled_step(bk):
     return bk.jit(_step_and_report, static_argnames=("self", "xp"))
 

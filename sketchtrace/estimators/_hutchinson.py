@@ -76,7 +76,13 @@ def hutchinson(
     doi:10.1080/03610919008812866
     """
     bk, _, Q, exact, spent = hutchinson_samples(
-        key, op, num_matvecs=num_matvecs, sampler=sampler, chunk_size=chunk_size, backend=backend, mesh=mesh,
+        key,
+        op,
+        num_matvecs=num_matvecs,
+        sampler=sampler,
+        chunk_size=chunk_size,
+        backend=backend,
+        mesh=mesh,
         allow_exact=allow_exact,
     )
     value, sem = summarize(bk.xp, bk.xp.sum(Q, axis=1, keepdims=True), exact=exact)

@@ -19,6 +19,7 @@ from ._common import (
     use_exact,
 )
 
+
 def hutchpp_split(num_matvecs):
     """Sketch size ``k`` and Hutchinson probes ``g`` with ``2k + g = num_matvecs``.
 
@@ -71,9 +72,7 @@ def _hutchpp_run(key, op, num_matvecs, sampler, chunk_size, backend, mesh=None, 
     return bk, op, low, R, m
 
 
-def hutchpp(
-    key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, backend=None, mesh=None, allow_exact=True
-):
+def hutchpp(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, backend=None, mesh=None, allow_exact=True):
     """Hutch++ estimate of ``tr(op)``: exact trace of a sketched range plus Hutchinson.
 
     With ``k = ceil(m/3)`` (at most ``(m-1)//2``) and ``g = m - 2k``:

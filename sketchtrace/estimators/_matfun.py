@@ -232,7 +232,9 @@ def trace_function(
         value = exact_trace_function(bk, op, n, spec, chunk_size)
         return Estimate(value, bk.xp.zeros((), value.dtype), n)
     if method == "deflated":
-        low, values, spent = _deflated(bk, key, op, n, spec, m, steps, sampler, reorth=reorthogonalize, chunk_size=chunk_size)
+        low, values, spent = _deflated(
+            bk, key, op, n, spec, m, steps, sampler, reorth=reorthogonalize, chunk_size=chunk_size
+        )
     else:
         low = 0.0
         values, spent = _slq(bk, key, op, n, spec, m, steps, sampler, reorthogonalize, chunk_size)
@@ -253,4 +255,3 @@ def logdet(key, op, *, num_matvecs, lanczos_steps, **kwargs):
 def trace_inverse(key, op, *, num_matvecs, lanczos_steps, **kwargs):
     """``tr(op^{-1})`` of a symmetric positive definite operator: ``trace_function(key, op, "inv", ...)``."""
     return trace_function(key, op, "inv", num_matvecs=num_matvecs, lanczos_steps=lanczos_steps, **kwargs)
-

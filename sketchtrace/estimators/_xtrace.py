@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 
 from .._estimate import Estimate
-from ._common import check_minimum, exact_estimate, resolve_sampler, setup, summarize, use_exact
 from ..validation import check_choice
+from ._common import check_minimum, exact_estimate, resolve_sampler, setup, summarize, use_exact
 
 # test-vector name -> (sampler, re-sphering correction)
 TEST_VECTORS = {
@@ -387,9 +387,7 @@ def xnystrace(
     sampler, improved = resolve_test_vectors(sampler, name=arg)
     bk, op, n, m, chunk_size = setup(key, op, num_matvecs, chunk_size, backend, mesh, method="xnystrace")
     if op.psd is False:
-        raise ValueError(
-            "xnystrace needs a positive semidefinite operator and op is declared psd=False; use xtrace"
-        )
+        raise ValueError("xnystrace needs a positive semidefinite operator and op is declared psd=False; use xtrace")
     if use_exact(m, n, allow_exact, "xnystrace", can_oversample=False):
         return exact_estimate(bk, op, chunk_size, n)
     check_minimum(m, 2, "xnystrace", "two test vectors for the leave-one-out")

@@ -32,9 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ._linear import LinearOperator, blocks_of_tree, block_sums, make_blocks
 from .._samplers import probe_rows
 from ..validation import check_choice, check_float_dtype
+from ._linear import LinearOperator, block_sums, blocks_of_tree, make_blocks
 
 SCHEMES = ("forward", "central")
 
@@ -65,7 +65,7 @@ def default_step(dtype, scheme="forward") -> float:
     dt = check_float_dtype(dtype)
     check_choice(scheme, SCHEMES, name="scheme")
     eps = float(np.finfo(dt).eps)
-    return eps ** 0.5 if scheme == "forward" else eps ** (1.0 / 3.0)
+    return eps**0.5 if scheme == "forward" else eps ** (1.0 / 3.0)
 
 
 def _check_h(h):
@@ -253,8 +253,13 @@ class FiniteDifferenceGram(LinearOperator):
 
     def with_blocks(self, blocks):
         return FiniteDifferenceGram(
-            self.f, self.unravel_input(self.x_flat), *self.args, h=self.step, scheme=self.scheme,
-            value=self.value, blocks=blocks,
+            self.f,
+            self.unravel_input(self.x_flat),
+            *self.args,
+            h=self.step,
+            scheme=self.scheme,
+            value=self.value,
+            blocks=blocks,
         )
 
     def with_structure(self, *, symmetric=None, psd=None):

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from collections.abc import Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -371,9 +371,7 @@ class ScipyOperator(LinearOperator):
             y = np.asarray(fn(np.asarray(x).T)).T
             return check_output(y, (x.shape[0], out_dim), dt, what="LinearOperator")
 
-        return jax.pure_callback(
-            host, jax.ShapeDtypeStruct((X.shape[0], out_dim), dt), X, vmap_method="sequential"
-        )
+        return jax.pure_callback(host, jax.ShapeDtypeStruct((X.shape[0], out_dim), dt), X, vmap_method="sequential")
 
     def matmat(self, V):
         return self._callback(self.L.matmat, V, self.shape[0])
@@ -667,9 +665,7 @@ def gram(J, side="auto"):
 
 
 def _is_lineax(obj) -> bool:
-    return all(hasattr(obj, a) for a in ("mv", "in_structure", "out_structure")) and not isinstance(
-        obj, LinearOperator
-    )
+    return all(hasattr(obj, a) for a in ("mv", "in_structure", "out_structure")) and not isinstance(obj, LinearOperator)
 
 
 def _from_lineax(obj, blocks):
@@ -684,9 +680,7 @@ def _from_lineax(obj, blocks):
 
     if blocks is None:
         blocks = blocks_of_tree(zeros_out)
-    return FunctionOperator(
-        matvec, (y_flat.shape[0], x_flat.shape[0]), x_flat.dtype, blocks=blocks
-    )
+    return FunctionOperator(matvec, (y_flat.shape[0], x_flat.shape[0]), x_flat.dtype, blocks=blocks)
 
 
 def as_operator(obj, *, blocks=None, symmetric=None, psd=None) -> LinearOperator:

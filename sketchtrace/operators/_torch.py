@@ -130,7 +130,17 @@ class TorchFunctionOperator(TorchOperator):
     """
 
     def __init__(
-        self, matvec, shape, dtype, *, device="cpu", rmatvec=None, blocks=None, vectorized=True, symmetric=None, psd=None
+        self,
+        matvec,
+        shape,
+        dtype,
+        *,
+        device="cpu",
+        rmatvec=None,
+        blocks=None,
+        vectorized=True,
+        symmetric=None,
+        psd=None,
     ):
         if not callable(matvec):
             raise TypeError(f"matvec must be callable; got {type(matvec).__name__}")
