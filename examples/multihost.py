@@ -70,10 +70,24 @@ def spawn_local(args):
     procs = []
     for pid in range(args.local_processes):
         cmd = [
-            sys.executable, os.path.abspath(__file__), "--coordinator", f"localhost:{port}",
-            "--num-processes", str(args.local_processes), "--process-id", str(pid),
-            "--devices", str(args.devices or 2), "--seed", str(args.seed), "--n", str(args.n),
-            "--probes", str(args.probes), "--points", str(args.points),
+            sys.executable,
+            os.path.abspath(__file__),
+            "--coordinator",
+            f"localhost:{port}",
+            "--num-processes",
+            str(args.local_processes),
+            "--process-id",
+            str(pid),
+            "--devices",
+            str(args.devices or 2),
+            "--seed",
+            str(args.seed),
+            "--n",
+            str(args.n),
+            "--probes",
+            str(args.probes),
+            "--points",
+            str(args.points),
         ] + (["--quick"] if args.quick else [])
         procs.append(subprocess.Popen(cmd, env=dict(os.environ, _MULTIHOST_LOCAL="1")))
     codes = [p.wait(timeout=600) for p in procs]
@@ -121,10 +135,12 @@ def main(argv=None):
     def u(p, x):
         return (jnp.tanh(x @ p["W1"]) @ p["W2"])[0]
 
-    blocks = pa.ResidualBlocks({
-        "res": lambda p, pts: jax.vmap(lambda x: jnp.trace(jax.hessian(u, 1)(p, x)))(pts),
-        "bc": lambda p, pts: jax.vmap(lambda x: u(p, x))(pts),
-    })
+    blocks = pa.ResidualBlocks(
+        {
+            "res": lambda p, pts: jax.vmap(lambda x: jnp.trace(jax.hessian(u, 1)(p, x)))(pts),
+            "bc": lambda p, pts: jax.vmap(lambda x: u(p, x))(pts),
+        }
+    )
     k1, k2, k3, k4 = jax.random.split(jax.random.key(args.seed + 1), 4)
     params = {"W1": jax.random.normal(k1, (2, 16)) / 2, "W2": jax.random.normal(k2, (16, 1)) / 4}
     batch = {"res": jax.random.uniform(k3, (args.points, 2)), "bc": jax.random.uniform(k4, (args.points // 2, 2))}
@@ -151,7 +167,11 @@ def main(argv=None):
         worst = max(worst, rel)
         values = jax.tree.map(lambda x: float(np.asarray(x)), sharded)
         if me == 0:
-            shown = {k: round(v.value, 4) for k, v in values.items()} if isinstance(values, dict) else round(values.value, 4)
+            shown = (
+                {k: round(v.value, 4) for k, v in values.items()}
+                if isinstance(values, dict)
+                else round(values.value, 4)
+            )
             print(f"  {name:<32} {shown}   rel. diff to one device {rel:.1e}", flush=True)
     ok = worst <= 1e-5  # float32, different summation order
     print(f"[process {me}] {'OK' if ok else 'MISMATCH'} (worst relative difference {worst:.1e})", flush=True)

@@ -192,6 +192,25 @@ def _check_solver_args(T, num_steps, num_snapshots, scheme, a, c, L, M):
     return T, num_steps, num_snapshots, float(a), float(c), _check_positive_float("L", L), _check_positive_float("M", M)
 
 
+def _forms(fem, basis):
+    """The mass and stiffness matrices and the ``|q|^2``-weighted mass form."""
+    from skfem.helpers import dot, grad
+
+    @fem.BilinearForm
+    def mass(u, v, w):
+        return u * v
+
+    @fem.BilinearForm
+    def stiff(u, v, w):
+        return dot(grad(u), grad(v))
+
+    @fem.BilinearForm
+    def weighted_mass(u, v, w):
+        return w["s"] * u * v
+
+    return mass.assemble(basis), stiff.assemble(basis), weighted_mass
+
+
 def solve_qtensor(
     *,
     T=1.0,
@@ -242,26 +261,10 @@ def solve_qtensor(
     import scipy.sparse.linalg as spla
 
     fem = _skfem()
-    from skfem.helpers import dot, grad
-
     T, num_steps, num_snapshots, a, c, L, M = _check_solver_args(T, num_steps, num_snapshots, scheme, a, c, L, M)
     t_start = time.perf_counter()
     basis = make_basis(n, element)
-
-    @fem.BilinearForm
-    def mass(u, v, w):
-        return u * v
-
-    @fem.BilinearForm
-    def stiff(u, v, w):
-        return dot(grad(u), grad(v))
-
-    @fem.BilinearForm
-    def weighted_mass(u, v, w):
-        return w["s"] * u * v
-
-    Mass = mass.assemble(basis)
-    K = stiff.assemble(basis)
+    Mass, K, weighted_mass = _forms(fem, basis)
     D = basis.get_dofs().all()  # boundary DOFs (q = 0 there)
     interior = basis.complement_dofs(D)
     N = basis.N
