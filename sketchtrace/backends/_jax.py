@@ -99,6 +99,20 @@ class JaxBackend:
     lanczos = staticmethod(lanczos_jax)
 
     @staticmethod
+    def adjoint(op):
+        """``op.T`` when ``op`` has a transpose product; one JAX derives (``jax.linear_transpose``
+        of a ``FunctionOperator`` without ``rmatvec``) is checked abstractly first."""
+        if "rmatmat" not in op.products or type(op).rmatmat is LinearOperator.rmatmat:
+            return None
+        adj = op.T
+        if isinstance(op, FunctionOperator) and op.rmatvec_fn is None:
+            try:
+                jax.eval_shape(adj.matmat, jax.ShapeDtypeStruct((1, adj.shape[1]), op.jax_dtype))
+            except Exception:  # noqa: BLE001 - any tracing failure means: no usable transpose
+                return None
+        return adj
+
+    @staticmethod
     def with_adjoint(matmat, forward, Z):
         """Per-probe values of ``forward`` with a gradient rule that skips the forward iterations.
 

@@ -386,6 +386,23 @@ class NumbaBackend:
     lanczos = staticmethod(lanczos_numba)
 
     @staticmethod
+    def adjoint(op):
+        """``A^T`` from the data the user's operator holds (a transposed matrix, SciPy's
+        ``.T``, a ``FunctionOperator``'s ``rmatvec``), or ``None``."""
+        src = op.source if isinstance(op, NumbaOperator) else as_operator(op)
+        if "rmatmat" not in src.products:
+            return None
+        if isinstance(src, DenseOperator):
+            return _prepare(as_operator(np.asarray(src.A).T))
+        if isinstance(src, SparseOperator):
+            return _prepare(as_operator(src.S.T.tocsr()))
+        if isinstance(src, ScipyOperator):
+            return _prepare(as_operator(src.L.T))
+        if isinstance(src, FunctionOperator) and src.rmatvec_fn is not None:
+            return _prepare(FunctionOperator(src.rmatvec_fn, src.shape[::-1], src.dtype))
+        return None
+
+    @staticmethod
     def with_adjoint(matmat, forward, Z):
         """No automatic differentiation here: the values of ``forward`` alone."""
         return forward(matmat, Z, False)[0]

@@ -59,6 +59,10 @@ class Backend(Protocol):
     def jit(self, fn: Callable, static_argnames=()) -> Callable:
         """Compile ``fn`` where the backend can (``jax.jit``); the identity elsewhere."""
 
+    def adjoint(self, op) -> Any:
+        """An operator this backend applies as ``A^T`` (for ``matmat``), or ``None`` when ``op`` has
+        no usable transpose product here."""
+
     def lanczos(self, matmat: Callable, Z, num_steps: int, *, reorthogonalize=False, keep_basis=False) -> Any:
         """Batched Lanczos from the rows of ``Z``: ``(alpha, beta, basis, norms)`` (``num_steps`` products)."""
 

@@ -210,6 +210,22 @@ class TorchBackend:
     lanczos = staticmethod(lanczos_torch)
 
     @staticmethod
+    def adjoint(op):
+        """``A^T`` as a torch operator (stored tensors, or a function operator with ``rmatvec``)."""
+        from ..operators._torch import TorchFunctionOperator
+
+        if "rmatmat" not in getattr(op, "products", ()):
+            return None
+        if isinstance(op, TorchTensorOperator):
+            At = op.A.t()
+            return TorchTensorOperator(At.to_sparse_coo() if op.is_sparse else At)  # CSR^T is CSC: stored as COO
+        if isinstance(op, TorchFunctionOperator) and op.rmatvec_fn is not None:
+            return TorchFunctionOperator(
+                op.rmatvec_fn, op.shape[::-1], op.dtype, device=op.device, vectorized=op.vectorized
+            )
+        return None
+
+    @staticmethod
     def with_adjoint(matmat, forward, Z):
         """No adjoint here (products run under ``torch.no_grad``): the values of ``forward`` alone."""
         return forward(matmat, Z, False)[0]

@@ -2,79 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from .._estimate import Estimate
 from ..validation import check_choice
 from ._common import check_minimum, setup, summarize, use_exact
 from ._xtrace import xdiag_samples, xsketch
-
-
-def _declared_symmetric(op) -> bool:
-    """Whether ``op`` declares itself symmetric (the operator contract's ``symmetric``/``psd``)."""
-    from ..operators import GramOperator
-
-    return bool(getattr(op, "symmetric", False) or getattr(op, "psd", False)) or isinstance(op, GramOperator)
-
-
-def _adjoint(bk, op):
-    """An operator for ``A^T`` that ``bk.matmat`` can apply, or ``None`` when ``A`` has no transpose product."""
-    from ..operators import (
-        DenseOperator,
-        FunctionOperator,
-        ScipyOperator,
-        SparseOperator,
-        as_operator,
-    )
-
-    src = getattr(op, "source", op)  # the numba backend keeps the user's operator as ``source``
-    products = getattr(src, "products", None)
-    if products is not None and "rmatmat" not in products:
-        return None
-    if bk.name == "torch":
-        return _torch_adjoint(src)
-    if bk.name != "numba":
-        return None if type(src).rmatmat is _base_rmatmat() else src.T
-    if isinstance(src, DenseOperator):
-        return as_operator(np.asarray(src.A).T)
-    if isinstance(src, SparseOperator):
-        return as_operator(src.S.T.tocsr())
-    if isinstance(src, ScipyOperator):
-        return as_operator(src.L.T)
-    if isinstance(src, FunctionOperator) and src.rmatvec_fn is not None:
-        return FunctionOperator(src.rmatvec_fn, src.shape[::-1], src.dtype)
-    return None
-
-
-def _traceable(adj, dtype):
-    """``adj`` if its products trace under JAX (checked abstractly with ``jax.eval_shape``), else ``None``."""
-    import jax
-
-    try:
-        jax.eval_shape(adj.matmat, jax.ShapeDtypeStruct((1, adj.shape[1]), dtype))
-    except Exception:  # noqa: BLE001 - any tracing failure means: no usable transpose
-        return None
-    return adj
-
-
-def _torch_adjoint(src):
-    """``A^T`` as a torch operator (stored tensors, or a function operator with ``rmatvec``)."""
-    from ..operators import TorchFunctionOperator, TorchTensorOperator
-
-    if isinstance(src, TorchTensorOperator):
-        At = src.A.t()
-        return TorchTensorOperator(At.to_sparse_coo() if src.is_sparse else At)  # CSR^T is CSC: stored as COO
-    if isinstance(src, TorchFunctionOperator) and src.rmatvec_fn is not None:
-        return TorchFunctionOperator(
-            src.rmatvec_fn, src.shape[::-1], src.dtype, device=src.device, vectorized=src.vectorized
-        )
-    return None
-
-
-def _base_rmatmat():
-    from ..operators import LinearOperator
-
-    return LinearOperator.rmatmat
 
 
 def xdiag_adjoint(bk, op, method_name="diagonal(method='xdiag')"):
@@ -84,11 +15,9 @@ def xdiag_adjoint(bk, op, method_name="diagonal(method='xdiag')"):
     symmetric they come from ``k`` transpose products (the same budget as ``A Q``);
     an operator with neither is refused here, before any matvec.
     """
-    if _declared_symmetric(getattr(op, "source", op)):
+    if getattr(op, "symmetric", None) or getattr(op, "psd", None):
         return None
-    adj = _adjoint(bk, op)
-    if adj is not None and bk.name != "numba" and getattr(op, "rmatvec_fn", True) is None:
-        adj = _traceable(adj, bk.probe_dtype(op))  # a transpose JAX derives (jax.linear_transpose)
+    adj = bk.adjoint(op)
     if adj is None:
         raise ValueError(
             f"{method_name} needs Q^T A: op is not declared symmetric (symmetric=True) and has no transpose "
