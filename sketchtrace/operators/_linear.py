@@ -255,6 +255,15 @@ def require_products(op, needed, method: str):
 # ----------------------------------------------------------------------------- concrete
 
 
+def _rows_times_transpose(V, A):
+    """``V @ A.T`` as one ``dot_general`` contracting both last axes: no transpose op. Written as
+    ``A.T``, a matrix closed over in ``jax.jit`` (a constant) was transposed on every call, which
+    made XTrace 1.8x slower closed over than passed as an argument."""
+    A = jnp.asarray(A)
+    dt = jnp.result_type(V, A)
+    return jax.lax.dot_general(V.astype(dt), A.astype(dt), (((V.ndim - 1,), (1,)), ((), ())))
+
+
 @_pytree(data=("A",), meta=("blocks", "symmetric", "psd"))
 @dataclasses.dataclass(frozen=True, eq=False)
 class DenseOperator(LinearOperator):
@@ -274,13 +283,13 @@ class DenseOperator(LinearOperator):
         return np.dtype(self.A.dtype)
 
     def matmat(self, V):
-        return V @ jnp.asarray(self.A).T
+        return _rows_times_transpose(V, self.A)
 
     def rmatmat(self, U):
         return U @ jnp.asarray(self.A)
 
     def quad_forms(self, V):
-        return block_sums(V * (V @ jnp.asarray(self.A).T), self.blocks)
+        return block_sums(V * _rows_times_transpose(V, self.A), self.blocks)
 
 
 @_pytree(data=("data", "indices", "indptr"), meta=("num_cols", "blocks", "symmetric", "psd"))
