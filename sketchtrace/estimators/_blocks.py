@@ -29,22 +29,7 @@ def block_traces(
     :func:`sketchtrace.hutchpp`; each block's estimate is unbiased).
     ``mesh``: split the probes across devices; ``allow_exact``: see :func:`hutchinson`.
     """
-    if method == "hutchpp":
-        return hutchpp_blocks(
-            key,
-            op,
-            num_matvecs=num_matvecs,
-            sampler=sampler,
-            chunk_size=chunk_size,
-            backend=backend,
-            mesh=mesh,
-            allow_exact=allow_exact,
-        )
-    if method != "hutchinson":
-        raise ValueError(f"method must be 'hutchinson' or 'hutchpp' for block_traces; got {method!r}")
-    bk, op, Q, exact, spent = hutchinson_samples(
-        key,
-        op,
+    kw = dict(
         num_matvecs=num_matvecs,
         sampler=sampler,
         chunk_size=chunk_size,
@@ -52,6 +37,11 @@ def block_traces(
         mesh=mesh,
         allow_exact=allow_exact,
     )
+    if method == "hutchpp":
+        return hutchpp_blocks(key, op, **kw)
+    if method != "hutchinson":
+        raise ValueError(f"method must be 'hutchinson' or 'hutchpp' for block_traces; got {method!r}")
+    bk, op, Q, exact, spent = hutchinson_samples(key, op, **kw)
     names = require_blocks(op)
     value, sem = summarize(bk.xp, Q, exact=exact)
     return per_block(names, value, sem, spent)
