@@ -7,7 +7,7 @@ functions that need them; importing this package needs only JAX and sketchtrace.
 from . import problems
 from ._blocks import MixedBlock, ResidualBlocks
 from ._ntk import ntk_traces, ntk_weights
-from ._weighting import NTKWeighting, WeightingState, ntk_weighting
+from ._weighting import NTKWeighting, WeightingState, gradnorm_weighting, ntk_weighting
 from .app import NonFiniteError, TrainResult, TrainState, load_checkpoint, save_checkpoint, train
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "ntk_traces",
     "ntk_weights",
     "ntk_weighting",
+    "gradnorm_weighting",
     "NTKWeighting",
     "WeightingState",
     "train",

@@ -21,9 +21,10 @@ import sketchtrace as st
 from sketchtrace.validation import check_choice, check_num_matvecs
 
 from ._blocks import ResidualBlocks
+from ._gradnorm import gradnorm_strategy
 from ._ntk import ntk_traces, ntk_weights, residual_rows
 
-ESTIMATORS = ("pc", "exact", "hutchinson", "moving_average", "none")
+ESTIMATORS = ("pc", "exact", "hutchinson", "moving_average", "gradnorm", "none")
 FD_SCHEMES = ("jvp", "forward", "central")
 AUTO_FRACTION, AUTO_MIN_POINTS = (
     0.1,
@@ -132,7 +133,7 @@ def ntk_weighting(
     Parameters
     ----------
     blocks : ResidualBlocks
-    estimator : {"pc", "exact", "hutchinson", "moving_average", "none"}
+    estimator : {"pc", "exact", "hutchinson", "moving_average", "gradnorm", "none"}
         ``"pc"``: the predictor-corrector of Hirsch and Pichi: the same ``num_probes``
         probes ``v`` on ``params_prev`` and ``params``,
         ``T <- (1 - gamma) (T - q(params_prev)) + q(params)`` with
@@ -140,7 +141,9 @@ def ntk_weighting(
         ``"exact"``: chunked per-point gradients (``chunk_size``). ``"hutchinson"``:
         ``num_probes`` fresh probes every refresh. ``"moving_average"``: sketchtrace's
         :func:`~sketchtrace.moving_average` of fresh estimates with ``beta = gamma``
-        (biased toward stale values). ``"none"``: all weights 1.
+        (biased toward stale values). ``"gradnorm"``: gradient-norm weights
+        ``sum_j ||grad L_j|| / ||grad L_b||`` in place of the traces (see
+        :func:`gradnorm_weighting` for jaxpi's defaults). ``"none"``: all weights 1.
     every : int
         Refresh on every ``every``-th ``update`` call (others keep the weights). pc with
         ``every > 1`` corrects between the parameters of the last refresh (kept in the
@@ -230,6 +233,39 @@ def ntk_weighting(
     return NTKWeighting(init, update, blocks, cfg)
 
 
+def gradnorm_weighting(blocks: ResidualBlocks, *, every=1000, momentum=0.9, cap=None, eps=1e-6):
+    """Gradient-norm loss weights with jaxpi's defaults (an :class:`NTKWeighting`).
+
+    ``lambda_b = sum_j ||grad L_j|| / ||grad L_b||`` at refreshes (every ``every``-th
+    update, and at ``init``), smoothed by ``w <- momentum w + (1 - momentum) lambda``.
+    The same as ``ntk_weighting(blocks, estimator="gradnorm", every=every, ema=momentum)``.
+
+    Parameters
+    ----------
+    blocks : ResidualBlocks
+    every : int
+        Refresh period in steps (jaxpi: 1000).
+    momentum : float or None
+        Running-average momentum in ``[0, 1)`` (jaxpi: 0.9); ``None`` uses the fresh weights.
+    cap, eps : see :func:`ntk_weights`.
+
+    Notes
+    -----
+    A refresh costs one forward pass and one batched backward pass over the blocks.
+    jaxpi divides by the mean of the norms instead of their sum (its weights are ours
+    divided by the number of blocks, a common factor that Adam does not see) and starts
+    from unit weights; here the first weights are the gradient-norm weights at ``init``.
+
+    References
+    ----------
+    S. Wang, Y. Teng, P. Perdikaris, "Understanding and mitigating gradient flow
+    pathologies in physics-informed neural networks", SIAM J. Sci. Comput. 43 (2021).
+    S. Wang, S. Sankaran, H. Wang, P. Perdikaris, "An expert's guide to training
+    physics-informed neural networks", arXiv:2308.08468 (2023).
+    """
+    return ntk_weighting(blocks, estimator="gradnorm", every=every, ema=momentum, cap=cap, eps=eps)
+
+
 # ----------------------------------------------------------------------------- configuration
 
 
@@ -258,6 +294,10 @@ def _configure(blocks, **cfg) -> dict:
         raise TypeError(f"batched must be True or False; got {cfg['batched']!r}")
     cfg["subsample"] = _check_subsample(cfg["subsample"], blocks, est, gamma)
     cfg["normalize"] = cfg["normalize"] or blocks.reduction
+    if est == "gradnorm":  # gradient norms of the reduced losses: nothing to normalise
+        if cfg["rule"] != "wang2022":
+            raise ValueError(f"estimator='gradnorm' uses rule='wang2022' (sum_j g_j / g_b); got rule={cfg['rule']!r}")
+        cfg["normalize"] = "sum"
     cfg["sampler"] = cfg["sampler"] or ("gaussian" if est in ("pc", "moving_average") else "rademacher")
     if cfg["init_matvecs"] is None:
         cfg["init_matvecs"] = max(8, cfg["num_probes"])
@@ -536,8 +576,13 @@ def _pc_strategy(blocks, cfg, mesh):
     return _Strategy(init, refresh)
 
 
+def _gradnorm_strategy(blocks, cfg, mesh):
+    return _Strategy(*gradnorm_strategy(blocks))
+
+
 _STRATEGIES = {
     "none": _none_strategy,
+    "gradnorm": _gradnorm_strategy,
     "exact": _exact_strategy,
     "hutchinson": _hutchinson_strategy,
     "dynamic": _dynamic_strategy,
