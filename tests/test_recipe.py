@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import pinn_adapters as pa
-from pinn_adapters import nets
+from pinn_adapters import causal, nets
 from pinn_adapters.problems import mlp_apply, mlp_init
 
 LAYERS = (2, 8, 8, 1)
@@ -206,3 +206,109 @@ def test_pirate_net_bad_input():
         nets.pirate_net(2, 1, width=0)
     with pytest.raises(ValueError, match="num_blocks"):
         nets.pirate_net(2, 1, num_blocks=-1)
+
+
+# ----------------------------------------------------------------------------- causal weights
+
+
+def _toy_residual(params, pts):
+    """Pointwise: r_i = a * sin(3 t_i) + b * x_i + x_i t_i (two parameters)."""
+    x, t = pts[:, 0], pts[:, 1]
+    return params["a"] * jnp.sin(3 * t) + params["b"] * x + x * t
+
+
+TOY = {"a": jnp.asarray(0.7), "b": jnp.asarray(-1.3)}
+
+
+def _by_hand(r, t, M, eps, t_range=(0.0, 1.0)):
+    r, t = np.asarray(r, float), np.asarray(t, float)
+    c = np.clip(np.floor(M * (t - t_range[0]) / (t_range[1] - t_range[0])).astype(int), 0, M - 1)
+    L = np.array([np.mean(r[c == k] ** 2) if np.any(c == k) else 0.0 for k in range(M)])
+    w = np.array([math.exp(-eps * L[:k].sum()) for k in range(M)])
+    counts = np.array([np.sum(c == k) for k in range(M)])
+    return c, L, w, counts
+
+
+def test_causal_weights_formula():
+    L = jnp.array([0.5, 0.1, 2.0, 0.0])
+    np.testing.assert_allclose(
+        causal.causal_weights(L, 2.0), [1.0, math.exp(-1.0), math.exp(-1.2), math.exp(-5.2)], rtol=1e-12
+    )
+    # held fixed: no gradient flows into the losses
+    assert float(jnp.abs(jax.grad(lambda L: causal.causal_weights(L, 1.0).sum())(L)).sum()) == 0.0
+
+
+def test_causal_block_by_hand_evenly_spread():
+    M, eps, n_per = 4, 3.0, 5
+    t = (np.arange(M * n_per) + 0.5) / (M * n_per)  # equal counts per chunk
+    x = np.linspace(-1, 1, t.size)
+    pts = jnp.asarray(np.stack([x, t], 1))
+    blk = causal.CausalBlock(_toy_residual, time=1, t_range=(0.0, 1.0), num_chunks=M, eps=eps)
+    r = _toy_residual(TOY, pts)
+    c, L, w, _ = _by_hand(r, t, M, eps)
+    np.testing.assert_allclose(blk.losses(TOY, pts), L, rtol=1e-12)
+    np.testing.assert_allclose(blk.weights(TOY, pts), w, rtol=1e-12)
+    out = blk(TOY, pts)
+    np.testing.assert_allclose(out, np.asarray(r) * np.sqrt(w[c]), rtol=1e-12)
+    np.testing.assert_allclose(jax.jit(blk)(TOY, pts), out, rtol=1e-12)
+    np.testing.assert_allclose(jnp.mean(out**2), np.mean(w * L), rtol=1e-12)  # = (1/M) sum_k w_k L_k
+    assert 0 < float(blk.weights(TOY, pts).min()) < 1
+
+
+def test_causal_block_random_points_and_empty_chunk():
+    M, eps = 5, 1.5
+    t = np.asarray(jax.random.uniform(jax.random.key(2), (40,), minval=0.0, maxval=2.0))
+    t = t[(t < 0.8) | (t >= 1.2)]  # chunk 2 of [0, 2] is empty
+    pts = jnp.asarray(np.stack([np.cos(7 * t), t], 1))
+    r = _toy_residual(TOY, pts)
+    c, L, w, counts = _by_hand(r, t, M, eps, (0.0, 2.0))
+    assert counts[2] == 0 and L[2] == 0.0
+    plain = causal.CausalBlock(_toy_residual, time=1, t_range=(0.0, 2.0), num_chunks=M, eps=eps)
+    np.testing.assert_allclose(plain.weights(TOY, pts), w, rtol=1e-12)
+    n = t.size
+    np.testing.assert_allclose(jnp.mean(plain(TOY, pts) ** 2), np.sum(w * counts * L) / n, rtol=1e-12)
+    bal = causal.CausalBlock(_toy_residual, time=lambda p: p[:, 1], t_range=(0.0, 2.0), num_chunks=M, eps=eps,
+                             balance=True)  # fmt: skip
+    np.testing.assert_allclose(jnp.mean(bal(TOY, pts) ** 2), np.mean(w * L), rtol=1e-12)
+
+
+def test_causal_gradient_holds_weights_fixed():
+    M, eps = 3, 2.0
+    pts = jnp.asarray(np.stack([np.linspace(0, 1, 12), (np.arange(12) + 0.5) / 12], 1))
+    blk = causal.CausalBlock(_toy_residual, time=1, t_range=(0.0, 1.0), num_chunks=M, eps=eps)
+    c, _, w, _ = _by_hand(_toy_residual(TOY, pts), pts[:, 1], M, eps)
+    g = jax.grad(lambda p: jnp.mean(blk(p, pts) ** 2))(TOY)
+    want = jax.grad(lambda p: jnp.mean(jnp.asarray(w[c]) * _toy_residual(p, pts) ** 2))(TOY)
+    for k in TOY:
+        np.testing.assert_allclose(g[k], want[k], rtol=1e-12)
+
+
+def test_causal_block_exact_ntk_traces(key):
+    M, eps = 4, 1.0
+    net = nets.mlp((2, 6, 1))
+    params = net.init(key)
+
+    def res(p, pts):
+        return jax.vmap(lambda z: net.apply(p, z)[0])(pts) - pts[:, 0]
+
+    pts = _points(16)
+    blk = causal.CausalBlock(res, time=1, t_range=(0.0, 1.0), num_chunks=M, eps=eps)
+    blocks = pa.ResidualBlocks({"res": blk})
+    tr = pa.ntk_traces(key, blocks, params, {"res": pts}, method="exact")["res"].value
+    c, _, w, _ = _by_hand(res(params, pts), pts[:, 1], M, eps)
+    jac = jax.jacrev(res)(params, pts)
+    row_sq = sum(jnp.sum(leaf.reshape(16, -1) ** 2, axis=1) for leaf in jax.tree.leaves(jac))
+    np.testing.assert_allclose(tr, np.sum(w[c] * np.asarray(row_sq)), rtol=1e-10)
+
+
+def test_causal_bad_input():
+    with pytest.raises(ValueError, match="t1 > t0"):
+        causal.CausalBlock(_toy_residual, time=1, t_range=(1.0, 1.0))
+    with pytest.raises(ValueError, match="num_chunks"):
+        causal.CausalBlock(_toy_residual, time=1, t_range=(0.0, 1.0), num_chunks=0)
+    with pytest.raises(ValueError, match="eps"):
+        causal.CausalBlock(_toy_residual, time=1, t_range=(0.0, 1.0), eps=-1.0)
+    with pytest.raises(TypeError, match="time"):
+        causal.CausalBlock(_toy_residual, time="t", t_range=(0.0, 1.0))
+    with pytest.raises(ValueError, match="chunk_losses"):
+        causal.causal_weights(jnp.ones((2, 2)), 1.0)
