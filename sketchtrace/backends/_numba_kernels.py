@@ -20,6 +20,8 @@ block stays in cache while the sparse matrix streams through memory.
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 from numba import njit, prange
 
@@ -257,9 +259,110 @@ def _csr_matmat_ser(indptr, indices, data, VT, starts, out):
 
 
 def csr_matmat(indptr, indices, data, VT, starts, out):
-    """``out = A @ VT`` for entry-major probes ``VT`` (n, k); ``out`` is (m, k)."""
-    run = _csr_matmat_par if data.size * VT.shape[1] >= SERIAL_WORK else _csr_matmat_ser
-    run(indptr, indices, data, VT, starts, out)
+    """``out = A @ VT`` for entry-major probes ``VT`` (n, k); ``out`` is (m, k).
+
+    A probe block larger than the cache (``VT.nbytes > 2 TILE_BYTES``) is multiplied by
+    column tiles (:func:`csr_matmat_tiled`) when the rows' column indices are sorted: the
+    same additions in the same order, so the same bits, with the random reads of ``VT``
+    served from cache.
+    """
+    parallel = data.size * VT.shape[1] >= SERIAL_WORK
+    if parallel and VT.nbytes > 2 * TILE_BYTES:
+        splits = tile_splits(indptr, indices, VT.shape[0], tile_width(VT), starts)
+        if splits is not None:
+            _csr_matmat_tiled_par(splits, indices, data, VT, starts, out)
+            return
+    (_csr_matmat_par if parallel else _csr_matmat_ser)(indptr, indices, data, VT, starts, out)
+
+
+# ----------------------------------------------------------------------------- column-tiled CSR product
+# A random sparsity pattern makes ``A @ VT`` read a random row of ``VT`` per nonzero; once
+# ``VT`` outgrows the cache every read waits on memory. The tiled product walks the
+# matrix once per column tile ``[t w, (t + 1) w)`` (a ``w``-row slice of ``VT``, about
+# ``TILE_BYTES``, stays in cache) and adds tile ``t``'s terms of every row onto ``out``.
+# With sorted column indices, tile after tile is the row's own order: the same sums.
+
+#: Bytes of the probe block one column tile covers (a share of a last-level cache).
+TILE_BYTES = 4 << 20
+
+_SPLITS: dict = {}  # id(indices) -> (weakref(indices), width, splits or None)
+
+
+def tile_width(VT) -> int:
+    """Rows of ``VT`` per column tile: ``TILE_BYTES`` of it (fixed by ``k`` and the dtype, not by threads)."""
+    return max(CHUNK_ROWS, TILE_BYTES // max(1, VT.shape[1] * VT.itemsize))
+
+
+@njit(**_JIT)
+def _tile_splits_item(c, indptr, indices, width, starts, splits, unsorted):
+    ntiles = splits.shape[0] - 1
+    for i in range(starts[c], starts[c + 1]):
+        jj, end = indptr[i], indptr[i + 1]
+        for q in range(jj + 1, end):
+            if indices[q] < indices[q - 1]:
+                unsorted[c] = 1
+        for t in range(ntiles):
+            splits[t, i] = jj
+            lim = (t + 1) * width
+            while jj < end and indices[jj] < lim:
+                jj += 1
+        splits[ntiles, i] = end
+
+
+@njit(**_PJIT)
+def _tile_splits_par(indptr, indices, width, starts, splits, unsorted):
+    for c in prange(starts.size - 1):
+        _tile_splits_item(c, indptr, indices, width, starts, splits, unsorted)
+
+
+def tile_splits(indptr, indices, num_cols, width, starts):
+    """``splits[t, i]``: first entry of row ``i`` in column tile ``t`` (``(T + 1, m)``), or ``None`` when
+    some row's indices are unsorted. Computed once per matrix and tile width (kept while ``indices`` lives)."""
+    hit = _SPLITS.get(id(indices))
+    if hit is not None and hit[0]() is indices and hit[1] == width:
+        return hit[2]
+    ntiles = -(-num_cols // width)
+    splits = np.empty((ntiles + 1, indptr.size - 1), indptr.dtype)
+    unsorted = np.zeros(starts.size - 1, np.uint8)
+    _tile_splits_par(indptr, indices, width, starts, splits, unsorted)
+    result = None if unsorted.any() else splits
+    if len(_SPLITS) >= 8:
+        _SPLITS.pop(next(iter(_SPLITS)))
+    _SPLITS[id(indices)] = (weakref.ref(indices), width, result)
+    return result
+
+
+@njit(**_JIT)
+def _csr_matmat_tile_item(c, t, splits, indices, data, VT, starts, out):
+    k = VT.shape[1]
+    for i in range(starts[c], starts[c + 1]):
+        if t == 0:
+            for p in range(k):
+                out[i, p] = 0.0
+        for jj in range(splits[t, i], splits[t + 1, i]):
+            a = data[jj]
+            col = indices[jj]
+            for p in range(k):
+                out[i, p] += a * VT[col, p]
+
+
+@njit(**_PJIT)
+def _csr_matmat_tiled_par(splits, indices, data, VT, starts, out):
+    for t in range(splits.shape[0] - 1):
+        for c in prange(starts.size - 1):
+            _csr_matmat_tile_item(c, t, splits, indices, data, VT, starts, out)
+
+
+@njit(**_JIT)
+def _csr_matmat_tiled_ser(splits, indices, data, VT, starts, out):
+    for t in range(splits.shape[0] - 1):
+        for c in range(starts.size - 1):
+            _csr_matmat_tile_item(c, t, splits, indices, data, VT, starts, out)
+
+
+def csr_matmat_tiled(splits, indices, data, VT, starts, out, *, parallel=True):
+    """``out = A @ VT`` tile by tile (``splits`` from :func:`tile_splits`); bitwise :func:`csr_matmat`'s."""
+    (_csr_matmat_tiled_par if parallel else _csr_matmat_tiled_ser)(splits, indices, data, VT, starts, out)
 
 
 # ----------------------------------------------------------------------------- user numba matvecs
