@@ -6,6 +6,7 @@ from .._estimate import Estimate
 from ..backends import get_backend
 from ..validation import check_chunk_size, check_num_matvecs, check_square
 from ._common import summarize, use_exact
+from ._compiled import eager_compiled
 
 
 def hutchinson_samples(key, op, *, num_matvecs, sampler, chunk_size, backend, mesh=None, allow_exact=True):
@@ -25,6 +26,7 @@ def hutchinson_samples(key, op, *, num_matvecs, sampler, chunk_size, backend, me
     return bk, op, Q, exact, spent
 
 
+@eager_compiled
 def hutchinson(
     key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, backend=None, mesh=None, allow_exact=True
 ):

@@ -18,6 +18,7 @@ import math
 from .._estimate import Estimate
 from ..validation import check_choice
 from ._common import check_minimum, exact_estimate, resolve_sampler, setup, summarize, use_exact
+from ._compiled import eager_compiled
 
 # test-vector name -> (sampler, re-sphering correction)
 TEST_VECTORS = {
@@ -131,6 +132,7 @@ def xtrace_samples(xp, st, n, improved):
     return xp.trace(H) - hss + quad
 
 
+@eager_compiled
 def xtrace(
     key,
     op,
@@ -317,6 +319,7 @@ def xnystrace_samples(xp, st, n, improved):
     return xp.where(nu > 0, t, xp.zeros_like(t))
 
 
+@eager_compiled
 def xnystrace(
     key,
     op,

@@ -1,0 +1,164 @@
+"""Eager JAX calls as one cached compiled program (the filtered-jit pattern).
+
+Called eagerly, a JAX estimator would dispatch every small array operation on its own
+(about a hundred XLA programs for one ``hutchinson`` call, each compiled on first use).
+:func:`eager_compiled` wraps an estimator so that an eager call with a JAX key instead
+
+1. validates the operator eagerly (``get_backend``: the errors and messages of an eager call);
+2. splits the arguments into array leaves (the program's inputs: key, matrices, a Jacobian's
+   point) and everything else (the static configuration: ``num_matvecs``, sampler, operator
+   structure and its functions, shapes and dtypes);
+3. runs one ``jax.jit`` program per estimator, configuration and operator structure, compiled
+   on the first call and cached (least recently used, at most :data:`CACHE_SIZE`).
+
+Calls through directly (unchanged behaviour) when already tracing (inside the user's
+``jax.jit``/``vmap``/``grad``: an argument is a tracer), for a numpy or torch key, with
+``mesh=`` or a forced non-JAX backend, when the configuration is not hashable, when
+tracing it fails (e.g. ``xnystrace(check_psd=True)``, which inspects values: the eager call
+then raises or runs as before), and for operators rebuilt around a fresh closure on every
+call (a new function object with the same code as a cached one: compiling per call would
+cost more than eager dispatch). Value checks that only run eagerly (non-finite products)
+are kept: a non-finite estimate is recomputed eagerly, which raises the eager error.
+
+As under ``jax.jit``, a ``FunctionOperator``'s function is traced once per configuration:
+it must be a pure JAX function (arrays it closes over are compiled in as constants).
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import re
+
+import numpy as np
+
+#: Compiled programs kept per estimator (least recently used dropped first).
+CACHE_SIZE = 64
+
+#: Programs traced (one compilation each) per estimator name; read by the tests.
+TRACES: collections.Counter = collections.Counter()
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _is_array(x) -> bool:
+    import jax
+
+    return isinstance(x, jax.Array) or (isinstance(x, np.ndarray) and x.dtype != object)
+
+
+def _signature(dyn):
+    import jax
+
+    return tuple((x.shape, x.dtype, bool(getattr(x, "weak_type", False)), isinstance(x, jax.Array)) for x in dyn)
+
+
+class _Program:
+    """One compiled program: the jitted function and the static part of its output."""
+
+    __slots__ = ("run", "out_tree", "out_static", "out_mask")
+
+    def __init__(self, fn, name, treedef, static, mask):
+        import jax
+
+        def traced(dyn):
+            TRACES[name] += 1
+            it = iter(dyn)
+            leaves = [next(it) if m else s for m, s in zip(mask, static)]
+            key, op, args, kwargs = jax.tree_util.tree_unflatten(treedef, leaves)
+            out_leaves, self.out_tree = jax.tree_util.tree_flatten(fn(key, op, *args, **kwargs))
+            self.out_mask = tuple(isinstance(x, jax.Array) for x in out_leaves)
+            self.out_static = tuple(None if m else x for m, x in zip(self.out_mask, out_leaves))
+            return [x for m, x in zip(self.out_mask, out_leaves) if m]
+
+        self.run = jax.jit(traced)
+
+    def __call__(self, dyn):
+        import jax
+
+        it = iter(self.run(dyn))
+        leaves = [next(it) if m else s for m, s in zip(self.out_mask, self.out_static)]
+        return jax.tree_util.tree_unflatten(self.out_tree, leaves)
+
+
+def _finite(out) -> bool:
+    import jax
+
+    from .._estimate import Estimate
+
+    leaves = [out.value] if isinstance(out, Estimate) else jax.tree_util.tree_leaves(out)
+    for x in leaves:
+        if isinstance(x, jax.Array) and np.issubdtype(x.dtype, np.inexact) and not bool(np.isfinite(x).all()):
+            return False
+    return True
+
+
+def eager_compiled(fn):
+    """Decorate a JAX estimator ``fn(key, op, *args, **kwargs)``: eager calls run one cached program."""
+    cache: collections.OrderedDict = collections.OrderedDict()
+    seen_code: dict = {}  # configuration without function addresses -> the cache key compiled for it
+    eager_only: set = set()  # such configurations that run eagerly (untraceable, or closures rebuilt per call)
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(key, op, *args, **kwargs):
+        program, code, dyn = _lookup(key, op, args, kwargs)
+        if program is None:
+            return fn(key, op, *args, **kwargs)
+        if code is None:
+            out = program(dyn)
+        else:  # first call of this configuration: trace and compile it
+            try:
+                out = program(dyn)
+            except Exception:  # noqa: BLE001 - cannot be traced (inspects values): the eager call raises or runs
+                eager_only.add(code)
+                return fn(key, op, *args, **kwargs)
+            cache[seen_code[code]] = program
+            if len(cache) > CACHE_SIZE:
+                cache.popitem(last=False)
+        return out if _finite(out) else fn(key, op, *args, **kwargs)  # eager: raises the eager error
+
+    def _lookup(key, op, args, kwargs):
+        """``(program, its code if new, dynamic leaves)``, or ``(None, None, None)`` to call through."""
+        import jax
+
+        from ..backends import JaxBackend, get_backend, is_jax_key
+        from ..operators import FunctionOperator
+
+        through = None, None, None
+        if kwargs.get("mesh") is not None or kwargs.get("backend") not in (None, "jax") or not is_jax_key(key):
+            return through
+        if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((key, op, args, kwargs))):
+            return through  # inside the user's transformation: trace through
+        is_fn = isinstance(op, FunctionOperator)
+        if not is_fn:  # converted and validated eagerly on every call (cheap for arrays and matrices)
+            bk, op = get_backend(key, op, kwargs.get("backend"))
+            if bk is not JaxBackend:
+                return through
+        leaves, treedef = jax.tree_util.tree_flatten((key, op, args, kwargs))
+        mask = tuple(_is_array(x) for x in leaves)
+        dyn = [x for x, m in zip(leaves, mask) if m]
+        static = tuple(None if m else x for x, m in zip(leaves, mask))
+        ckey = (treedef, static, mask, _signature(dyn))
+        try:
+            program = cache.get(ckey)
+        except TypeError:  # an unhashable configuration: eager
+            return through
+        if program is not None:
+            cache.move_to_end(ckey)
+            return program, None, dyn
+        code = _ADDRESS.sub("", repr(ckey))  # the configuration with function addresses removed
+        if code in eager_only:
+            return through
+        if seen_code.get(code, ckey) != ckey:  # same code, new function objects: a closure rebuilt per call
+            eager_only.add(code)
+            return through
+        if is_fn:
+            get_backend(key, op, kwargs.get("backend"))  # validated once per configuration (eval_shape)
+        if len(seen_code) > 4 * CACHE_SIZE:
+            seen_code.clear()
+        seen_code[code] = ckey
+        return _Program(fn, name, treedef, static, mask), code, dyn
+
+    wrapper.cache_clear = lambda: (cache.clear(), seen_code.clear(), eager_only.clear())
+    return wrapper

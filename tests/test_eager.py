@@ -1,0 +1,99 @@
+"""Eager JAX calls run one cached compiled program per estimator and configuration."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sketchtrace as st
+from sketchtrace.estimators import _compiled
+
+N = 60
+A = jax.random.normal(jax.random.key(1), (N, N), jnp.float32)
+A = A @ A.T / N + jnp.eye(N)
+KEY = jax.random.key(0)
+
+
+def _traces(name):
+    return _compiled.TRACES[name]
+
+
+@pytest.mark.parametrize("est", [st.hutchinson, st.xtrace])
+def test_eager_call_compiles_once_and_equals_the_jitted_call(est):
+    est.cache_clear()
+    before = _traces(est.__name__)
+    eager = [est(jax.random.key(s), A, num_matvecs=12) for s in range(4)]
+    assert _traces(est.__name__) == before + 1  # four keys, one program
+    jitted = jax.jit(lambda k, a: est(k, a, num_matvecs=12))
+    for s, e in enumerate(eager):
+        j = jitted(jax.random.key(s), A)
+        assert float(e.value) == float(j.value) and float(e.sem) == float(j.sem)
+        assert e.num_matvecs == 12 and isinstance(e.num_matvecs, int)
+    assert _traces(est.__name__) == before + 1  # under the user's jit: traced through, not cached
+    B = A + 0.5 * jnp.eye(N)  # a new matrix of the same shape: the same program
+    assert float(est(KEY, B, num_matvecs=12).value) == float(jitted(KEY, B).value)
+    assert _traces(est.__name__) == before + 1
+    est(KEY, A, num_matvecs=10)  # a new configuration: one more program
+    assert _traces(est.__name__) == before + 2
+
+
+def test_vmap_traces_through():
+    st.hutchinson.cache_clear()
+    before = _traces("hutchinson")
+    keys = jax.random.split(KEY, 5)
+    v = jax.vmap(lambda k: st.hutchinson(k, A, num_matvecs=8).value)(keys)
+    assert v.shape == (5,)
+    assert _traces("hutchinson") == before
+    for k, val in zip(keys, v):
+        assert float(val) == pytest.approx(float(st.hutchinson(k, A, num_matvecs=8).value), rel=1e-5)
+
+
+def test_operator_arrays_are_inputs_not_constants():
+    """A Jacobian operator's point is an input: a new point reuses the program and gives the new value."""
+    st.hutchinson.cache_clear()
+    W = jax.random.normal(jax.random.key(3), (N, N)) / N
+    f = lambda x: jnp.tanh(W @ x)  # noqa: E731
+    before = _traces("hutchinson")
+    vals = []
+    for s in range(3):
+        x = jax.random.normal(jax.random.key(10 + s), (N,))
+        op = st.JacobianOperator(f, x)
+        e = st.hutchinson(KEY, op, num_matvecs=N, allow_exact=True)  # exact: tr J(x)
+        vals.append(float(e.value))
+        np.testing.assert_allclose(vals[-1], float(jnp.trace(jax.jacfwd(f)(x))), rtol=1e-5)
+    assert _traces("hutchinson") == before + 1
+    assert len(set(vals)) == 3
+
+
+def test_function_operator_rebuilt_per_call_runs_eagerly_after_one_program():
+    st.hutchinson.cache_clear()
+    before = _traces("hutchinson")
+    for s in range(4):
+        op = st.FunctionOperator(lambda v, s=s: A @ v + s * v, shape=N, dtype=jnp.float32)
+        e = st.hutchinson(KEY, op, num_matvecs=N)
+        np.testing.assert_allclose(float(e.value), float(jnp.trace(A)) + s * N, rtol=1e-5)
+    assert _traces("hutchinson") == before + 1  # one program, then eager (no compile per call)
+
+
+def test_eager_errors_are_the_eager_errors():
+    with pytest.raises(ValueError, match="num_matvecs"):
+        st.hutchinson(KEY, A, num_matvecs=0)
+    with pytest.raises(ValueError, match="square"):
+        st.hutchinson(KEY, jnp.ones((3, 4)), num_matvecs=2)
+    bad = A.at[0, 0].set(jnp.nan)
+    st.hutchinson(KEY, A, num_matvecs=5)  # compiled for this configuration first
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        st.hutchinson(KEY, bad, num_matvecs=5)  # the same program, then the eager check
+    indefinite = A - 3.0 * jnp.eye(N) * jnp.max(jnp.diag(A))
+    with pytest.raises(ValueError, match="not positive semidefinite"):
+        st.xnystrace(KEY, indefinite, num_matvecs=12, check_psd=True)  # inspects values: eager
+
+
+def test_numpy_keys_call_through():
+    st.hutchinson.cache_clear()
+    before = _traces("hutchinson")
+    e = st.hutchinson(np.random.default_rng(0), np.asarray(A, np.float64), num_matvecs=6)
+    assert np.isfinite(float(e.value))
+    assert _traces("hutchinson") == before
