@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 
 import numpy as np
@@ -9,12 +10,13 @@ import numpy as np
 
 def check_num_matvecs(num_matvecs, *, name: str = "num_matvecs", minimum: int = 1) -> int:
     """Return ``num_matvecs`` as a Python int, or raise naming the argument."""
-    if isinstance(num_matvecs, bool) or not isinstance(num_matvecs, numbers.Integral):
+    v = _scalar(num_matvecs, numbers.Integral)
+    if v is None:
         raise TypeError(
             f"{name} must be a Python integer (a static budget in matvecs); "
             f"got {type(num_matvecs).__name__} {num_matvecs!r}"
         )
-    num_matvecs = int(num_matvecs)
+    num_matvecs = int(v)
     if num_matvecs < minimum:
         raise ValueError(f"{name} must be >= {minimum}; got {num_matvecs}")
     return num_matvecs
@@ -66,41 +68,271 @@ def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def _is_number(value, kind) -> bool:
-    """A Python or NumPy scalar of ``kind`` (``numbers.Integral`` / ``numbers.Real``), not a bool."""
+def _scalar(value, kind):
+    """``value`` as a Python scalar of ``kind`` (``numbers.Integral`` / ``numbers.Real``), or ``None``.
+
+    Python, NumPy and concrete JAX scalars (0-d arrays) of a matching dtype are accepted;
+    booleans, strings, arrays with more than one element and tracers are not.
+    """
     if isinstance(value, (bool, np.bool_)):
-        return False
-    return isinstance(value, kind)
+        return None
+    if isinstance(value, kind):
+        return value
+    if hasattr(value, "dtype") and hasattr(value, "shape") and tuple(value.shape) == () and is_concrete(value):
+        dt = np.dtype(value.dtype) if not hasattr(value.dtype, "is_floating_point") else None
+        if dt is None or dt == np.bool_:
+            return None
+        if np.issubdtype(dt, np.integer) or (kind is numbers.Real and np.issubdtype(dt, np.floating)):
+            return np.asarray(value).item()
+    return None
 
 
-def check_int(value, *, name: str, minimum: int | None = None) -> int:
-    """``value`` (a Python or NumPy integer) as a Python int, or raise naming ``name``."""
-    want = "an integer" if minimum is None else f"an integer >= {minimum}"
-    if not _is_number(value, numbers.Integral):
-        raise TypeError(f"{name} must be {want}; got {type(value).__name__} {value!r}")
-    value = int(value)
-    if minimum is not None and value < minimum:
+def _is_number(value, kind) -> bool:
+    """A Python, NumPy or concrete JAX scalar of ``kind``, not a bool."""
+    return _scalar(value, kind) is not None
+
+
+def _got(value) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def check_int(value, *, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` (a Python, NumPy or JAX integer) as a Python int in ``[minimum, maximum]``, or raise naming ``name``."""
+    if minimum is not None and maximum is not None:
+        want = f"an integer in [{minimum}, {maximum}]"
+    elif minimum is not None:
+        want = f"an integer >= {minimum}"
+    elif maximum is not None:
+        want = f"an integer <= {maximum}"
+    else:
+        want = "an integer"
+    v = _scalar(value, numbers.Integral)
+    if v is None:
+        raise TypeError(f"{name} must be {want}; got {_got(value)}")
+    value = int(v)
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ValueError(f"{name} must be {want}; got {value}")
     return value
 
 
+def check_positive_int(value, *, name: str) -> int:
+    """An integer ``>= 1`` (counts: probes, steps, points, refresh periods)."""
+    return check_int(value, name=name, minimum=1)
+
+
 def check_real(value, *, name: str, low=None, high=None, low_open=False, high_open=False) -> float:
-    """``value`` (a Python or NumPy real number) as a finite Python float in the given range.
+    """``value`` (a Python, NumPy or JAX real number) as a finite Python float in the given range.
 
     ``low``/``high`` are bounds (``None``: unbounded), closed unless ``low_open``/``high_open``.
     """
     lo = "" if low is None else ("(" if low_open else "[") + f"{low}"
     hi = "" if high is None else f"{high}" + (")" if high_open else "]")
     want = f"a real number in {lo or '(-inf'}, {hi or 'inf)'}"
-    if not _is_number(value, numbers.Real):
-        raise TypeError(f"{name} must be {want}; got {type(value).__name__} {value!r}")
-    value = float(value)
+    v = _scalar(value, numbers.Real)
+    if v is None:
+        raise TypeError(f"{name} must be {want}; got {_got(value)}")
+    value = float(v)
     bad = not np.isfinite(value)
     bad |= low is not None and (value <= low if low_open else value < low)
     bad |= high is not None and (value >= high if high_open else value > high)
     if bad:
         raise ValueError(f"{name} must be {want}; got {value!r}")
     return value
+
+
+def check_probability(value, *, name: str, low_open=False, high_open=False) -> float:
+    """A number in ``[0, 1]`` (ends open as asked): damping factors, momenta, fractions."""
+    return check_real(value, name=name, low=0, high=1, low_open=low_open, high_open=high_open)
+
+
+def check_optional(check, value, *, name: str, **kwargs):
+    """``None`` or ``check(value, name=name, **kwargs)``."""
+    return None if value is None else check(value, name=name, **kwargs)
+
+
+def check_bool(value, *, name: str) -> bool:
+    """``True`` or ``False`` (NumPy booleans too); anything else is refused, not coerced."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False; got {_got(value)}")
+
+
+def check_callable(value, *, name: str, what: str = "a callable"):
+    if not callable(value):
+        raise TypeError(f"{name} must be {what}; got {_got(value)}")
+    return value
+
+
+def check_jax_key(key, *, name: str = "key"):
+    """A JAX PRNG key (``jax.random.key(seed)``, or a legacy ``uint32[2]`` ``PRNGKey``)."""
+    import jax
+
+    dt = getattr(key, "dtype", None)
+    if isinstance(key, (jax.Array, np.ndarray)) and dt is not None:
+        if jax.dtypes.issubdtype(dt, jax.dtypes.prng_key) or (dt == np.uint32 and tuple(key.shape[-1:]) == (2,)):
+            return key
+    raise TypeError(f"{name} must be a JAX key (jax.random.key(seed)); got {type(key).__name__}")
+
+
+def check_generator(rng, *, name: str = "rng"):
+    """A ``numpy.random.Generator`` (``numpy.random.default_rng(seed)``)."""
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(
+            f"{name} must be a numpy.random.Generator (numpy.random.default_rng(seed)); got {type(rng).__name__}"
+        )
+    return rng
+
+
+def check_blocks(mapping, names, *, name: str, allow_empty: bool = False):
+    """A mapping with exactly the block ``names`` (no extra, no missing; non-empty entries).
+
+    Every entry's leaves must be arrays with a leading point axis of length >= 1
+    (unless ``allow_empty``).
+    """
+    from collections.abc import Mapping
+
+    import jax
+
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"{name} must be a dict block name -> arrays; got {type(mapping).__name__}")
+    missing = [n for n in names if n not in mapping]
+    extra = sorted(str(k) for k in mapping if k not in names)
+    if missing or extra:
+        parts = ([f"missing block(s) {missing}"] if missing else []) + ([f"unknown block(s) {extra}"] if extra else [])
+        raise ValueError(f"{name}: {' and '.join(parts)}; the blocks are {list(names)}")
+    for n in names:
+        leaves = jax.tree_util.tree_leaves(mapping[n])
+        if not leaves:
+            raise ValueError(f"{name}[{n!r}] is empty; expected arrays of points")
+        for x in leaves:
+            shape = np.shape(x)
+            if not allow_empty and (len(shape) == 0 or shape[0] == 0):
+                what = "a scalar" if len(shape) == 0 else "no points (a leading axis of length 0)"
+                raise ValueError(f"{name}[{n!r}] holds {what}; expected shape (n, ...) with n >= 1")
+    return mapping
+
+
+def check_points(x, *, name: str, ndim: int | tuple = (1, 2), dtype_kind: str = "f"):
+    """Points as an array (lists are converted): numeric of the right kind, ``ndim`` in ``ndim``, finite."""
+    try:
+        a = x if hasattr(x, "shape") and hasattr(x, "dtype") else np.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{name} must be an array of points; could not convert {type(x).__name__}: {exc}") from None
+    kinds = {"f": "floating", "i": "integer", "n": "numeric"}
+    dt = np.dtype(a.dtype) if not hasattr(a.dtype, "is_floating_point") else None
+    ok = dt is not None and (
+        np.issubdtype(dt, np.floating)
+        if dtype_kind == "f"
+        else np.issubdtype(dt, np.integer)
+        if dtype_kind == "i"
+        else np.issubdtype(dt, np.number) and dt != np.bool_
+    )
+    if dtype_kind == "f" and dt is not None and np.issubdtype(dt, np.integer):
+        ok = True  # integer coordinates are promoted by the caller
+    if not ok:
+        raise TypeError(f"{name} must hold {kinds[dtype_kind]} numbers; got dtype {a.dtype}")
+    ndims = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    if a.ndim not in ndims:
+        raise ValueError(f"{name} must have {' or '.join(map(str, ndims))} dimension(s); got shape {tuple(a.shape)}")
+    if is_concrete(a) and not bool(np.all(np.isfinite(np.asarray(a)))):
+        raise ValueError(f"{name} holds non-finite values (NaN or inf)")
+    return a
+
+
+def check_same_structure(tree, reference, *, name: str, reference_name: str = "the reference"):
+    """``tree`` has the structure, leaf shapes and dtypes of ``reference``; else raise naming the leaf.
+
+    ``reference`` may be a pytree of arrays or of ``jax.ShapeDtypeStruct``.
+    """
+    import jax
+
+    got = jax.tree_util.tree_flatten_with_path(tree)[0]
+    want = jax.tree_util.tree_flatten_with_path(reference)[0]
+    got_paths = {jax.tree_util.keystr(p): x for p, x in got}
+    want_paths = {jax.tree_util.keystr(p): x for p, x in want}
+    missing = [p for p in want_paths if p not in got_paths]
+    extra = [p for p in got_paths if p not in want_paths]
+    if missing or extra:
+        raise ValueError(
+            f"{name} has another structure than {reference_name}: "
+            + (f"missing leaves {missing[:5]}" if missing else "")
+            + (" and " if missing and extra else "")
+            + (f"unexpected leaves {extra[:5]}" if extra else "")
+        )
+    for p, w in want_paths.items():
+        g = got_paths[p]
+        gs, ws = tuple(np.shape(g)), tuple(np.shape(w))
+        if gs != ws:
+            raise ValueError(f"{name}{p} has shape {gs}; {reference_name} has {ws}")
+        gd, wd = getattr(g, "dtype", None), getattr(w, "dtype", None)
+        if gd is not None and wd is not None and np.dtype(gd) != np.dtype(wd):
+            raise ValueError(f"{name}{p} has dtype {np.dtype(gd)}; {reference_name} has {np.dtype(wd)}")
+    return tree
+
+
+@dataclasses.dataclass(frozen=True)
+class StateSpec:
+    """What made a state: the maker's name, its configuration and the shapes it was built for.
+
+    Static pytree metadata (no leaves): it survives ``jit``, ``vmap``, ``lax.cond`` and
+    ``jax.eval_shape`` unchanged and is compared at trace time, never traced. ``config``
+    and ``shapes`` are tuples of ``(field, value)`` pairs of hashable values.
+    """
+
+    maker: str
+    config: tuple = ()
+    shapes: tuple = ()
+
+    @classmethod
+    def build(cls, maker: str, config: dict, shapes: dict):
+        def freeze(v):
+            if isinstance(v, dict):
+                return tuple(sorted((str(k), freeze(x)) for k, x in v.items()))
+            if isinstance(v, (list, tuple)):
+                return tuple(freeze(x) for x in v)
+            try:
+                hash(v)
+            except TypeError:
+                return repr(v)
+            return v if not callable(v) or isinstance(v, type) else getattr(v, "__qualname__", repr(v))
+
+        return cls(maker, freeze(config), freeze(shapes))
+
+
+def check_state_spec(spec, expected: StateSpec, *, name: str = "state"):
+    """Refuse a state whose :class:`StateSpec` differs from ``expected``, naming the first differing field.
+
+    ``spec=None`` (a state rebuilt from bare arrays) is accepted: only its shapes can be checked.
+    """
+    if spec is None:
+        return
+    if not isinstance(spec, StateSpec):
+        raise TypeError(f"{name}.spec must be a StateSpec; got {type(spec).__name__}")
+    if spec.maker != expected.maker:
+        raise ValueError(f"{name} was made by {spec.maker}; this is {expected.maker}")
+    for what, mine, theirs in (
+        ("configuration", spec.config, expected.config),
+        ("shape", spec.shapes, expected.shapes),
+    ):
+        a, b = dict(mine), dict(theirs)
+        for field in list(b) + [k for k in a if k not in b]:
+            if a.get(field, "<unset>") != b.get(field, "<unset>"):
+                raise ValueError(
+                    f"{name} does not match this {expected.maker}: it was made for {field}={a.get(field, '<unset>')!r} "
+                    f"({what}); this call has {field}={b.get(field, '<unset>')!r}. Use the state made by this "
+                    "object's init (or a previous update) with the same configuration and shapes"
+                )
+
+
+def _register_spec():
+    try:
+        import jax
+    except ImportError:  # pragma: no cover
+        return
+    jax.tree_util.register_static(StateSpec)
+
+
+_register_spec()
 
 
 def check_csr(S, *, name: str = "op"):
@@ -184,8 +416,11 @@ def check_output_dir(path, *, name: str = "output directory"):
     return path
 
 
-def option_int(minimum: int):
-    """An ``argparse`` type: an integer ``>= minimum``; argparse names the option in the error
+OPTION_INT_MAX = 2**31 - 1  # JAX's default integers are 32-bit: larger counts and seeds would overflow
+
+
+def option_int(minimum: int, maximum: int = OPTION_INT_MAX):
+    """An ``argparse`` type: an integer in ``[minimum, maximum]``; argparse names the option in the error
     (``argument --seed: expected an integer >= 0; got -1``)."""
     import argparse
 
@@ -196,7 +431,43 @@ def option_int(minimum: int):
             raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}; got {value}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum} and <= {maximum}; got {value}")
         return value
 
     parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def option_real(low=None, high=None, *, low_open=False, high_open=False):
+    """An ``argparse`` type: a finite real number in the range (see :func:`check_real`); overflow
+    (``1e400``) and NaN are refused, and argparse names the option in the error."""
+    import argparse
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number; got {text!r}") from None
+        try:
+            return check_real(value, name="value", low=low, high=high, low_open=low_open, high_open=high_open)
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError("expected " + str(exc).split(" must be ", 1)[1]) from None
+
+    parse.__name__ = "number"
+    return parse
+
+
+def option_choice(choices):
+    """An ``argparse`` type: one of ``choices`` (a non-empty string; an empty one is named as such)."""
+    import argparse
+
+    def parse(text):
+        if text.strip() == "":
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}; got an empty value")
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"expected one of {', '.join(choices)}; got {text!r}")
+        return text
+
+    parse.__name__ = "choice"
     return parse
