@@ -10,8 +10,12 @@ import numpy as np
 
 def check_num_matvecs(num_matvecs, *, name: str = "num_matvecs", minimum: int = 1) -> int:
     """Return ``num_matvecs`` as a Python int, or raise naming the argument."""
-    v = _scalar(num_matvecs, numbers.Integral)
-    if v is None:
+    v = (
+        num_matvecs
+        if isinstance(num_matvecs, numbers.Integral) and not isinstance(num_matvecs, (bool, np.bool_))
+        else None
+    )
+    if v is None:  # a static budget: NumPy integers are fine, (possibly traced) arrays are not
         raise TypeError(
             f"{name} must be a Python integer (a static budget in matvecs); "
             f"got {type(num_matvecs).__name__} {num_matvecs!r}"
