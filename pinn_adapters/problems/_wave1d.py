@@ -10,8 +10,7 @@ import jax.numpy as jnp
 from sketchtrace.validation import check_int
 
 from .._blocks import ResidualBlocks
-from ._mlp import mlp_apply, mlp_init
-from ._problem import Problem
+from ._problem import Problem, causal_residual, problem_info, resolve_network
 
 
 def wave_exact(x, t, c=2.0):
@@ -24,7 +23,9 @@ def wave_exact(x, t, c=2.0):
 
 def wave1d(
     *,
-    layers=(2, 64, 64, 64, 1),
+    layers=None,
+    network=None,
+    causal=None,
     n_res=300,
     n_bc=100,
     c=2.0,
@@ -43,6 +44,12 @@ def wave1d(
     * ``"u_t"``: ``u_t`` at ``n_bc`` points on ``t = 0`` (initial velocity);
     * ``"res"``: ``u_tt - c^2 u_xx`` at ``n_res`` uniform interior points.
 
+    ``layers`` (default ``(2, 64, 64, 64, 1)``) sets the plain tanh MLP; ``network`` (a
+    :class:`pinn_adapters.nets.Network` from ``(x, t)`` to ``u``, e.g.
+    ``nets.mlp((2, 128, 128, 128, 1), fourier={"num": 64})``) replaces it. ``causal``
+    (``None`` or ``{"eps": 1.0, "num_chunks": 32}``) weights the ``"res"`` rows causally
+    in ``t`` (:class:`pinn_adapters.causal.CausalBlock`).
+
     Wang et al. train ``layers=(2, 500, 500, 500, 1)`` with ``n_res=300, n_bc=100``
     (Adam 1e-3 decayed by 0.9 every 1000 steps, 80k steps); the default here is a
     narrower network for CPUs.
@@ -53,12 +60,12 @@ def wave1d(
     kernel perspective", J. Comput. Phys. 449 (2022). doi:10.1016/j.jcp.2021.110768
     """
     n_res, n_bc = check_int(n_res, name="n_res", minimum=1), check_int(n_bc, name="n_bc", minimum=1)
-    layers = tuple(layers)
-    if layers[0] != 2 or layers[-1] != 1:
-        raise ValueError(f"layers must start with width 2 (x, t) and end with width 1 for wave1d; got {layers}")
+    init, apply, layers, net_config = resolve_network(
+        network, layers, d_in=2, d_out=1, problem="wave1d", default_layers=(2, 64, 64, 64, 1), dtype=dtype
+    )
 
     def u(params, x, t):
-        return mlp_apply(params, jnp.stack([x, t]))[0]
+        return apply(params, jnp.stack([x, t]))[0]
 
     u_t = jax.grad(u, argnums=2)
     u_tt = jax.grad(u_t, argnums=2)
@@ -75,7 +82,8 @@ def wave1d(
     def ut_block(params, pts):
         return jax.vmap(u_t, (None, 0, 0))(params, pts[:, 0], pts[:, 1])
 
-    blocks = ResidualBlocks({"u": u_block, "u_t": ut_block, "res": res}, reduction=reduction)
+    res_block, causal = causal_residual(res, causal, time=1, t_range=(0.0, 1.0))
+    blocks = ResidualBlocks({"u": u_block, "u_t": ut_block, "res": res_block}, reduction=reduction)
 
     def sample_batch(key):
         dt = dtype or jnp.result_type(float)
@@ -94,19 +102,20 @@ def wave1d(
 
     def relative_l2(params):
         g = grid.astype(jax.tree.leaves(params)[0].dtype)
-        pred = jax.vmap(lambda p: mlp_apply(params, p)[0])(g)
+        pred = jax.vmap(lambda p: apply(params, p)[0])(g)
         return jnp.linalg.norm(pred - ref) / jnp.linalg.norm(ref)
 
     return Problem(
         name="wave1d",
         blocks=blocks,
         layers=layers,
-        init_params=lambda key: mlp_init(key, layers, dtype),
-        apply=mlp_apply,
+        init_params=init,
+        apply=apply,
         sample_batch=sample_batch,
         batch_sizes={"u": 3 * n_bc, "u_t": n_bc, "res": n_res},
         exact_solution=lambda x, t: wave_exact(x, t, c),
         relative_l2=relative_l2,
         learning_rate=learning_rate,
-        info={"c": c},
+        info=problem_info({"c": c}, net_config, causal),
+        network=network,
     )
