@@ -15,6 +15,7 @@ from torch.func import grad, vmap
 
 import pinn_adapters.torch as pt
 from pinn_adapters import ntk_weights
+from pinn_adapters._sizes import sample_size
 from sketchtrace.testing import assert_unbiased
 
 
@@ -87,12 +88,12 @@ def test_exact_traces_vmap_and_loop_match_the_full_jacobian(blocks):
     fb, ab = blocks
     truth = independent_traces(fb.module, {"pde": pde_func, "bc": bc}, BATCH)
     for b in (fb, ab):
-        est = pt.ntk_traces(None, b, b.params(), BATCH, chunk_size=5)
+        est = pt.ntk_traces(None, b, b.params(), BATCH, chunk_size=5, normalize="sum")
         for n in ("pde", "bc"):
             np.testing.assert_allclose(float(est[n].value), truth[n], rtol=1e-10)
             assert float(est[n].sem) == 0
     assert fb._mode["pde"] == "vmap" and ab._mode["pde"] == "loop"
-    mean = pt.ntk_traces(None, fb, fb.params(), BATCH, normalize="mean")
+    mean = pt.ntk_traces(None, fb, fb.params(), BATCH)  # default: the blocks' reduction ("mean")
     np.testing.assert_allclose(float(mean["pde"].value), truth["pde"] / 12, rtol=1e-10)
 
 
@@ -102,7 +103,9 @@ def test_hutchinson_traces_unbiased(blocks, jvp):
     b = fb if jvp == "func" else ab
     truth = independent_traces(b.module, {"pde": pde_autograd}, BATCH)["pde"]
     p = b.params()
-    fn = lambda s: pt.ntk_traces(gen(s), b, p, BATCH, method="hutchinson", num_matvecs=8, jvp=jvp)["pde"]
+    fn = lambda s: pt.ntk_traces(gen(s), b, p, BATCH, method="hutchinson", num_matvecs=8, jvp=jvp, normalize="sum")[
+        "pde"
+    ]
     # forward differences carry an O(h) bias far below the test's resolution (h ~ 1.5e-8)
     report = assert_unbiased(fn, truth, num_trials=60)
     # a bias of 1.5x what the test is built to detect (from the estimator's own spread) is caught
@@ -118,7 +121,7 @@ def test_pc_step_is_unbiased(blocks, subsample):
     p1 = {k: v + 0.05 * torch.randn(v.shape, generator=gen(9), dtype=v.dtype) for k, v in p0.items()}
     truth = independent_traces(_moved(fb.module, p1), {"pde": pde_func, "bc": bc}, BATCH)
     # subsample: one random half of each block's points per refresh, scaled by n / m (unbiased too)
-    w = pt.ntk_weighting(fb, estimator="pc", num_probes=2, gamma=0.3, jvp="func", subsample=subsample)
+    w = pt.ntk_weighting(fb, estimator="pc", num_probes=2, gamma=0.3, jvp="func", subsample=subsample, normalize="sum")
 
     def one(s):
         state = w.init(gen(s), p0, BATCH)
@@ -139,7 +142,7 @@ def _moved(net, params):
 def test_weighting_contract(blocks):
     fb, ab = blocks
     p = fb.params()
-    w = pt.ntk_weighting(ab, estimator="exact", every=2)
+    w = pt.ntk_weighting(ab, estimator="exact", every=2, normalize="sum")
     state = w.init(None, p, BATCH)
     truth = independent_traces(fb.module, {"pde": pde_func, "bc": bc}, BATCH)
     expect = ntk_weights(truth)
@@ -226,10 +229,13 @@ def _row_sq_norm(ri, params):
 def test_pina_weighting_matches_exact_traces(float64):
     from pinn_adapters.torch.pina import NTKWeighting
 
-    w = NTKWeighting("exact")
+    w = NTKWeighting("exact", normalize="sum")
     solver = _pina_solver(w)
     _pina_train(solver, 2)
+    assert w.refreshes == 2  # one refresh per epoch
     # refresh at the trained parameters (PINA's hook), then compare with an independent computation there
+    w._last_epoch = None
+    solver.train()
     got = w.update_weights({n: torch.zeros((), dtype=torch.float64) for n in solver.problem.conditions})
     truth = _pina_independent_traces(solver)
     assert set(w.traces) == set(truth)
@@ -305,7 +311,7 @@ def test_deepxde_callback_matches_exact_traces(dde):
     from pinn_adapters.torch.deepxde import NTKWeights
 
     model, pde, func = _dde_poisson(dde)
-    cb = NTKWeights("exact", period=2)
+    cb = NTKWeights("exact", period=2, normalize="sum")
     model.train(iterations=3, callbacks=[cb], display_every=100, verbose=0)
     assert [h[0] for h in cb.history] == [0, 2]
     # the weights set at the last refresh (iteration 2) against traces computed independently at those parameters
@@ -336,3 +342,155 @@ def test_deepxde_pc_callback_runs(dde):
     cb = NTKWeights("pc", period=1, num_probes=2, gamma=0.5)
     model.train(iterations=3, callbacks=[cb], display_every=100, verbose=0)
     assert len(cb.history) == 3 and all(np.isfinite(list(w.values())).all() for _, w in cb.history)
+
+
+# ----------------------------------------------------------------------------- issue 26/27: cost, pc, schedules
+
+
+class Counted:
+    """A residual function that records how many points each call evaluates."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, []
+
+    def __call__(self, model, x):
+        self.calls.append(int(x.shape[0]))
+        return self.fn(model, x)
+
+
+def test_exact_autograd_traces_run_on_point_chunks():
+    net = _net()
+    pde, b = Counted(pde_autograd), Counted(bc)
+    blocks = pt.TorchResidualBlocks(net, {"pde": pde, "bc": b}, per_sample="loop")
+    truth = independent_traces(net, {"pde": pde_autograd, "bc": bc}, BATCH)
+    est = pt.exact_traces(blocks, blocks.params(), BATCH, chunk_size=4)
+    for n in truth:
+        np.testing.assert_allclose(float(est[n]), truth[n], rtol=1e-10)
+    # linear in the rows: every point evaluated once, each graph at most chunk_size points
+    assert pde.calls == [4, 4, 4] and b.calls == [2]
+    # not pointwise: one graph over the whole block (the quadratic fallback, stated in the docs)
+    whole = pt.TorchResidualBlocks(net, {"pde": pde, "bc": b}, per_sample="loop", pointwise=False)
+    pde.calls.clear()
+    pt.exact_traces(whole, whole.params(), BATCH, chunk_size=4)
+    assert pde.calls == [12]
+
+
+def _moved_params(p0, seed=9, scale=0.05):
+    return {k: v + scale * torch.randn(v.shape, generator=gen(seed), dtype=v.dtype) for k, v in p0.items()}
+
+
+@pytest.mark.parametrize("passed", [0, 1, 2])
+def test_pc_evaluates_each_block_once_per_parameter_point(passed):
+    net = _net()
+    pde, b = Counted(pde_autograd), Counted(bc)
+    blocks = pt.TorchResidualBlocks(net, {"pde": pde, "bc": b})
+    p0 = blocks.params()
+    p1 = _moved_params(p0)
+    R = 3
+    w = pt.ntk_weighting(blocks, estimator="pc", num_probes=R, gamma=0.5, subsample=None)
+    state = w.init(gen(0), p0, BATCH)
+    res = {"residuals": blocks.residuals(p1, BATCH), "residuals_prev": blocks.residuals(p0, BATCH)}
+    kw = dict(list(res.items())[:passed]) if passed < 2 else res
+    w.update(gen(1), state, p0, p1, BATCH)  # the first refresh also finds that vmap cannot run these residuals
+    pde.calls.clear(), b.calls.clear()
+    w.update(gen(1), state, p0, p1, BATCH, **kw)
+    points = 2 * R + 2 - passed  # p_prev + h v_k, p + h v_k, and the unperturbed residuals not passed in
+    assert len(pde.calls) == points and len(b.calls) == points  # autograd residuals: one call per point
+    # torch.func residuals: all parameter points of a block in one vmapped call
+    f = Counted(pde_func)
+    fb = pt.TorchResidualBlocks(net, {"pde": f, "bc": bc})
+    w = pt.ntk_weighting(fb, estimator="pc", num_probes=R, gamma=0.5, subsample=None)
+    state = w.init(gen(0), p0, BATCH)
+    f.calls.clear()
+    w.update(gen(1), state, p0, p1, BATCH)
+    assert len(f.calls) == 1
+
+
+def test_pc_forward_differences_unbiased_per_block_with_subsampling(float64):
+    net = _net()
+    blocks = pt.TorchResidualBlocks(net, {"pde": pde_func, "bc": bc})
+    p0 = blocks.params()
+    p1 = _moved_params(p0)
+    truth = independent_traces(_moved(net, p1), {"pde": pde_func, "bc": bc}, BATCH)
+    sub = {"pde": 5, "bc": 1}  # 5 of 12 PDE points, 1 of 2 boundary points per refresh
+    w = pt.ntk_weighting(blocks, estimator="pc", num_probes=2, gamma=0.3, subsample=sub, normalize="sum")
+    p_init = {k: v.clone() for k, v in p0.items()}
+
+    def one(s, name):
+        state = w.init(gen(s), p_init, BATCH)
+        _, state = w.update(gen(s + 10_000), state, p0, p1, BATCH)
+        return state.traces[name]
+
+    for name, m in (("pde", 5), ("bc", 1)):
+        n = BATCH[name].shape[0]
+        report = assert_unbiased(lambda s, name=name: one(s, name), truth[name], num_trials=200)
+        # the same estimator without the n / m scale is caught
+        with pytest.raises(AssertionError, match="biased"):
+            assert_unbiased(lambda s, name=name: one(s, name) * (m / n), truth[name], num_trials=200)
+        assert report.detectable_bias < 0.5 * truth[name] * (1 - m / n)
+    # the subset size rule is the JAX side's (ceil)
+    assert sample_size(0.3, 12) == 4 and sample_size("auto", 2780) == 278 and sample_size("auto", 80) == 64
+
+
+def test_schedules_every_and_jaxpi_initial_ones():
+    net = _net()
+    blocks = pt.TorchResidualBlocks(net, {"pde": pde_func, "bc": bc})
+    p = blocks.params()
+    w = pt.ntk_weighting(blocks, estimator="exact", every=3)
+    state = w.init(None, p, BATCH)
+    refreshed = []
+    for step in range(1, 8):
+        before = state.traces
+        _, state = w.update(None, state, p, _moved_params(p, step), BATCH)
+        refreshed.append(state.traces is not before)
+    assert refreshed == [False, False, True, False, False, True, False]
+    # jaxpi: unit weights, a refresh after the first step, then every `every`, EMA from one
+    w = pt.ntk_weighting(blocks, estimator="exact", every=3, ema=0.9, initial="ones")
+    state = w.init(None, p, BATCH)
+    assert all(float(v) == 1.0 for v in state.weights.values())
+    p1 = _moved_params(p, 1)
+    weights, state = w.update(None, state, p, p1, BATCH)
+    # default normalize: the blocks' reduction ("mean"), so per-row traces
+    fresh = ntk_weights({k: float(v) / BATCH[k].shape[0] for k, v in pt.exact_traces(blocks, p1, BATCH).items()})
+    for n in ("pde", "bc"):
+        np.testing.assert_allclose(float(weights[n]), 0.9 + 0.1 * float(fresh[n]), rtol=1e-5)
+    counts = [w.update(None, state._replace(count=c), p, p1, BATCH)[1].traces is not state.traces for c in (1, 2, 3)]
+    assert counts == [False, False, True]  # refreshes at updates 1, 4, 7, ...
+
+
+def test_gradnorm_weights_against_a_hand_computation():
+    net = _net()
+    blocks = pt.TorchResidualBlocks(net, {"pde": pde_autograd, "bc": bc})
+    p = blocks.params()
+    params = list(net.parameters())
+    norms = {}
+    for name, fn in (("pde", pde_autograd), ("bc", bc)):
+        loss = fn(net, BATCH[name]).square().mean()
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        norms[name] = float(torch.sqrt(sum(g.square().sum() for g in grads if g is not None)))
+    lam = {n: (norms["pde"] + norms["bc"]) / norms[n] for n in norms}
+    w = pt.gradnorm_weighting(blocks, every=2, momentum=0.9)
+    state = w.init(None, p, BATCH)
+    for n in lam:
+        np.testing.assert_allclose(float(state.weights[n]), lam[n], rtol=1e-10)
+    _, state = w.update(None, state, p, p, BATCH)  # update 1: kept
+    weights, state = w.update(None, state, p, p, BATCH)  # update 2: refresh, 0.9 w + 0.1 lambda
+    for n in lam:
+        np.testing.assert_allclose(float(weights[n]), lam[n], rtol=1e-10)
+    jw = pt.gradnorm_weighting(blocks, initial="ones")
+    state = jw.init(None, p, BATCH)
+    weights, _ = jw.update(None, state, p, p, BATCH)
+    for n in lam:
+        np.testing.assert_allclose(float(weights[n]), 0.9 + 0.1 * lam[n], rtol=1e-10)
+    with pytest.raises(ValueError, match="rule"):
+        pt.ntk_weighting(blocks, estimator="gradnorm", rule="jaxpi")
+
+
+def test_torch_weighting_does_not_import_jax_weighting():
+    import importlib
+    import inspect
+
+    for mod in ("_blocks", "_ntk", "_weighting", "pina", "deepxde"):
+        src = inspect.getsource(importlib.import_module(f"pinn_adapters.torch.{mod}"))
+        assert "import jax" not in src and "_weighting import" not in src.replace("._weighting import", "")
+        assert "from .._ntk" not in src

@@ -12,22 +12,26 @@ except ImportError as exc:  # pragma: no cover - exercised without torch
     raise ImportError("pinn_adapters.torch needs PyTorch: pip install 'sketchtrace[torch]'") from exc
 
 from ._blocks import TorchResidualBlocks, module_params
-from ._ntk import (
+from ._ntk import exact_traces, jacobian_operator, ntk_traces
+from ._weighting import (
     TorchNTKWeighting,
     TorchWeightingState,
-    exact_traces,
-    jacobian_operator,
-    ntk_traces,
+    block_grad_norms,
+    gradnorm_weighting,
     ntk_weighting,
+    ntk_weights,
 )
 
 __all__ = [
     "TorchNTKWeighting",
     "TorchResidualBlocks",
     "TorchWeightingState",
+    "block_grad_norms",
     "exact_traces",
+    "gradnorm_weighting",
     "jacobian_operator",
     "module_params",
     "ntk_traces",
     "ntk_weighting",
+    "ntk_weights",
 ]

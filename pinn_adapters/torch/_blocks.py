@@ -5,8 +5,10 @@ evaluates the module with the parameters being differentiated
 (``torch.func.functional_call``), and returns the block's residuals at ``points``
 (any shape whose leading axis is the points). Residuals may be written with
 ``torch.func`` (then per-point gradients use ``torch.func.vmap`` of
-``torch.func.jacrev``) or with ``torch.autograd.grad`` as PINA and DeepXDE do (then
-each residual row's gradient is one ``torch.autograd.grad`` call).
+``torch.func.jacrev`` over point chunks) or with ``torch.autograd.grad`` as PINA and
+DeepXDE do (then the host's residual function runs on chunks of ``chunk_size`` points
+and each chunk's rows get their gradients from one batched ``torch.autograd.grad``
+through that chunk's graph only, so the cost is linear in the rows).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch.func import functional_call, jacrev, vmap
 from sketchtrace.validation import check_choice, check_num_matvecs
 
 PER_SAMPLE = ("auto", "vmap", "loop")
+VMAP_CHUNK, LOOP_CHUNK = 256, 64  # points per chunk: torch.func per-point gradients; autograd residual chunks
 
 
 def module_params(module) -> dict:
@@ -49,11 +52,13 @@ class TorchResidualBlocks:
         ``normalize=None`` in :func:`~pinn_adapters.torch.ntk_traces`).
     per_sample : {"auto", "vmap", "loop"}
         Per-point gradients for exact traces: ``torch.func.vmap(jacrev)`` in chunks,
-        one ``torch.autograd.grad`` per residual row, or ``"auto"`` (``vmap``, and
+        ``torch.autograd.grad`` on point chunks (``loop``), or ``"auto"`` (``vmap``, and
         ``loop`` for residuals that ``torch.func`` cannot transform).
     pointwise : bool
         Whether each residual row belongs to one point of its block (a residual at a point
-        depends on that point only), as for PINN residuals; pc's ``subsample`` needs it.
+        depends on that point only), as for PINN residuals; pc's ``subsample`` and the
+        chunked ``loop`` need it (without it ``loop`` differentiates the whole block's graph
+        once per row: quadratic in the rows).
     """
 
     def __init__(self, module, fns: Mapping[str, Callable], *, reduction="mean", per_sample="auto", pointwise=True):
@@ -70,6 +75,7 @@ class TorchResidualBlocks:
         self.pointwise = bool(pointwise)
         self._mode = {}  # block -> "vmap" | "loop", decided on first use under "auto"
         self._rows = {}  # (block, points) -> residual rows
+        self._batched_grads = None  # whether autograd.grad(is_grads_batched=True) works on these residuals
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -114,26 +120,31 @@ class TorchResidualBlocks:
             out[n] = self._rows[key]
         return out
 
-    def point_grad_sq_norms(self, params, batch, *, chunk_size=256) -> dict:
+    def point_grad_sq_norms(self, params, batch, *, chunk_size=None) -> dict:
         """``{name: (rows,)}`` squared norms of each residual row's parameter gradient.
 
-        Their sum over a block is the exact NTK trace ``||J_b||_F^2``.
+        Their sum over a block is the exact NTK trace ``||J_b||_F^2``. ``chunk_size``:
+        points per chunk (default 256 under ``vmap``, 64 for autograd residuals).
         """
-        chunk_size = check_num_matvecs(chunk_size, name="chunk_size")
+        if chunk_size is not None:
+            chunk_size = check_num_matvecs(chunk_size, name="chunk_size")
         return {n: self._row_norms(n, params, batch[n], chunk_size) for n in self.names}
 
     def _row_norms(self, name, params, pts, chunk_size):
         mode = self._mode.get(name, self.per_sample)
         if mode in ("auto", "vmap"):
             try:
-                out = self._vmap_norms(name, params, pts, chunk_size)
+                out = self._vmap_norms(name, params, pts, chunk_size or VMAP_CHUNK)
                 self._mode[name] = "vmap"
                 return out
             except (RuntimeError, NotImplementedError, TypeError, ValueError):
                 if mode == "vmap":
                     raise
             self._mode[name] = "loop"
-        return self._loop_norms(name, params, pts)
+        if not self.pointwise:  # rows do not belong to points: one graph over the whole block
+            return self._loop_norms(name, params, pts)
+        size = chunk_size or LOOP_CHUNK
+        return torch.cat([self._loop_norms(name, params, pts[lo : lo + size]) for lo in range(0, pts.shape[0], size)])
 
     def _vmap_norms(self, name, params, pts, chunk_size):
         """Chunked per-point gradients: ``vmap`` over points of ``jacrev`` of one point's residuals."""
@@ -150,13 +161,24 @@ class TorchResidualBlocks:
         return torch.cat(parts)
 
     def _loop_norms(self, name, params, pts):
-        """One ``torch.autograd.grad`` per residual row (for residuals written with autograd)."""
+        """Row gradients of the residuals at ``pts`` through their graph (batched over rows when autograd can)."""
         p = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
         with torch.enable_grad():
             r = self.block_residuals(name, p, pts)
             leaves = list(p.values())
-            out = torch.empty(r.shape[0], dtype=r.dtype, device=r.device)
-            for i in range(r.shape[0]):
+            rows = r.shape[0]
+            if self._batched_grads is not False:
+                try:
+                    eye = torch.eye(rows, dtype=r.dtype, device=r.device)
+                    grads = torch.autograd.grad(
+                        r, leaves, eye, retain_graph=True, allow_unused=True, is_grads_batched=True
+                    )
+                    self._batched_grads = True
+                    return sum(g.reshape(rows, -1).square().sum(1) for g in grads if g is not None).detach()
+                except (RuntimeError, NotImplementedError):
+                    self._batched_grads = False
+            out = torch.empty(rows, dtype=r.dtype, device=r.device)
+            for i in range(rows):
                 grads = torch.autograd.grad(r[i], leaves, retain_graph=True, allow_unused=True)
                 out[i] = sum(g.square().sum() for g in grads if g is not None)
         return out.detach()

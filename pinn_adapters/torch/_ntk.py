@@ -7,23 +7,20 @@ object with ``init(generator, params, batch)`` and
 ``update(generator, state, params_prev, params, batch) -> (weights, state)``, like
 :func:`pinn_adapters.ntk_weighting`; the predictor-corrector (``"pc"``) applies
 the same probes at ``params_prev`` and ``params``,
-``T <- (1 - gamma) (T - q(params_prev)) + q(params)``, ``q(p) = ||J_b(p) v||^2``.
+``T <- (1 - gamma) (T - q(params_prev)) + q(params)``, ``q(p) = ||J_b(p) v||^2``,
+on one random subset of each block's points per refresh. Nothing here imports JAX:
+weights, guards and smoothing are torch operations (no host round trip per refresh).
 """
 
 from __future__ import annotations
-
-import math
-from typing import Any, NamedTuple
 
 import torch
 from torch.func import jvp as func_jvp
 
 import sketchtrace as st
-from sketchtrace.backends import backend_for_key
 from sketchtrace.operators import TorchFunctionOperator, torch_gram
 from sketchtrace.validation import check_choice, check_num_matvecs
 
-from .._ntk import ntk_weights
 from ._blocks import TorchResidualBlocks
 
 METHODS = ("exact", "hutchinson")
@@ -48,7 +45,7 @@ def _estimate(value, rows, spent):
     return st.Estimate(value, torch.zeros((), dtype=value.dtype), spent)
 
 
-def exact_traces(blocks, params, batch, *, chunk_size=256) -> dict:
+def exact_traces(blocks, params, batch, *, chunk_size=None) -> dict:
     """``{name: tensor}`` exact ``||J_b||_F^2`` from chunked per-point gradients."""
     norms = blocks.point_grad_sq_norms(params, batch, chunk_size=chunk_size)
     out = {}
@@ -153,11 +150,11 @@ def ntk_traces(
     *,
     method="exact",
     num_matvecs=None,
-    normalize="sum",
+    normalize=None,
     sampler="rademacher",
     jvp="auto",
     h=None,
-    chunk_size=256,
+    chunk_size=None,
 ):
     """Traces of the diagonal NTK blocks ``tr(K_bb) = ||J_b||_F^2`` of a torch PINN.
 
@@ -172,12 +169,13 @@ def ntk_traces(
         Block name -> points.
     method : {"exact", "hutchinson"}
         ``"exact"``: per-point gradients (``torch.func.vmap(jacrev)`` in chunks of
-        ``chunk_size`` points, or one autograd call per residual row). ``"hutchinson"``:
+        ``chunk_size`` points, or autograd on point chunks; linear in the rows). ``"hutchinson"``:
         :func:`sketchtrace.block_traces` on ``J^T J`` (one ``J v`` per probe serves every block).
     num_matvecs : int
         Probes for ``"hutchinson"``.
     normalize : {"sum", "mean", None}
-        ``"mean"`` divides by the block's residual rows; ``None`` follows ``blocks.reduction``.
+        ``"mean"`` divides by the block's residual rows; ``None`` (default) follows
+        ``blocks.reduction`` (mean-reduced losses get mean-normalised traces).
     sampler, jvp, h :
         Probe distribution; how ``J v`` is computed (see :func:`jacobian_operator`).
 
@@ -208,215 +206,3 @@ def ntk_traces(
     if normalize == "mean":
         out = {n: st.Estimate(e.value / rows[n], e.sem / rows[n], e.num_matvecs) for n, e in out.items()}
     return {n: out[n] for n in blocks.names}
-
-
-# ----------------------------------------------------------------------------- weighting
-
-
-class TorchWeightingState(NamedTuple):
-    """State of :func:`ntk_weighting` (tensors only; ``inner`` is pc's ``(R, B)`` replica estimates)."""
-
-    weights: dict
-    traces: dict
-    count: int
-    rejected: int
-    inner: Any
-
-
-class TorchNTKWeighting:
-    """NTK loss weights refreshed along training (see :func:`ntk_weighting`)."""
-
-    def __init__(self, blocks, cfg):
-        self.blocks, self.config = blocks, cfg
-
-    def __repr__(self):
-        return f"TorchNTKWeighting(estimator={self.config['estimator']!r}, blocks={self.blocks.names})"
-
-    def init(self, generator, params, batch) -> TorchWeightingState:
-        """First weights (pc starts from exact traces, or ``init_matvecs`` Hutchinson probes)."""
-        cfg, names = self.config, self.blocks.names
-        self.blocks.check_batch(batch)
-        dtype = next(iter(params.values())).dtype
-        ones = {n: torch.ones((), dtype=dtype) for n in names}
-        if cfg["estimator"] == "none":
-            return TorchWeightingState(ones, ones, 0, 0, None)
-        if cfg["estimator"] == "pc" and cfg["init_method"] == "hutchinson":
-            raw = self._hutchinson(generator, params, batch, cfg["init_matvecs"])
-        elif cfg["estimator"] == "hutchinson":
-            raw = self._hutchinson(generator, params, batch, cfg["num_probes"])
-        else:
-            raw = exact_traces(self.blocks, params, batch, chunk_size=cfg["chunk_size"])
-        inner = None
-        if cfg["estimator"] == "pc":
-            inner = torch.stack([raw[n] for n in names]).expand(cfg["num_probes"], -1).clone()
-        weights, traces, ok = self._weights(raw, params, batch, ones)
-        if not ok:
-            raise ValueError(f"ntk_weighting.init: non-finite NTK traces {traces}")
-        return TorchWeightingState(weights, traces, 0, 0, inner)
-
-    def update(self, generator, state, params_prev, params, batch):
-        """``(weights, new state)`` for the step from ``params_prev`` to ``params``."""
-        cfg, names = self.config, self.blocks.names
-        if not isinstance(state, TorchWeightingState):
-            raise TypeError(f"state must be the TorchWeightingState from init/update; got {type(state).__name__}")
-        count = state.count + 1
-        if cfg["estimator"] == "none" or count % cfg["every"] != 0:
-            return state.weights, state._replace(count=count)
-        self.blocks.check_batch(batch)
-        inner = state.inner
-        if cfg["estimator"] == "exact":
-            raw = exact_traces(self.blocks, params, batch, chunk_size=cfg["chunk_size"])
-        elif cfg["estimator"] == "hutchinson":
-            raw = self._hutchinson(generator, params, batch, cfg["num_probes"])
-        else:
-            inner = self._pc_step(generator, state.inner, params_prev, params, batch)
-            value = inner.mean(dim=0)
-            raw = {n: value[i] for i, n in enumerate(names)}
-        weights, traces, ok = self._weights(raw, params, batch, state.weights)
-        if not ok:  # keep the previous weights and estimator state
-            return state.weights, state._replace(count=count, rejected=state.rejected + 1)
-        if cfg["ema"] is not None:
-            weights = {n: cfg["ema"] * state.weights[n] + (1 - cfg["ema"]) * weights[n] for n in names}
-        return weights, TorchWeightingState(weights, traces, count, state.rejected, inner)
-
-    # -- pieces
-    def _hutchinson(self, generator, params, batch, num):
-        _check_generator(generator, "ntk_weighting")
-        J = jacobian_operator(self.blocks, params, batch, jvp=self.config["jvp"], h=self.config["h"])
-        sampler = self.config["sampler"] or "rademacher"
-        est = st.block_traces(generator, torch_gram(J, side="input"), num_matvecs=num, sampler=sampler)
-        return {n: est[n].value for n in self.blocks.names}
-
-    def _pc_step(self, generator, T, params_prev, params, batch):
-        """``T <- (1 - gamma) (T - q(params_prev)) + q(params)`` with shared probes."""
-        _check_generator(generator, "ntk_weighting(estimator='pc')")
-        cfg = self.config
-        bk = backend_for_key(generator)
-        batch, scale = self._subsample(generator, batch)
-        J_new = torch_gram(jacobian_operator(self.blocks, params, batch, jvp=cfg["jvp"], h=cfg["h"]), side="input")
-        V = bk.probes(generator, cfg["num_probes"], J_new.probe_dim, J_new.dtype, cfg["sampler"] or "gaussian")
-        y = bk.quad_forms_of(J_new, V) * scale.to(J_new.dtype)
-        if cfg["gamma"] == 1.0:
-            return y.to(T.dtype)
-        J_old = torch_gram(jacobian_operator(self.blocks, params_prev, batch, jvp=cfg["jvp"], h=cfg["h"]), side="input")
-        x = bk.quad_forms_of(J_old, V) * scale.to(J_old.dtype)
-        return ((1.0 - cfg["gamma"]) * (T - x) + y).to(T.dtype)
-
-    def _subsample(self, generator, batch):
-        """One uniform subset of each block's points (``subsample``) and the scales ``n_b / m_b``.
-
-        The same subset and probes serve ``q(params_prev)`` and ``q(params)``, so each block
-        trace stays unbiased over subset and probe.
-        """
-        spec, names = self.config["subsample"], self.blocks.names
-        if spec is None:
-            return batch, torch.ones(len(names), dtype=torch.float64)
-        sub, scale = {}, []
-        for n in names:
-            pts = batch[n]
-            size = pts.shape[0]
-            m = min(size, spec) if isinstance(spec, int) else max(1, round(spec * size))
-            idx = torch.randperm(size, generator=generator, device=generator.device)[:m].to(pts.device)
-            sub[n] = pts[idx]
-            scale.append(size / m)
-        return sub, torch.tensor(scale, dtype=torch.float64)
-
-    def _weights(self, raw, params, batch, fallback):
-        cfg, names = self.config, self.blocks.names
-        rows = self.blocks.rows(params, batch)
-        traces = {n: raw[n] / rows[n] if cfg["normalize"] == "mean" else raw[n] for n in names}
-        if not all(bool(torch.isfinite(torch.as_tensor(t))) for t in traces.values()):
-            return fallback, traces, False
-        sizes = rows if cfg["rule"] == "jaxpi" else None
-        w = ntk_weights(
-            {n: float(t) for n, t in traces.items()}, rule=cfg["rule"], cap=cfg["cap"], eps=cfg["eps"], sizes=sizes
-        )
-        dtype = next(iter(fallback.values())).dtype
-        return {n: torch.tensor(float(w[n]), dtype=dtype) for n in names}, traces, True
-
-
-def ntk_weighting(
-    blocks,
-    *,
-    estimator="pc",
-    every=1,
-    ema=None,
-    rule="wang2022",
-    cap=None,
-    eps=1e-6,
-    normalize="sum",
-    num_probes=1,
-    sampler=None,
-    gamma=0.02,
-    jvp="forward",
-    h=None,
-    init_method="exact",
-    init_matvecs=None,
-    chunk_size=256,
-    subsample=None,
-):
-    """NTK loss weights for a torch PINN, refreshed along training.
-
-    ``state = w.init(generator, params, batch)``;
-    ``weights, state = w.update(generator, state, params_prev, params, batch)`` (the
-    parameters before and after the optimizer step). Arguments as for
-    :func:`pinn_adapters.ntk_weighting`: ``estimator`` in ``{"pc", "exact",
-    "hutchinson", "none"}``; pc's ``J v`` uses ``jvp`` (default ``"forward"``
-    differences of the residuals, as on JAX; ``"func"``/``"autograd"`` are exact).
-    ``subsample`` (pc only; an ``int`` count or a ``float`` fraction in ``(0, 1]``) draws
-    one uniform subset of each block's points per refresh and scales its quadratic forms by
-    ``n_b / m_b`` (unbiased; needs blocks whose residual rows belong to their points,
-    ``TorchResidualBlocks(..., pointwise=True)``). Every argument is checked here, before any work.
-    """
-    _check_blocks(blocks)
-    check_choice(estimator, ESTIMATORS, name="estimator")
-    check_choice(jvp, JVPS, name="jvp")
-    check_choice(init_method, ("exact", "hutchinson"), name="init_method")
-    check_choice(rule, ("wang2022", "jaxpi"), name="rule")
-    if normalize not in ("sum", "mean"):
-        raise ValueError(f"normalize must be 'sum' or 'mean'; got {normalize!r}")
-    if rule == "jaxpi" and normalize != "sum":
-        raise ValueError("rule='jaxpi' divides by the block sizes itself: use normalize='sum'")
-    every = check_num_matvecs(every, name="every")
-    num_probes = check_num_matvecs(num_probes, name="num_probes")
-    if not (isinstance(gamma, (int, float)) and 0 < gamma <= 1):
-        raise ValueError(f"gamma must be a number in (0, 1]; got {gamma!r}")
-    if ema is not None and not (isinstance(ema, (int, float)) and 0 <= ema < 1):
-        raise ValueError(f"ema must be None or a number in [0, 1); got {ema!r}")
-    if h is not None and not (isinstance(h, (int, float)) and math.isfinite(h) and h > 0):
-        raise ValueError(f"h must be None or a positive number; got {h!r}")
-    if subsample is not None:
-        _check_subsample(subsample, blocks, estimator)
-    if init_method == "hutchinson":
-        init_matvecs = check_num_matvecs(num_probes if init_matvecs is None else init_matvecs, name="init_matvecs")
-    ntk_weights({n: 1.0 for n in blocks.names}, rule=rule, cap=cap, eps=eps)  # checks cap and eps
-    cfg = {
-        "estimator": estimator,
-        "every": every,
-        "ema": ema,
-        "rule": rule,
-        "cap": cap,
-        "eps": eps,
-        "normalize": normalize,
-        "num_probes": num_probes,
-        "sampler": sampler,
-        "gamma": float(gamma),
-        "jvp": jvp,
-        "h": h,
-        "init_method": init_method,
-        "init_matvecs": init_matvecs,
-        "chunk_size": check_num_matvecs(chunk_size, name="chunk_size"),
-        "subsample": subsample,
-    }
-    return TorchNTKWeighting(blocks, cfg)
-
-
-def _check_subsample(spec, blocks, estimator):
-    if estimator != "pc":
-        raise ValueError(f"subsample= is for estimator='pc'; got estimator={estimator!r}")
-    if not blocks.pointwise:
-        raise ValueError("subsample= needs pointwise blocks (each residual row belongs to one point of its block)")
-    if isinstance(spec, bool) or not isinstance(spec, (int, float)):
-        raise TypeError(f"subsample must be an int count or a float fraction in (0, 1]; got {spec!r}")
-    if (isinstance(spec, int) and spec < 1) or (isinstance(spec, float) and not 0 < spec <= 1):
-        raise ValueError(f"subsample must be an int >= 1 or a float in (0, 1]; got {spec!r}")

@@ -1,7 +1,9 @@
 """True NTK loss weights for PINA (``pina-mathlab``): a weighting that plugs in where PINA's do.
 
-PINA's own ``NeuralTangentKernelWeighting`` weighs each condition by the norm of
-the gradient of its summed loss, which is not the NTK trace. :class:`NTKWeighting`
+PINA's own ``NeuralTangentKernelWeighting`` weighs condition ``c`` by
+``||grad L_c|| / sum_j ||grad L_j||`` of its (mean) loss ``L_c``, smoothed by ``alpha``: the
+inverse of the grad-norm rule, so it up-weights the term that already dominates the gradient,
+and it is not the NTK trace. :class:`NTKWeighting`
 is a ``pina.weighting.BaseWeighting``: pass it as ``weighting=`` to a PINA solver
 (e.g. ``PhysicsInformedSingleModelSolver``) and at each refresh it computes, per
 condition ``c``, ``tr(K_cc) = ||d r_c / d theta||_F^2`` of the condition's residuals
@@ -25,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - exercised without PINA
 import torch
 
 from ._blocks import TorchResidualBlocks
-from ._ntk import ntk_weighting
+from ._weighting import ntk_weighting
 
 
 def condition_points(problem, name):
@@ -62,29 +64,50 @@ def condition_residual(solver, name):
 
 
 class NTKWeighting(BaseWeighting):
-    """NTK weights for a PINA solver's conditions (exact, ``"hutchinson"`` or ``"pc"``).
+    """NTK (or grad-norm) weights for a PINA solver's conditions.
 
     Parameters
     ----------
-    estimator : {"exact", "hutchinson", "pc"}
-        How the per-condition NTK traces are computed (see
-        :func:`pinn_adapters.torch.ntk_weighting`).
+    estimator : {"pc", "exact", "hutchinson", "gradnorm", "none"}
+        How the per-condition weights are computed (see
+        :func:`pinn_adapters.torch.ntk_weighting`; default ``"pc"``, subsampled).
     seed : int
         Seed of the ``torch.Generator`` used by the sketched estimators.
     update_every_n_epochs : int
-        PINA's refresh period (in epochs).
+        PINA's refresh period (in epochs); one refresh per such epoch, at its first training
+        batch (PINA calls the hook at every batch, and during validation: those reuse the weights).
+    alpha : float, optional
+        PINA's name for the smoothing (``w <- alpha w_old + (1 - alpha) w_new``): the same as
+        ``ema`` (give one of them).
     **options
         Passed to :func:`pinn_adapters.torch.ntk_weighting` (``num_probes``, ``gamma``,
-        ``rule``, ``normalize``, ``jvp``, ``ema``, ...). PINA's residuals use
-        ``torch.autograd``, so exact traces take one autograd call per residual row
-        and pc's ``J v`` are forward differences by default (``jvp="autograd"`` is exact).
+        ``rule``, ``normalize``, ``subsample``, ``ema``, ``cap``, ...). PINA's residuals use
+        ``torch.autograd``: exact traces run on point chunks, pc's ``J v`` are forward
+        differences (``jvp="autograd"`` is exact); ``jvp="func"`` is refused.
+
+    Notes
+    -----
+    Refreshes use each condition's *training* points only (the data module's train split),
+    never its validation or test split.
     """
 
-    def __init__(self, estimator="exact", *, seed=0, update_every_n_epochs=1, **options):
+    def __init__(self, estimator="pc", *, seed=0, update_every_n_epochs=1, alpha=None, **options):
         super().__init__(update_every_n_epochs=update_every_n_epochs, aggregator="sum")
+        if alpha is not None:
+            if "ema" in options:
+                raise ValueError("give alpha= (PINA's name) or ema=, not both: they are the same smoothing")
+            if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha < 1:
+                raise ValueError(f"alpha must be a number in [0, 1) (PINA's smoothing, our ema); got {alpha!r}")
+            options["ema"] = float(alpha) if alpha > 0 else None
+        if options.get("jvp") == "func":
+            raise ValueError("jvp='func' cannot differentiate PINA's autograd residuals; use 'forward' or 'autograd'")
+        if "every" in options:
+            raise ValueError("PINA schedules the refreshes: use update_every_n_epochs=, not every=")
         self.estimator, self.options = estimator, options
         self.generator = torch.Generator().manual_seed(int(seed))
         self._weighting = self._blocks = self._state = self._params_prev = None
+        self._last_epoch = None
+        self.refreshes = 0
         ntk_weighting(_probe_blocks(), estimator=estimator, **options)  # check the options before training
 
     def _setup(self, names):
@@ -94,11 +117,23 @@ class NTKWeighting(BaseWeighting):
         self._weighting = ntk_weighting(self._blocks, estimator=self.estimator, **self.options)
 
     def batch(self):
-        """Block name -> points (every condition's points)."""
-        return {n: condition_points(self.solver.problem, n) for n in self._blocks.names}
+        """Block name -> the condition's training points (the data module's train split)."""
+        out = {}
+        dm = getattr(getattr(self.solver, "_trainer", None) and self.solver.trainer, "data_module", None)
+        for n in self._blocks.names:
+            pts = condition_points(self.solver.problem, n)
+            split = getattr(dm, "split_idxs", {}).get(n) if dm is not None else None
+            if split is not None and len(split["train"]) < len(pts):
+                pts = pts[torch.as_tensor(split["train"], dtype=torch.long)]
+            out[n] = pts
+        return out
 
     def update_weights(self, losses):
-        """PINA's hook: ``{condition: weight}`` from the NTK traces at the current parameters."""
+        """PINA's hook: ``{condition: weight}``, refreshed once per scheduled epoch while training."""
+        saved = self.last_saved_weights()
+        epoch = self.solver.trainer.current_epoch
+        if saved and (not self.solver.training or epoch == self._last_epoch):
+            return saved  # validation, or a later batch of an epoch already refreshed
         if self._blocks is None or set(self._blocks.names) != set(losses):
             self._setup(tuple(losses))
             self._state = None
@@ -109,12 +144,13 @@ class NTKWeighting(BaseWeighting):
             weights = self._state.weights
         else:
             weights, self._state = self._weighting.update(self.generator, self._state, self._params_prev, params, batch)
-        self._params_prev = params
+        self._params_prev, self._last_epoch = params, epoch
+        self.refreshes += 1
         return {n: weights[n].to(losses[n].dtype) for n in losses}
 
     @property
     def traces(self) -> dict:
-        """The latest per-condition NTK traces."""
+        """The latest per-condition NTK traces (or gradient norms for ``"gradnorm"``)."""
         return {} if self._state is None else dict(self._state.traces)
 
 
