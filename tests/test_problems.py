@@ -148,11 +148,14 @@ def test_allen_cahn_reference_cache_and_interpolation(tmp_path):
         a(0.0, 1.5)
 
 
-def test_allen_cahn_solver_bad_input():
+def test_allen_cahn_solver_bad_input(tmp_path):
     with pytest.raises(ValueError, match="multiple of num_snapshots - 1"):
         refs.solve_allen_cahn(n=64, dt=3e-3)
     with pytest.raises(ValueError, match="n must be even"):
         refs.solve_allen_cahn(n=63)
+    with pytest.raises(ValueError, match="check=True solves with 2 dt"):  # refused before the first solve
+        problems.allen_cahn_reference(n=64, dt=5e-3, cache_dir=tmp_path)
+    assert not (tmp_path / "references").exists()
 
 
 # ----------------------------------------------------------------------------- problems

@@ -313,6 +313,12 @@ def allen_cahn_reference(
         "eps": float(eps), "gamma": float(gamma), "check": bool(check), "format": FORMAT_VERSION,
     }  # fmt: skip
     solve_kw = {k: settings[k] for k in ("n", "dt", "T", "num_snapshots", "eps", "gamma")}
+    steps = settings["T"] / settings["dt"] / (settings["num_snapshots"] - 1)
+    if check and (abs(steps / 2 - round(steps / 2)) > 1e-9 * steps or settings["n"] % 4):
+        raise ValueError(
+            "check=True solves with 2 dt and n / 2 points too: T / (2 dt) must be a multiple of num_snapshots - 1 "
+            f"and n a multiple of 4; got T={T}, dt={dt}, num_snapshots={num_snapshots}, n={n} (or pass check=False)"
+        )
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = folder / "references" / f"allen-cahn-{digest}.npz"
