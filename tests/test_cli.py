@@ -138,3 +138,83 @@ def test_console_script_demo_runs():
         check=True,
     ).stdout
     assert "demo" in out and "exact trace: 1.6444" in out and "hutchinson" in out
+
+
+# ----------------------------------------------------------------------------- refused combinations (issues 28/29)
+
+
+def test_xnystrace_refuses_an_indefinite_matrix(tmp_path, capsys):
+    a = np.diag([1.0, 2.0, -0.5, 3.0])
+    np.save(tmp_path / "neg.npy", a)
+    err = _one_line_error(capsys, "trace", str(tmp_path / "neg.npy"), "--method", "xnystrace")
+    assert "xnystrace needs a PSD matrix" in err and "negative diagonal entry A[2, 2] = -0.5" in err
+    # positive diagonal, yet indefinite: the Lanczos certificate finds the negative eigenvalue
+    b = np.array([[1.0, 2.0, 0.0], [2.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # eigenvalues 3, 1, -1
+    np.save(tmp_path / "b.npy", b)
+    err = _one_line_error(capsys, "trace", str(tmp_path / "b.npy"), "--method", "xnystrace")
+    assert "has an eigenvalue <= -1" in err and "indefinite" in err
+    np.save(tmp_path / "ns.npy", np.array([[1.0, 0.5], [0.0, 1.0]]))
+    assert "not symmetric" in _one_line_error(capsys, "trace", str(tmp_path / "ns.npy"), "--method", "xnystrace")
+
+
+def test_xnystrace_accepts_a_psd_matrix(tmp_path, capsys):
+    from sketchtrace.cli import check_psd_matrix, demo_matrix
+
+    check_psd_matrix(demo_matrix(300))  # PSD with tiny eigenvalues: no false alarm
+    np.save(tmp_path / "p.npy", np.diag(np.arange(1.0, 7.0)))
+    assert main(["trace", str(tmp_path / "p.npy"), "--method", "xnystrace", "--matvecs", "12"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "msg"),
+    [
+        (["--method", ""], "--method must be one of"),
+        (["--method", " "], "got an empty value"),
+        (["--backend", "numba", "--x64"], "--x64 is for --backend jax"),
+        (["--matvecs", "99999999999999999999"], "argument --matvecs: expected an integer >= 1 and <= 2147483647"),
+        (["--seed", "1e400"], "argument --seed: expected an integer"),
+    ],
+)
+def test_refused_trace_options(argv, msg, tmp_path, capsys):
+    np.save(tmp_path / "m.npy", np.eye(3))
+    assert msg in _one_line_error(capsys, "trace", str(tmp_path / "m.npy"), *argv)
+
+
+def test_timing_column_excludes_compilation(tmp_path, capsys, monkeypatch):
+    """The first call (which compiles) is made and reported apart; ``seconds`` is a second call's."""
+    from sketchtrace import cli
+
+    calls = []
+    real = cli._available_methods
+
+    def slow_first(fn):
+        def call(key, op, **kw):
+            calls.append(kw)
+            if len(calls) == 1:
+                import time
+
+                time.sleep(0.5)  # stands in for compilation
+            return fn(key, op, **kw)
+
+        return call
+
+    monkeypatch.setattr(cli, "_available_methods", lambda: {k: slow_first(v) for k, v in real().items()})
+    np.save(tmp_path / "m.npy", np.diag(np.arange(1.0, 9.0)))
+    res = cli.main(
+        [
+            "trace",
+            str(tmp_path / "m.npy"),
+            "--method",
+            "xnystrace",
+            "--matvecs",
+            "6",
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
+    assert res == 0 and len(calls) == 2 and calls[0] == calls[1] == {"num_matvecs": 6}
+    import json
+
+    row = json.loads((tmp_path / "r.json").read_text())["results"][0]
+    assert row["first_call_seconds"] >= 0.5 > row["seconds"]
+    assert "1st call" in capsys.readouterr().out
