@@ -19,6 +19,9 @@ The interface, as implemented here:
 
 from __future__ import annotations
 
+import functools
+import weakref
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,9 +29,11 @@ import numpy as np
 from .._samplers import get_sampler, probe_rows
 from ..operators import (
     FunctionOperator,
+    GramOperator,
     LinearOperator,
     ScipyOperator,
     SparseOperator,
+    TransposedOperator,
     as_operator,
 )
 from ..validation import check_csr, is_concrete, probe_matvec, scipy_raw_matvec
@@ -81,8 +86,83 @@ def _checked_sampler(sampler):
     return draw
 
 
+#: SciPy operators whose one-matvec output check has passed (weak: nothing written onto them).
+_PROBED: weakref.WeakSet = weakref.WeakSet()
+
+
+@functools.singledispatch
+def prepare_rule(op) -> LinearOperator:
+    """Validate an operator for the JAX backend; one registration per operator type.
+
+    The fallback accepts any :class:`~sketchtrace.LinearOperator` as it is: its own products
+    run on JAX arrays (the JAX operators are pytrees, so they trace under ``jax.jit``).
+    Register a type with ``JaxBackend.prepare_rule.register(MyOperator)``.
+    """
+    return op
+
+
+@prepare_rule.register(FunctionOperator)
+def _prepare_function(op):
+    op.validate_jax()
+    return op
+
+
+@prepare_rule.register(SparseOperator)
+def _prepare_sparse(op):
+    if is_concrete(op.indptr) and is_concrete(op.indices):
+        check_csr(op.S)  # JAX would silently drop or misplace entries of a corrupt structure
+    return op
+
+
+@prepare_rule.register(ScipyOperator)
+def _prepare_scipy(op):
+    if op not in _PROBED:  # its output shape is only seen inside an XLA callback: check one matvec up front
+        probe_matvec(
+            scipy_raw_matvec(op.L), op.shape, op.dtype, what=f"op (a SciPy LinearOperator of shape {op.shape})"
+        )
+        _PROBED.add(op)
+    return op
+
+
+@prepare_rule.register(GramOperator)
+def _prepare_gram(op):
+    prepare_rule(op.J)
+    return op
+
+
+@prepare_rule.register(TransposedOperator)
+def _prepare_transposed(op):
+    prepare_rule(op.base)
+    return op
+
+
+@functools.singledispatch
+def adjoint_rule(op) -> LinearOperator | None:
+    """``A^T`` as an operator the JAX backend applies, or ``None``; one registration per type.
+
+    The fallback is ``op.T`` (whose ``matmat`` is the operator's own ``rmatmat``)."""
+    return op.T if "rmatmat" in op.products else None
+
+
+@adjoint_rule.register(FunctionOperator)
+def _adjoint_function(op):
+    """A transpose JAX derives (``jax.linear_transpose`` without ``rmatvec``) is checked abstractly."""
+    adj = op.T
+    if op.rmatvec_fn is None:
+        try:
+            jax.eval_shape(adj.matmat, jax.ShapeDtypeStruct((1, adj.shape[1]), op.jax_dtype))
+        except Exception:  # noqa: BLE001 - any tracing failure means: no usable transpose
+            return None
+    return adj
+
+
 class JaxBackend:
     name = "jax"
+
+    #: The dispatch tables (``functools.singledispatch`` on the operator's type; see
+    #: ``docs/architecture.md``).
+    prepare_rule = staticmethod(prepare_rule)
+    adjoint_rule = staticmethod(adjoint_rule)
     xp = jnp
 
     @staticmethod
@@ -100,17 +180,10 @@ class JaxBackend:
 
     @staticmethod
     def adjoint(op):
-        """``op.T`` when ``op`` has a transpose product; one JAX derives (``jax.linear_transpose``
-        of a ``FunctionOperator`` without ``rmatvec``) is checked abstractly first."""
-        if "rmatmat" not in op.products or type(op).rmatmat is LinearOperator.rmatmat:
+        """``A^T`` when ``op`` has a transpose product (see :func:`adjoint_rule`), else ``None``."""
+        if "rmatmat" not in op.products:
             return None
-        adj = op.T
-        if isinstance(op, FunctionOperator) and op.rmatvec_fn is None:
-            try:
-                jax.eval_shape(adj.matmat, jax.ShapeDtypeStruct((1, adj.shape[1]), op.jax_dtype))
-            except Exception:  # noqa: BLE001 - any tracing failure means: no usable transpose
-                return None
-        return adj
+        return adjoint_rule(op)
 
     @staticmethod
     def with_adjoint(matmat, forward, Z):
@@ -145,17 +218,7 @@ class JaxBackend:
     def prepare(op) -> LinearOperator:
         op = as_operator(op)
         _check_jax_dtype(op)
-        if isinstance(op, FunctionOperator):
-            op.validate_jax()
-        elif isinstance(op, SparseOperator) and is_concrete(op.indptr) and is_concrete(op.indices):
-            check_csr(op.S)  # JAX would silently drop or misplace entries of a corrupt structure
-        elif isinstance(op, ScipyOperator) and not op.__dict__.get("_probed"):
-            # its output shape is only seen inside an XLA callback: check one matvec up front
-            probe_matvec(
-                scipy_raw_matvec(op.L), op.shape, op.dtype, what=f"op (a SciPy LinearOperator of shape {op.shape})"
-            )
-            object.__setattr__(op, "_probed", True)
-        return op
+        return prepare_rule(op)
 
     @staticmethod
     def probes(key, num, dim, dtype, sampler="rademacher"):

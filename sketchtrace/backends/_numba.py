@@ -35,17 +35,23 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess witho
         "pip install 'sketchtrace[numba]' (or pass a jax.random key to use the JAX backend)"
     ) from exc
 
+import functools
 import math
+import weakref
 
 import numpy as np
 
 from .._samplers import SAMPLERS
 from ..operators import (
     DenseOperator,
+    FiniteDifferenceGram,
     FunctionOperator,
+    GramOperator,
+    JacobianOperator,
     LinearOperator,
     ScipyOperator,
     SparseOperator,
+    TransposedOperator,
     as_operator,
     check_output,
     make_blocks,
@@ -76,17 +82,20 @@ def _compute_dtype(dtype) -> np.dtype:
 class NumbaOperator:
     """An operator prepared for the numba backend (NumPy data, one compute dtype).
 
-    ``kind`` is ``"dense"``, ``"csr"``, ``"scipy"``, ``"numba_fn"`` or ``"py_fn"``.
+    ``kind`` is ``"dense"``, ``"csr"``, ``"scipy"``, ``"numba_fn"``, ``"py_fn"``, ``"gram"``
+    (``data = (J, J^T or None, side)``, both prepared) or ``"generic"`` (``data`` is a
+    sketchtrace operator whose own products take NumPy arrays).
     ``matmat(V)`` and ``quad_forms(V)`` work on NumPy probe rows ``V`` of shape ``(k, n)``.
     """
 
-    def __init__(self, kind, shape, dtype, blocks, data, source):
+    def __init__(self, kind, shape, dtype, blocks, data, source, products=None):
         self.kind = kind
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         self.blocks = blocks
         self.data = data
         self.source = source
+        self._products = products
         self._chunks = None
 
     # the same description as a sketchtrace operator (contract: see sketchtrace.operators)
@@ -95,6 +104,8 @@ class NumbaOperator:
 
     @property
     def products(self):
+        if self._products is not None:
+            return self._products
         return frozenset(getattr(self.source, "products", ())) & {"matmat", "quad_forms"}
 
     @property
@@ -106,9 +117,8 @@ class NumbaOperator:
         return getattr(self.source, "psd", None)
 
     def with_blocks(self, blocks):
-        return NumbaOperator(
-            self.kind, self.shape, self.dtype, make_blocks(blocks, self.shape[0]), self.data, self.source
-        )
+        blocks = make_blocks(blocks, self.shape[0])
+        return NumbaOperator(self.kind, self.shape, self.dtype, blocks, self.data, self.source, self._products)
 
     @property
     def row_chunks(self):
@@ -139,51 +149,192 @@ class NumbaOperator:
 # ----------------------------------------------------------------------------- preparation
 
 
+#: Converted data of the user's Dense/Sparse operators (CSC -> CSR, dtype casts), done once per
+#: operator object. Weak keys: nothing is written onto the user's operator and nothing keeps it alive.
+_DATA: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _prepare(op) -> NumbaOperator:
     if isinstance(op, NumbaOperator):
         return op
-    op = as_operator(op)
-    cached = op.__dict__.get("_numba_prepared")
-    if cached is not None:  # prepared once per sketchtrace operator (e.g. CSC -> CSR, dtype casts)
-        return cached
-    prepared = _prepare_new(op)
-    if isinstance(op, (DenseOperator, SparseOperator)):
-        object.__setattr__(op, "_numba_prepared", prepared)
-    return prepared
+    return prepare_rule(as_operator(op))
 
 
-def _prepare_new(op) -> NumbaOperator:
-    blocks = op.blocks
-    if isinstance(op, DenseOperator):
-        A = np.asarray(op.A)
-        dt = _compute_dtype(A.dtype)
-        A = np.ascontiguousarray(A, dtype=dt.newbyteorder("="))
-        return NumbaOperator("dense", A.shape, dt, blocks, A, op)
-    if isinstance(op, SparseOperator):
-        S = op.S  # as_operator converted it to CSR once
-        if S.format != "csr":  # a SparseOperator built by hand around CSC/COO
-            S = S.tocsr()
-        check_csr(S)  # the kernels index memory with indptr/indices: a corrupt structure would crash
-        dt = _compute_dtype(S.dtype)
-        itype = np.int32 if S.nnz < np.iinfo(np.int32).max and S.shape[1] < np.iinfo(np.int32).max else np.int64
-        data = (
-            np.ascontiguousarray(S.indptr, dtype=itype),
-            np.ascontiguousarray(S.indices, dtype=itype),
-            np.ascontiguousarray(S.data, dtype=dt.newbyteorder("=")),
-        )
-        return NumbaOperator("csr", S.shape, dt, blocks, data, op)
-    if isinstance(op, ScipyOperator):
-        probe_matvec(
-            scipy_raw_matvec(op.L), op.shape, op.dtype, what=f"op (a SciPy LinearOperator of shape {op.shape})"
-        )
-        return NumbaOperator("scipy", op.shape, _compute_dtype(op.dtype), blocks, op.L, op)
-    if isinstance(op, FunctionOperator):
-        kind = "numba_fn" if isinstance(op.fn, CPUDispatcher) else "py_fn"
-        return NumbaOperator(kind, op.shape, _compute_dtype(op.dtype), blocks, op.fn, op)
+def _cached(op, build):
+    try:
+        hit = _DATA.get(op)
+    except TypeError:  # not weakly referenceable or unhashable: no cache
+        return build(op)
+    if hit is None:
+        hit = _DATA[op] = build(op)
+    return hit
+
+
+def _jax_only(op, what="op"):
     raise TypeError(
-        f"op: {type(op).__name__} is JAX-only (Jacobians and Gram operators are built from JAX "
+        f"{what}: {type(op).__name__} is JAX-only (Jacobians and Gram operators are built from JAX "
         "functions); pass a jax.random key (e.g. jax.random.key(0)) instead of a numpy.random.Generator"
     )
+
+
+@functools.singledispatch
+def prepare_rule(op) -> NumbaOperator:
+    """The numba backend's form of a sketchtrace operator; one registration per operator type.
+
+    The fallback runs any :class:`~sketchtrace.LinearOperator` through its own ``matmat`` /
+    ``quad_forms`` on NumPy probe rows (their results must be NumPy arrays). Register a type
+    with ``NumbaBackend.prepare_rule.register(MyOperator)``.
+    """
+    if not isinstance(op, LinearOperator):  # pragma: no cover - as_operator refuses the rest
+        raise TypeError(f"op: expected a sketchtrace operator; got {type(op).__name__}")
+    return _generic(op)
+
+
+def _generic(op) -> NumbaOperator:
+    return NumbaOperator("generic", op.shape, _compute_dtype(op.dtype), op.blocks, op, op)
+
+
+def _dense_data(op):
+    A = np.asarray(op.A)
+    dt = _compute_dtype(A.dtype)
+    return np.ascontiguousarray(A, dtype=dt.newbyteorder("="))
+
+
+@prepare_rule.register(DenseOperator)
+def _prepare_dense(op):
+    A = _cached(op, _dense_data)
+    return NumbaOperator("dense", A.shape, A.dtype, op.blocks, A, op)
+
+
+def _csr_data(op):
+    S = op.S  # as_operator converted it to CSR once
+    if S.format != "csr":  # a SparseOperator built by hand around CSC/COO
+        S = S.tocsr()
+    check_csr(S)  # the kernels index memory with indptr/indices: a corrupt structure would crash
+    dt = _compute_dtype(S.dtype)
+    itype = np.int32 if S.nnz < np.iinfo(np.int32).max and S.shape[1] < np.iinfo(np.int32).max else np.int64
+    return (
+        np.ascontiguousarray(S.indptr, dtype=itype),
+        np.ascontiguousarray(S.indices, dtype=itype),
+        np.ascontiguousarray(S.data, dtype=dt.newbyteorder("=")),
+    )
+
+
+@prepare_rule.register(SparseOperator)
+def _prepare_sparse(op):
+    data = _cached(op, _csr_data)
+    return NumbaOperator("csr", op.shape, data[2].dtype, op.blocks, data, op)
+
+
+@prepare_rule.register(ScipyOperator)
+def _prepare_scipy(op):
+    probe_matvec(scipy_raw_matvec(op.L), op.shape, op.dtype, what=f"op (a SciPy LinearOperator of shape {op.shape})")
+    return NumbaOperator("scipy", op.shape, _compute_dtype(op.dtype), op.blocks, op.L, op)
+
+
+@prepare_rule.register(FunctionOperator)
+def _prepare_function(op):
+    kind = "numba_fn" if isinstance(op.fn, CPUDispatcher) else "py_fn"
+    return NumbaOperator(kind, op.shape, _compute_dtype(op.dtype), op.blocks, op.fn, op)
+
+
+@prepare_rule.register(JacobianOperator)
+@prepare_rule.register(FiniteDifferenceGram)
+def _prepare_jax_only(op):
+    _jax_only(op)
+
+
+@prepare_rule.register(TransposedOperator)
+def _prepare_transposed(op):
+    adj = adjoint_rule(op.base)
+    if adj is None:
+        raise TypeError(
+            f"op: the transpose of {type(op.base).__name__} has no product on the numba backend (a "
+            "FunctionOperator needs rmatvec=); pass a jax.random key to derive it with JAX"
+        )
+    return adj if op.blocks is None else adj.with_blocks(op.blocks)
+
+
+@prepare_rule.register(GramOperator)
+def _prepare_gram(op):
+    try:
+        J = _prepare(op.J)
+        Jt = adjoint_rule(op.J)
+    except TypeError as exc:
+        if "JAX-only" in str(exc):
+            _jax_only(op)
+        raise
+    if op.side == "output" and Jt is None:
+        raise TypeError(
+            f"op: gram(J, side='output') needs J^T products, which {type(op.J).__name__} has not on the numba "
+            "backend (a FunctionOperator needs rmatvec=); use side='input'"
+        )
+    products = frozenset({"matmat", "quad_forms"} if Jt is not None else {"quad_forms"})
+    return NumbaOperator("gram", op.shape, J.dtype, J.blocks, (J, Jt, op.side), op, products)
+
+
+@functools.singledispatch
+def adjoint_rule(op) -> NumbaOperator | None:
+    """``A^T`` prepared for the numba backend, or ``None``; one registration per operator type.
+
+    The fallback uses the operator's own ``rmatmat`` (when it implements one)."""
+    if isinstance(op, NumbaOperator):
+        return adjoint_rule(op.source)
+    if isinstance(op, LinearOperator) and "rmatmat" in op.products:
+        return _generic(TransposedOperator(op))
+    return None
+
+
+@adjoint_rule.register(DenseOperator)
+def _adjoint_dense(op):
+    return _prepare(as_operator(np.asarray(op.A).T))
+
+
+@adjoint_rule.register(SparseOperator)
+def _adjoint_sparse(op):
+    return _prepare(as_operator(op.S.T.tocsr()))
+
+
+@adjoint_rule.register(ScipyOperator)
+def _adjoint_scipy(op):
+    return _prepare(as_operator(op.L.T))
+
+
+@adjoint_rule.register(FunctionOperator)
+def _adjoint_function(op):
+    return None if op.rmatvec_fn is None else _prepare(FunctionOperator(op.rmatvec_fn, op.shape[::-1], op.dtype))
+
+
+@adjoint_rule.register(TransposedOperator)
+def _adjoint_transposed(op):
+    return _prepare(op.base)
+
+
+@adjoint_rule.register(GramOperator)
+def _adjoint_gram(op):
+    return _prepare(op)  # symmetric
+
+
+@adjoint_rule.register(JacobianOperator)
+@adjoint_rule.register(FiniteDifferenceGram)
+def _adjoint_jax_only(op):
+    _jax_only(op)
+
+
+@functools.singledispatch
+def diagonal_rule(op) -> np.ndarray | None:
+    """The exact diagonal of a stored matrix (no products), or ``None`` (then: basis products)."""
+    return None
+
+
+@diagonal_rule.register(DenseOperator)
+def _diagonal_dense(op):
+    return np.diagonal(np.asarray(op.A))
+
+
+@diagonal_rule.register(SparseOperator)
+def _diagonal_sparse(op):
+    return op.S.diagonal()
 
 
 # ----------------------------------------------------------------------------- probes
@@ -294,6 +445,13 @@ def _matmat_rows(op, V) -> np.ndarray:
             op.data.matmat(V.T), (m, V.shape[0]), what=f"op (a SciPy LinearOperator of shape {op.shape})"
         )
         return check_output(Y, (m, V.shape[0]), op.dtype, what=f"LinearOperator (declared shape {op.shape})").T
+    if op.kind == "gram":
+        J, Jt, side = op.data
+        if side == "input":
+            return _matmat_rows(Jt, _as_probe_rows(_matmat_rows(J, V), Jt))
+        return _matmat_rows(J, _as_probe_rows(_matmat_rows(Jt, V), J))
+    if op.kind == "generic":
+        return _numpy_result(op, op.data.matmat(V), (V.shape[0], m), "matmat")
     if op.kind == "numba_fn":
         _check_numba_fn(op, V)
         out = np.empty((V.shape[0], m), op.dtype)
@@ -304,9 +462,42 @@ def _matmat_rows(op, V) -> np.ndarray:
     return np.stack([_py_apply(op, v) for v in V])
 
 
+def _numpy_result(op, Y, shape, what):
+    if not isinstance(Y, np.ndarray):
+        raise TypeError(
+            f"op: {type(op.data).__name__}.{what} returned {type(Y).__name__} for NumPy probes; the numba backend "
+            "(a numpy.random.Generator as key) needs products that take and return NumPy arrays (pass the key "
+            "of the backend whose arrays the operator takes, e.g. jax.random.key(0) for JAX code)"
+        )
+    return check_output(Y, shape, op.dtype, what=f"{type(op.data).__name__}.{what}")
+
+
+def _own_quad_forms(op) -> bool:
+    return type(op).quad_forms is not LinearOperator.quad_forms
+
+
+def _gram_quad_rows(op, V) -> np.ndarray:
+    J, Jt, side = op.data
+    if side == "input":
+        JV = _matmat_rows(J, V)
+        return _block_sums(JV * JV, J)
+    cols = []
+    for _, a, b in J.blocks or (("", 0, J.shape[0]),):
+        Vb = V if J.blocks is None else np.zeros_like(V)
+        if J.blocks is not None:
+            Vb[:, a:b] = V[:, a:b]
+        W = _matmat_rows(Jt, _as_probe_rows(Vb, Jt))
+        cols.append((W * W).sum(axis=1))
+    return np.stack(cols, axis=1)
+
+
 def _quad_rows(op, V) -> np.ndarray:
     """Per-block quadratic forms ``(k, B)`` of probe rows ``V`` (k, n)."""
     k = V.shape[0]
+    if op.kind == "gram":
+        return _gram_quad_rows(op, V)
+    if op.kind == "generic" and (_own_quad_forms(op.data) or "matmat" not in op.data.products):
+        return _numpy_result(op, op.data.quad_forms(V), (k, op.num_blocks), "quad_forms")
     if op.kind == "csr":
         indptr, indices, data = op.data
         starts, owner = op.row_chunks
@@ -385,22 +576,20 @@ class NumbaBackend:
     #: Batched Lanczos: block products plus fused row-parallel updates (see ``_numba_lanczos``).
     lanczos = staticmethod(lanczos_numba)
 
+    #: The dispatch tables (``functools.singledispatch`` on the operator's type; see
+    #: ``docs/architecture.md``): preparation, transpose and exact diagonal.
+    prepare_rule = staticmethod(prepare_rule)
+    adjoint_rule = staticmethod(adjoint_rule)
+    diagonal_rule = staticmethod(diagonal_rule)
+
     @staticmethod
     def adjoint(op):
         """``A^T`` from the data the user's operator holds (a transposed matrix, SciPy's
-        ``.T``, a ``FunctionOperator``'s ``rmatvec``), or ``None``."""
+        ``.T``, a ``FunctionOperator``'s ``rmatvec``, the operator's own ``rmatmat``), or ``None``."""
         src = op.source if isinstance(op, NumbaOperator) else as_operator(op)
         if "rmatmat" not in src.products:
             return None
-        if isinstance(src, DenseOperator):
-            return _prepare(as_operator(np.asarray(src.A).T))
-        if isinstance(src, SparseOperator):
-            return _prepare(as_operator(src.S.T.tocsr()))
-        if isinstance(src, ScipyOperator):
-            return _prepare(as_operator(src.L.T))
-        if isinstance(src, FunctionOperator) and src.rmatvec_fn is not None:
-            return _prepare(FunctionOperator(src.rmatvec_fn, src.shape[::-1], src.dtype))
-        return None
+        return adjoint_rule(src)
 
     @staticmethod
     def with_adjoint(matmat, forward, Z):
@@ -436,11 +625,9 @@ class NumbaBackend:
         """Quadratic forms of the standard basis, ``(n, B)``: row ``i`` holds ``a_ii`` in ``i``'s block."""
         op = _prepare(op)
         n = op.probe_dim
-        if op.kind in ("dense", "csr"):
-            if op.kind == "dense":
-                d = np.diagonal(op.data).astype(op.dtype)
-            else:
-                d = op.source.S.diagonal().astype(op.dtype)
+        d = diagonal_rule(op.source)
+        if d is not None:
+            d = np.asarray(d).astype(op.dtype)
             Q = np.zeros((n, op.num_blocks), op.dtype)
             bounds = op.block_bounds
             for b in range(op.num_blocks):

@@ -18,6 +18,7 @@ without a round trip through JAX.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -110,11 +111,36 @@ def blocks_of_tree(tree) -> Blocks | None:
     return make_blocks({k: sizes[k] for k in order}, sum(leaves_sizes))
 
 
+@functools.singledispatch
 def block_sums(W, blocks: Blocks | None):
-    """Sum the columns of ``W`` (shape ``(k, m)``) over each block: ``(k, B)``."""
+    """Sum the columns of ``W`` (shape ``(k, m)``) over each block: ``(k, B)``.
+
+    Dispatches on the array type of ``W`` (JAX here, NumPy and torch registered), so the
+    default :meth:`LinearOperator.quad_forms` works in the namespace of the operator's products.
+    """
     if blocks is None:
         return jnp.sum(W, axis=-1, keepdims=True)
     return jnp.stack([jnp.sum(W[..., a:b], axis=-1) for _, a, b in blocks], axis=-1)
+
+
+@block_sums.register(np.ndarray)
+def _block_sums_numpy(W, blocks):
+    if blocks is None:
+        return np.sum(W, axis=-1, keepdims=True)
+    return np.stack([np.sum(W[..., a:b], axis=-1) for _, a, b in blocks], axis=-1)
+
+
+@functools.singledispatch
+def restrict_columns(V, start: int, stop: int):
+    """``V`` with every column outside ``start:stop`` set to zero (same array type as ``V``)."""
+    return jnp.zeros_like(V).at[..., start:stop].set(V[..., start:stop])
+
+
+@restrict_columns.register(np.ndarray)
+def _restrict_columns_numpy(V, start, stop):
+    out = np.zeros_like(V)
+    out[..., start:stop] = V[..., start:stop]
+    return out
 
 
 def _canonical(dtype):
@@ -175,8 +201,14 @@ class LinearOperator:
     * ``shape`` ``(m, n)``, ``dtype`` and optional named ``blocks`` of output rows;
     * its structure: ``symmetric`` and ``psd`` (``True``, ``False`` or ``None`` = not
       declared); estimators read these instead of testing the operator's type;
-    * ``products``: which of ``matmat``, ``rmatmat`` and ``quad_forms`` it supports.
-      An estimator that needs a missing product refuses the operator before any work.
+    * ``products``: which of ``matmat``, ``rmatmat`` and ``quad_forms`` it supports,
+      derived from the methods its class implements (:func:`derived_products`; wrappers
+      derive theirs from the wrapped operator). An estimator that needs a missing product
+      refuses the operator before any work.
+
+    A subclass needs only ``shape``, ``dtype`` and ``matmat``; the products take and return
+    the arrays of whatever backend it is used on (JAX arrays with a JAX key, NumPy arrays
+    with a ``numpy.random.Generator``, torch tensors with a ``torch.Generator``).
 
     Every concrete operator is a JAX pytree: passed into ``jax.jit``, ``vmap`` or
     ``shard_map`` its arrays are traced like any other argument.
@@ -187,7 +219,11 @@ class LinearOperator:
     blocks: Blocks | None = None
     symmetric: bool | None = None
     psd: bool | None = None
-    products: frozenset = ALL_PRODUCTS
+
+    @property
+    def products(self) -> frozenset:
+        """The products this operator supports (see :func:`derived_products`)."""
+        return derived_products(type(self))
 
     # -- description
     @property
@@ -239,6 +275,21 @@ class LinearOperator:
     @property
     def T(self):
         return TransposedOperator(self)
+
+
+def _implements(cls, name: str) -> bool:
+    return getattr(cls, name, None) is not getattr(LinearOperator, name)
+
+
+@functools.cache
+def derived_products(cls) -> frozenset:
+    """The products a ``LinearOperator`` class implements: ``matmat`` and ``rmatmat`` when it
+    overrides them, ``quad_forms`` when it overrides it or has ``matmat`` (the default quadratic
+    forms are computed from ``matmat``)."""
+    out = {name for name in ("matmat", "rmatmat") if _implements(cls, name)}
+    if "matmat" in out or _implements(cls, "quad_forms"):
+        out.add("quad_forms")
+    return frozenset(out)
 
 
 def require_products(op, needed, method: str):
@@ -498,6 +549,16 @@ class TransposedOperator(LinearOperator):
     def psd(self):
         return self.base.psd
 
+    @property
+    def products(self):
+        inner = self.base.products
+        out = {"matmat", "quad_forms"} if "rmatmat" in inner else set()
+        return frozenset(out | ({"rmatmat"} if "matmat" in inner else set()))
+
+    def with_structure(self, *, symmetric=None, psd=None):
+        """``A^T`` has the structure of ``A``: the declaration goes onto the wrapped operator."""
+        return TransposedOperator(self.base.with_structure(symmetric=symmetric, psd=psd), self.blocks)
+
     def matmat(self, V):
         return self.base.rmatmat(V)
 
@@ -624,8 +685,15 @@ class GramOperator(LinearOperator):
     def blocks(self):
         return self.J.blocks
 
+    @property
+    def products(self):
+        inner = self.J.products
+        both = {"matmat", "rmatmat"} <= inner
+        quad = ("matmat" if self.side == "input" else "rmatmat") in inner
+        return frozenset(({"matmat", "rmatmat"} if both else set()) | ({"quad_forms"} if quad else set()))
+
     def with_blocks(self, blocks):
-        return GramOperator(self.J.with_blocks(blocks), self.side)
+        return type(self)(self.J.with_blocks(blocks), self.side)
 
     def with_structure(self, *, symmetric=None, psd=None):
         if symmetric is False or psd is False:
@@ -646,13 +714,23 @@ class GramOperator(LinearOperator):
             return block_sums(JV * JV, J.blocks)
         if J.blocks is None:
             W = J.rmatmat(V)
-            return jnp.sum(W * W, axis=-1, keepdims=True)
+            return block_sums(W * W, None)
         cols = []
         for _, a, b in J.blocks:
-            mask = jnp.zeros((J.shape[0],), V.dtype).at[a:b].set(1)
-            W = J.rmatmat(V * mask)
-            cols.append(jnp.sum(W * W, axis=-1))
-        return jnp.stack(cols, axis=-1)
+            W = J.rmatmat(restrict_columns(V, a, b))
+            cols.append(block_sums(W * W, None))
+        return cols[0] if len(cols) == 1 else concat_columns(cols[0], cols)
+
+
+@functools.singledispatch
+def concat_columns(first, cols):
+    """``[(k, 1), ...]`` -> ``(k, B)``, dispatched on the array type of ``first`` (``cols[0]``)."""
+    return jnp.concatenate(cols, axis=-1)
+
+
+@concat_columns.register(np.ndarray)
+def _concat_columns_numpy(first, cols):
+    return np.concatenate(cols, axis=-1)
 
 
 def gram(J, side="auto"):

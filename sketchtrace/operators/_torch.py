@@ -14,6 +14,7 @@ loaded lazily by :mod:`sketchtrace.operators`).
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Mapping
 
@@ -21,16 +22,44 @@ import torch
 from torch.func import functional_call, jvp, vjp, vmap
 
 from ..validation import check_choice
-from ._linear import ALL_PRODUCTS, LinearOperator, _check_structure, make_blocks
+from ._linear import (
+    ALL_PRODUCTS,
+    DenseOperator,
+    FunctionOperator,
+    GramOperator,
+    JacobianOperator,
+    LinearOperator,
+    ScipyOperator,
+    SparseOperator,
+    TransposedOperator,
+    _check_structure,
+    block_sums,
+    concat_columns,
+    make_blocks,
+    restrict_columns,
+)
 
 _LAYOUTS = (torch.strided, torch.sparse_coo, torch.sparse_csr)
 
 
+@block_sums.register(torch.Tensor)
 def torch_block_sums(W, blocks):
     """Sum the columns of ``W`` (``(k, m)``) over each block: ``(k, B)``."""
     if blocks is None:
         return W.sum(dim=-1, keepdim=True)
     return torch.stack([W[..., a:b].sum(dim=-1) for _, a, b in blocks], dim=-1)
+
+
+@restrict_columns.register(torch.Tensor)
+def _restrict_columns_torch(V, start, stop):
+    out = torch.zeros_like(V)
+    out[..., start:stop] = V[..., start:stop]
+    return out
+
+
+@concat_columns.register(torch.Tensor)
+def _concat_columns_torch(first, cols):
+    return torch.cat(cols, dim=-1)
 
 
 def check_torch_dtype(dtype, *, name="dtype") -> torch.dtype:
@@ -152,8 +181,11 @@ class TorchFunctionOperator(TorchOperator):
         self.dtype = check_torch_dtype(dtype)
         self.device = torch.device(device)
         self.blocks = make_blocks(blocks, m)
-        self.products = ALL_PRODUCTS if rmatvec is not None else frozenset({"matmat", "quad_forms"})
         _declare(self, symmetric, psd)
+
+    @property
+    def products(self):
+        return ALL_PRODUCTS if self.rmatvec_fn is not None else frozenset({"matmat", "quad_forms"})
 
     def _apply(self, fn, V, out_dim, what):
         Y = vmap(fn)(V) if self.vectorized else torch.stack([fn(v) for v in V])
@@ -298,48 +330,71 @@ def module_jacobian(module, f, *args, params=None, blocks=None):
     return TorchJacobianOperator(g, params, *args, blocks=blocks)
 
 
-class TorchGramOperator(TorchOperator):
-    """``J J^T`` (``side="output"``) or ``J^T J`` (``side="input"``) of a torch operator ``J``.
+class TorchGramOperator(GramOperator, TorchOperator):
+    """:class:`~sketchtrace.GramOperator` of a torch operator ``J`` (``J J^T`` or ``J^T J``).
 
-    As :class:`~sketchtrace.GramOperator`: quadratic forms cost one product with
-    ``J`` (input side) or ``J^T`` (output side, one per block); block ``b``'s trace is
-    ``||J_b||_F^2``.
+    The products are :class:`~sketchtrace.GramOperator`'s own (they run in the namespace of the
+    probes); this subclass only adds the torch ``device`` of ``J``.
     """
 
-    symmetric = True
-    psd = True
+    @property
+    def device(self):
+        return self.J.device
 
-    def __init__(self, J, side):
-        self.J, self.side = J, side
-        m, n = J.shape
-        self.shape = (n, n) if side == "input" else (m, m)
-        self.dtype, self.device, self.blocks = J.dtype, J.device, J.blocks
+
+class _TorchView(TorchOperator):
+    """A sketchtrace operator whose products take torch tensors, seen by the torch backend.
+
+    Its products are the wrapped operator's own; ``dtype`` becomes the matching torch dtype
+    and ``device`` the operator's (CPU when it declares none). Nothing is written onto the
+    wrapped operator.
+    """
+
+    def __init__(self, op, device=None):
+        self.op = op
+        self.shape = tuple(op.shape)
+        self.dtype = _torch_dtype(op.dtype)
+        self.device = torch.device(device if device is not None else getattr(op, "device", "cpu"))
+        self.blocks = op.blocks
+        self.symmetric, self.psd = op.symmetric, op.psd
+
+    @property
+    def products(self):
+        return self.op.products
 
     def with_blocks(self, blocks):
-        return TorchGramOperator(self.J.with_blocks(blocks), self.side)
+        return _TorchView(self.op.with_blocks(blocks), self.device)
+
+    def _checked(self, Y, what):
+        if not isinstance(Y, torch.Tensor):
+            raise TypeError(
+                f"op: {type(self.op).__name__}.{what} returned {type(Y).__name__} for torch probes; the torch "
+                "backend (a torch.Generator as key) needs products that take and return torch tensors"
+            )
+        return Y
 
     def matmat(self, V):
-        if self.side == "input":
-            return self.J.rmatmat(self.J.matmat(V))
-        return self.J.matmat(self.J.rmatmat(V))
+        return self._checked(self.op.matmat(V), "matmat")
 
-    rmatmat = matmat  # symmetric
+    def rmatmat(self, U):
+        return self._checked(self.op.rmatmat(U), "rmatmat")
 
     def quad_forms(self, V):
-        J = self.J
-        if self.side == "input":
-            JV = J.matmat(V)
-            return torch_block_sums(JV * JV, J.blocks)
-        if J.blocks is None:
-            W = J.rmatmat(V)
-            return (W * W).sum(dim=-1, keepdim=True)
-        cols = []
-        for _, a, b in J.blocks:
-            mask = torch.zeros(J.shape[0], dtype=V.dtype, device=V.device)
-            mask[a:b] = 1
-            W = J.rmatmat(V * mask)
-            cols.append((W * W).sum(dim=-1))
-        return torch.stack(cols, dim=-1)
+        if type(self.op).quad_forms is LinearOperator.quad_forms and "matmat" in self.op.products:
+            return torch_block_sums(V * self.matmat(V), self.blocks)  # the default, on checked products
+        return self._checked(self.op.quad_forms(V), "quad_forms")
+
+
+def _torch_dtype(dtype):
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    import numpy as np
+
+    table = {np.dtype(np.float64): torch.float64, np.dtype(np.float32): torch.float32}
+    try:
+        return table[np.dtype(dtype)]
+    except (KeyError, TypeError) as exc:
+        raise TypeError(f"op dtype {dtype!r}: the torch backend needs float32 or float64") from exc
 
 
 def torch_gram(J, side="auto"):
@@ -367,25 +422,14 @@ def as_torch_operator(obj, *, blocks=None, symmetric=None, psd=None) -> TorchOpe
     return op
 
 
-def _convert(obj) -> TorchOperator:
-    from ._linear import DenseOperator, SparseOperator
+@functools.singledispatch
+def to_torch_operator(obj) -> TorchOperator:
+    """The torch backend's form of ``obj`` (one registration per operator or array type).
 
-    if isinstance(obj, TorchOperator):
-        return obj
-    if isinstance(obj, torch.Tensor):
-        return TorchTensorOperator(obj)
-    if isinstance(obj, DenseOperator):
-        return TorchTensorOperator(_tensor_from_numpy(obj.A), blocks=obj.blocks, symmetric=obj.symmetric, psd=obj.psd)
-    if isinstance(obj, SparseOperator):
-        return TorchTensorOperator(_csr_from_scipy(obj.S), blocks=obj.blocks, symmetric=obj.symmetric, psd=obj.psd)
-    import numpy as np
-    import scipy.sparse as sp
-
-    if isinstance(obj, np.ndarray):
-        return TorchTensorOperator(_tensor_from_numpy(obj))
-    if sp.issparse(obj):
-        return TorchTensorOperator(_csr_from_scipy(obj))
-    if callable(obj) and not isinstance(obj, LinearOperator):
+    Register a type with ``to_torch_operator.register(MyType)``; sketchtrace operators not
+    registered run through their own products (which must take torch tensors).
+    """
+    if callable(obj):
         raise TypeError(
             "op: a bare callable has no declared shape or dtype; wrap it as "
             "sketchtrace.operators.TorchFunctionOperator(matvec, shape, dtype)"
@@ -395,6 +439,71 @@ def _convert(obj) -> TorchOperator:
         f"(sketchtrace.operators.TorchFunctionOperator, TorchJacobianOperator, torch_gram) or NumPy/SciPy "
         f"matrices; got {type(obj).__name__} (JAX operators need a jax.random key)"
     )
+
+
+@to_torch_operator.register(LinearOperator)
+def _generic_to_torch(op):
+    return _TorchView(op)
+
+
+@to_torch_operator.register(FunctionOperator)
+@to_torch_operator.register(JacobianOperator)
+@to_torch_operator.register(ScipyOperator)
+def _jax_only_to_torch(op):
+    raise TypeError(
+        f"op: the torch backend (a torch.Generator as key) takes torch tensors, torch operators "
+        f"(sketchtrace.operators.TorchFunctionOperator, TorchJacobianOperator, torch_gram) or NumPy/SciPy "
+        f"matrices; got {type(op).__name__} (JAX operators need a jax.random key)"
+    )
+
+
+@to_torch_operator.register(TorchOperator)
+@to_torch_operator.register(TorchGramOperator)
+def _torch_as_is(op):
+    return op
+
+
+@to_torch_operator.register(torch.Tensor)
+def _from_tensor(A):
+    return TorchTensorOperator(A)
+
+
+@to_torch_operator.register(DenseOperator)
+def _from_dense(op):
+    return TorchTensorOperator(_tensor_from_numpy(op.A), blocks=op.blocks, symmetric=op.symmetric, psd=op.psd)
+
+
+@to_torch_operator.register(SparseOperator)
+def _from_sparse(op):
+    return TorchTensorOperator(_csr_from_scipy(op.S), blocks=op.blocks, symmetric=op.symmetric, psd=op.psd)
+
+
+@to_torch_operator.register(GramOperator)
+def _from_gram(op):
+    return TorchGramOperator(to_torch_operator(op.J), op.side)
+
+
+@to_torch_operator.register(TransposedOperator)
+def _from_transposed(op):
+    base = to_torch_operator(op.base)
+    return _TorchView(TransposedOperator(base, op.blocks), base.device)
+
+
+def _register_host_types():
+    import numpy as np
+    import scipy.sparse as sp
+
+    to_torch_operator.register(np.ndarray, lambda A: TorchTensorOperator(_tensor_from_numpy(A)))
+    for cls in (sp.spmatrix, getattr(sp, "sparray", None)):
+        if cls is not None:
+            to_torch_operator.register(cls, lambda S: TorchTensorOperator(_csr_from_scipy(S)))
+
+
+_register_host_types()
+
+
+def _convert(obj) -> TorchOperator:
+    return to_torch_operator(obj)
 
 
 def _tensor_from_numpy(A):
