@@ -146,6 +146,11 @@ def test_allen_cahn_reference_cache_and_interpolation(tmp_path):
     assert err < 1e-3, err
     with pytest.raises(ValueError, match="t must lie in"):
         a(0.0, 1.5)
+    # the problem's error grid: the snapshot subsample equals the interpolant there, (x, t) in "ij" order
+    from pinn_adapters.problems._allen_cahn import _on_grid
+
+    xs, ts = np.meshgrid(-1.0 + 2.0 * np.arange(256) / 256, np.linspace(0.0, 1.0, 101), indexing="ij")
+    np.testing.assert_allclose(_on_grid(a, xs, ts), a(xs, ts), atol=1e-12)
 
 
 def test_allen_cahn_solver_bad_input(tmp_path):
