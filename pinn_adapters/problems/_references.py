@@ -198,7 +198,7 @@ def etdrk4(linear, nonlinear, v0, *, dt, num_steps, save_every=1, contour_points
 # ----------------------------------------------------------------------------- Allen-Cahn
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class SpectralSolution:
     """Snapshots ``u[i, j] = u(x[j], t[i])`` of a periodic solution on a uniform grid.
 
