@@ -105,8 +105,8 @@ def test_periodic_then_fourier(key):
 
 def _grad_check(net, params, x):
     """Directional derivative of sum(apply) against a central finite difference (float64)."""
-    f = lambda p: jnp.sum(net.apply(p, x) ** 2)  # noqa: E731
-    g = jax.grad(f)(params)
+    f = jax.jit(lambda p: jnp.sum(net.apply(p, x) ** 2))
+    g = jax.jit(jax.grad(f))(params)
     d = jax.tree.map(lambda a: jax.random.normal(jax.random.key(a.size), a.shape, a.dtype), params)
     h = 1e-6
     plus = f(jax.tree.map(lambda a, b: a + h * b, params, d))
@@ -116,7 +116,7 @@ def _grad_check(net, params, x):
     np.testing.assert_allclose(an, fd, rtol=1e-6)
 
 
-@pytest.mark.parametrize("activation", ["tanh", "sin", "gelu"])
+@pytest.mark.parametrize("activation", ["tanh", "gelu"])
 def test_mlp_gradient_check(key, activation):
     net = nets.mlp(LAYERS, activation=activation, fourier={"num": 3}, rwf={"mean": 1.0, "std": 0.1})
     _grad_check(net, net.init(key), jnp.array([0.2, 0.6]))
