@@ -7,10 +7,13 @@ from ._dynamic import DynamicState, moving_average, optimal_gamma, predictor_cor
 from ._hutchinson import hutchinson
 from ._hutchpp import hutchpp, na_hutchpp
 from ._matfun import logdet, trace_function, trace_inverse
+from ._nystrom import Nystrom, SolveInfo, nystrom, nystrom_preconditioner, solve
 from ._xtrace import xnystrace, xtrace
 
 __all__ = [
     "DynamicState",
+    "Nystrom",
+    "SolveInfo",
     "block_traces",
     "diagonal",
     "hutchinson",
@@ -18,8 +21,11 @@ __all__ = [
     "logdet",
     "moving_average",
     "na_hutchpp",
+    "nystrom",
+    "nystrom_preconditioner",
     "optimal_gamma",
     "predictor_corrector",
+    "solve",
     "trace",
     "trace_function",
     "trace_inverse",
