@@ -65,7 +65,8 @@ class _Program:
             TRACES[name] += 1
             it = iter(dyn)
             leaves = [next(it) if m else s for m, s in zip(mask, static)]
-            key, op, args, kwargs = jax.tree_util.tree_unflatten(treedef, leaves)
+            key, op, args, kwargs, consts = jax.tree_util.tree_unflatten(treedef, leaves)
+            op = _bind_functions(op, consts)
             out_leaves, self.out_tree = jax.tree_util.tree_flatten(fn(key, op, *args, **kwargs))
             self.out_mask = tuple(isinstance(x, jax.Array) for x in out_leaves)
             self.out_static = tuple(None if m else x for m, x in zip(self.out_mask, out_leaves))
@@ -91,6 +92,64 @@ def _finite(out) -> bool:
         if isinstance(x, jax.Array) and np.issubdtype(x.dtype, np.inexact) and not bool(np.isfinite(x).all()):
             return False
     return True
+
+
+class _JaxprFn:
+    """A ``FunctionOperator``'s function as its traced program: static by the program's text,
+    with the arrays it reads (closed over or global) passed in as inputs on every call."""
+
+    __slots__ = ("jaxpr", "text")
+
+    def __init__(self, jaxpr):
+        self.jaxpr, self.text = jaxpr, str(jaxpr)
+
+    def __eq__(self, other):
+        return isinstance(other, _JaxprFn) and other.text == self.text
+
+    def __hash__(self):
+        return hash(self.text)
+
+    def __repr__(self):
+        return f"_JaxprFn({hash(self.text)})"
+
+
+_FN_FIELDS = (("fn", 1), ("rmatvec_fn", 0))  # field, the shape entry of its input
+
+
+def _with(op, **changes):
+    new = object.__new__(type(op))
+    new.__dict__.update(op.__dict__)
+    new.__dict__.update(changes)
+    return new
+
+
+def _trace_functions(op):
+    """``op`` with its functions as :class:`_JaxprFn` (traced now, reading today's arrays) and their constants."""
+    import jax
+
+    changes, consts = {}, []
+    for field, axis in _FN_FIELDS:
+        f = getattr(op, field)
+        if f is not None:
+            # a new function object each time: JAX's trace cache (keyed by the function) would keep stale arrays
+            closed = jax.make_jaxpr(lambda v, f=f: f(v))(jax.ShapeDtypeStruct((op.shape[axis],), op.jax_dtype))
+            changes[field] = _JaxprFn(closed.jaxpr)
+            consts.append(tuple(closed.consts))
+    return _with(op, **changes), tuple(consts)
+
+
+def _bind_functions(op, consts):
+    """Inverse of :func:`_trace_functions` inside the program (``consts`` are its inputs)."""
+    import jax
+
+    if not isinstance(getattr(op, "fn", None), _JaxprFn):
+        return op
+    changes, it = {}, iter(consts)
+    for field, _ in _FN_FIELDS:
+        f = getattr(op, field)
+        if f is not None:
+            changes[field] = functools.partial(lambda jx, c, v: jax.core.eval_jaxpr(jx, c, v)[0], f.jaxpr, next(it))
+    return _with(op, **changes)
 
 
 def eager_compiled(fn):
@@ -123,19 +182,25 @@ def eager_compiled(fn):
         import jax
 
         from ..backends import JaxBackend, get_backend, is_jax_key
-        from ..operators import FunctionOperator
+        from ..operators import DenseOperator, FunctionOperator, SparseOperator
 
         through = None, None, None
         if kwargs.get("mesh") is not None or kwargs.get("backend") not in (None, "jax") or not is_jax_key(key):
             return through
         if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((key, op, args, kwargs))):
             return through  # inside the user's transformation: trace through
-        is_fn = isinstance(op, FunctionOperator)
-        if not is_fn:  # converted and validated eagerly on every call (cheap for arrays and matrices)
-            bk, op = get_backend(key, op, kwargs.get("backend"))
-            if bk is not JaxBackend:
+        user_op, is_fn = op, type(op) is FunctionOperator
+        if is_fn:  # traced on every call: its program text is static, the arrays it reads are inputs
+            try:
+                op, consts = _trace_functions(op)
+            except Exception:  # noqa: BLE001 - not traceable: the eager call raises its error
                 return through
-        leaves, treedef = jax.tree_util.tree_flatten((key, op, args, kwargs))
+        else:  # converted and validated eagerly on every call (cheap for arrays and matrices)
+            bk, op = get_backend(key, op, kwargs.get("backend"))
+            if bk is not JaxBackend or type(op) not in (DenseOperator, SparseOperator):
+                return through  # operators holding other user functions (Jacobians, ...) run eagerly
+            consts = ()
+        leaves, treedef = jax.tree_util.tree_flatten((key, op, args, kwargs, consts))
         mask = tuple(_is_array(x) for x in leaves)
         dyn = [x for x, m in zip(leaves, mask) if m]
         static = tuple(None if m else x for x, m in zip(leaves, mask))
@@ -153,8 +218,8 @@ def eager_compiled(fn):
         if seen_code.get(code, ckey) != ckey:  # same code, new function objects: a closure rebuilt per call
             eager_only.add(code)
             return through
-        if is_fn:
-            get_backend(key, op, kwargs.get("backend"))  # validated once per configuration (eval_shape)
+        if is_fn:  # validated once per configuration (its output shape and dtype)
+            get_backend(key, user_op, kwargs.get("backend"))
         if len(seen_code) > 4 * CACHE_SIZE:
             seen_code.clear()
         seen_code[code] = ckey
