@@ -60,3 +60,51 @@ def test_jinns_burgers_example(ns):
     total = sum(np.asarray(w[n]) * np.asarray(weighted.history["terms"][n]) for n in w)
     np.testing.assert_allclose(np.asarray(weighted.history["loss"]), total, rtol=1e-5)
     assert ns["t_refresh"] > 0 and weighted.seconds["run"] > 0
+
+
+# ----------------------------------------------------------------------------- jaxpi's schedule
+
+
+def test_jaxpi_weighting_reproduces_jaxpi_schedule():
+    import jax
+    import jax.numpy as jnp
+
+    import pinn_adapters as pa
+    from pinn_adapters import adapters
+
+    fns = {"a": lambda p, x: jnp.tanh(p["w"] * x + p["b"]), "b": lambda p, x: p["w"] * x**2 + p["b"]}
+    blocks = pa.ResidualBlocks(fns)
+    batch = {"a": jnp.linspace(0, 1, 6), "b": jnp.linspace(0, 1, 4)}
+
+    def jaxpi_diag(p, name):  # jaxpi's way: a per-point grad under vmap
+        g = jax.vmap(jax.grad(lambda q, x: fns[name](q, x)), (None, 0))(p, batch[name])
+        return sum(jnp.square(v) for v in jax.tree.leaves(g))
+
+    params = [{"w": jnp.asarray(0.7 + 0.1 * s), "b": jnp.asarray(0.2 - 0.05 * s)} for s in range(7)]
+    w = adapters.jaxpi_weighting(blocks, every=3, momentum=0.9)
+    state = w.init()
+    expect = {"a": 1.0, "b": 1.0}
+    for step, p in enumerate(params):  # the weights after each step `step`
+        got, state = w.update(state, p, batch)
+        if step % 3 == 0:  # jaxpi: refresh after steps 0, 3, 6, ..., running average from one
+            m = {n: float(jnp.mean(jaxpi_diag(p, n))) for n in fns}
+            mean = sum(m.values()) / 2
+            expect = {n: 0.9 * expect[n] + 0.1 * mean / m[n] for n in fns}
+        for n in fns:
+            np.testing.assert_allclose(float(got[n]), expect[n], rtol=1e-5)
+    # grad_norm: mean_j ||grad L_j|| / ||grad L_i|| with L the mean squared residual
+    g = adapters.jaxpi_weighting(blocks, scheme="grad_norm", every=1, momentum=0.0)
+    got, _ = g.update(g.init(), params[0], batch)
+    norms = {}
+    for n in fns:
+        grads = jax.grad(lambda q, n=n: jnp.mean(fns[n](q, batch[n]) ** 2))(params[0])
+        norms[n] = float(jnp.sqrt(sum(jnp.sum(v**2) for v in jax.tree.leaves(grads))))
+    for n in fns:
+        np.testing.assert_allclose(float(got[n]), (sum(norms.values()) / 2) / norms[n], rtol=1e-5)
+    # the causal variant: chunk means of the residual diagonal times the causal weights
+    d, cw = jnp.arange(1.0, 7.0), jnp.asarray([1.0, 0.5, 0.25])
+    np.testing.assert_allclose(adapters.causal_ntk(d, cw, 3), [1.5, 1.75, 1.375])
+    with pytest.raises(ValueError, match="num_chunks"):
+        adapters.causal_ntk(d, cw[:2] * 0 + 1, 4)
+    with pytest.raises(ValueError, match="scheme"):
+        adapters.jaxpi_weighting(blocks, scheme="ntkx")

@@ -16,7 +16,15 @@ For Equinox and Flax, residual functions take the host's callable model:
 
 from ._equinox import from_equinox
 from ._flax import from_linen, from_nnx
-from ._jaxpi import compute_diag_ntk, jaxpi_ntk_method
+from ._jaxpi import (
+    JaxpiState,
+    JaxpiWeighting,
+    causal_ntk,
+    compute_diag_ntk,
+    jaxpi_ntk_method,
+    jaxpi_weighting,
+    jaxpi_weights,
+)
 from ._jinns import (
     JinnsTrainResult,
     from_jinns,
@@ -27,13 +35,18 @@ from ._jinns import (
 )
 
 __all__ = [
+    "JaxpiState",
+    "JaxpiWeighting",
     "JinnsTrainResult",
+    "causal_ntk",
     "compute_diag_ntk",
     "from_equinox",
     "from_jinns",
     "from_linen",
     "from_nnx",
     "jaxpi_ntk_method",
+    "jaxpi_weighting",
+    "jaxpi_weights",
     "jinns_loss_with_weights",
     "jinns_ntk_weights",
     "jinns_train",

@@ -2,22 +2,30 @@
 
 jaxpi's models define ``compute_diag_ntk(self, params, batch) -> {name: per-point NTK
 diagonal}`` and weight the losses by ``mean_j mean(ntk_j) / mean(ntk_i)`` (its
-``update_weights``, typically every 1000 steps with momentum 0.9). It computes the
-diagonal with ``jacrev`` over all points at once (an ``n x p`` Jacobian). The
-functions here return the same dict from chunked per-point gradients (exact), or
-unbiased per-point estimates ``mean_k (J v_k)_i^2`` from parameter-side JVP probes.
+``update_weights``: weights start at one, are refreshed after every step whose index is a
+multiple of ``update_every_steps`` (1000), step 0 included, and smoothed by a running average
+with momentum 0.9). It computes each point's diagonal entry as the squared norm of a per-point
+parameter gradient (``grad`` of one point's residual, ``vmap``-ed over the points: all points'
+gradients at once). The functions here return the same dict from chunked per-point gradients
+(exact), or unbiased per-point estimates ``mean_k (J v_k)_i^2`` from parameter-side JVP probes;
+:func:`jaxpi_weighting` reproduces jaxpi's schedule (``"ntk"`` or ``"grad_norm"``, with its
+causal variant of the residual block's NTK).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 import sketchtrace as st
-from sketchtrace.validation import check_choice, check_num_matvecs
+from sketchtrace.validation import check_choice, check_num_matvecs, is_concrete
 
 from .._blocks import ResidualBlocks
+from .._gradnorm import block_grad_norms
 
 
 def compute_diag_ntk(
@@ -98,3 +106,112 @@ def jaxpi_ntk_method(make_blocks, *, method="exact", key=None, num_matvecs=None,
         )
 
     return compute
+
+
+class JaxpiState(NamedTuple):
+    """jaxpi's weighting state: the weights and the number of steps taken."""
+
+    weights: dict
+    step: Any
+
+
+class JaxpiWeighting(NamedTuple):
+    """``init(names)`` and ``update(state, params, batch)`` with jaxpi's schedule (see :func:`jaxpi_weighting`)."""
+
+    init: Callable
+    update: Callable
+    config: dict
+
+
+def jaxpi_weights(values: dict, *, scheme="ntk") -> dict:
+    """jaxpi's fresh weights: ``mean_j m_j / m_i``, ``m_i`` the mean NTK diagonal (``"ntk"``) or the gradient norm."""
+    check_choice(scheme, ("ntk", "grad_norm"), name="scheme")
+    m = {n: jnp.mean(v) if scheme == "ntk" else v for n, v in values.items()}
+    mean = sum(m.values()) / len(m)
+    return {n: mean / m[n] for n in m}
+
+
+def causal_ntk(diag, causal_weights, num_chunks: int):
+    """jaxpi's causal residual NTK: the per-point diagonal averaged over ``num_chunks`` time chunks, times their weights.
+
+    ``diag`` is ordered by time chunk (jaxpi sorts the residual points by time); the result is
+    ``(num_chunks,)``, whose mean then enters :func:`jaxpi_weights` like any block's diagonal.
+    """
+    num_chunks = check_num_matvecs(num_chunks, name="num_chunks")
+    if diag.shape[0] % num_chunks:
+        raise ValueError(f"causal_ntk: {diag.shape[0]} residual rows do not split into num_chunks={num_chunks} chunks")
+    return jnp.mean(diag.reshape(num_chunks, -1), axis=1) * causal_weights
+
+
+def jaxpi_weighting(
+    blocks: ResidualBlocks,
+    *,
+    scheme="ntk",
+    every=1000,
+    momentum=0.9,
+    init_weights=None,
+    causal=None,
+    method="exact",
+    num_matvecs=None,
+    chunk_size=256,
+):
+    """jaxpi's loss weighting, step for step (``scheme="ntk"`` or ``"grad_norm"``).
+
+    ``state = w.init(blocks.names)`` holds ``init_weights`` (default: all one, as jaxpi's
+    configs). Call ``weights, state = w.update(state, params, batch, key=None)`` after every
+    optimizer step: after the step with index ``s`` (0, 1, ...) the weights are refreshed when
+    ``s % every == 0`` (so after step 0 first, as jaxpi's training loop does) with
+    ``w <- momentum w + (1 - momentum) w_new``; otherwise they are kept.
+
+    Parameters
+    ----------
+    scheme : {"ntk", "grad_norm"}
+        ``"ntk"``: ``w_i = mean_j mean(K_j) / mean(K_i)`` from :func:`compute_diag_ntk`;
+        ``"grad_norm"``: ``w_i = mean_j ||grad L_j|| / ||grad L_i||``.
+    every, momentum, init_weights :
+        jaxpi's ``update_every_steps`` (1000), ``momentum`` (0.9) and ``init_weights``.
+    causal : (block name, fn(params, batch) -> (num_chunks,) weights), optional
+        jaxpi's causal variant (``"ntk"`` only): that block's diagonal enters through
+        :func:`causal_ntk` with the causal weights the model computes.
+    method, num_matvecs, chunk_size :
+        As for :func:`compute_diag_ntk` (``key`` is then passed to ``update``).
+    """
+    check_choice(scheme, ("ntk", "grad_norm"), name="scheme")
+    every = check_num_matvecs(every, name="every")
+    if isinstance(momentum, bool) or not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
+        raise ValueError(f"momentum must be a number in [0, 1); got {momentum!r}")
+    if causal is not None:
+        if scheme != "ntk":
+            raise ValueError("causal= is jaxpi's causal NTK: use it with scheme='ntk'")
+        if not (isinstance(causal, tuple) and len(causal) == 2 and causal[0] in blocks.names and callable(causal[1])):
+            raise ValueError(f"causal must be (block name in {list(blocks.names)}, fn(params, batch)); got {causal!r}")
+    names = blocks.names
+
+    def init(names_=names):
+        w = {n: jnp.asarray(1.0 if init_weights is None else init_weights[n]) for n in names}
+        return JaxpiState(w, jnp.zeros((), jnp.int32))
+
+    def fresh(params, batch, key):
+        if scheme == "grad_norm":
+            return jaxpi_weights(block_grad_norms(blocks, params, batch), scheme="grad_norm")
+        diag = compute_diag_ntk(
+            blocks, params, batch, method=method, key=key, num_matvecs=num_matvecs, chunk_size=chunk_size
+        )
+        if causal is not None:
+            cw = causal[1](params, batch)
+            diag = {**diag, causal[0]: causal_ntk(diag[causal[0]], cw, cw.shape[0])}
+        return jaxpi_weights(diag)
+
+    def update(state, params, batch, key=None):
+        def refresh(w):
+            new = fresh(params, batch, key)
+            return {n: momentum * w[n] + (1 - momentum) * new[n] for n in names}
+
+        if is_concrete(state.step):  # eager: a Python branch (the blocks may check their inputs concretely)
+            w = refresh(state.weights) if int(state.step) % every == 0 else state.weights
+        else:
+            w = jax.lax.cond(state.step % every == 0, refresh, lambda w: w, state.weights)
+        return w, JaxpiState(w, state.step + 1)
+
+    cfg = {"scheme": scheme, "every": every, "momentum": float(momentum), "causal": causal is not None}
+    return JaxpiWeighting(init, update, cfg)
