@@ -73,3 +73,50 @@ class NumbaLanczos:
 
     def time_logdet(self, n, contender):
         self.run(n, contender)
+
+
+class NumbaBlockProduct:
+    """The block product behind the numba Lanczos: plain row loop against column tiles (same bits)."""
+
+    params = (["plain", "tiled"],)
+    param_names = ["kernel"]
+    timeout = 300
+
+    def setup(self, kernel):
+        from sketchtrace.backends import _numba_kernels as K
+
+        C = sparse_spd(400_000)
+        self.K, self.C = K, C
+        self.VT = np.random.default_rng(0).standard_normal((C.shape[0], PROBES))
+        self.out = np.empty_like(self.VT)
+        self.starts = K.row_chunks(C.shape[0], None)[0]
+        self.splits = K.tile_splits(C.indptr, C.indices, C.shape[1], K.tile_width(self.VT), self.starts)
+        self.time_product(kernel)
+
+    def time_product(self, kernel):
+        K, C = self.K, self.C
+        if kernel == "tiled":
+            K.csr_matmat_tiled(self.splits, C.indices, C.data, self.VT, self.starts, self.out)
+        else:
+            K._csr_matmat_par(C.indptr, C.indices, C.data, self.VT, self.starts, self.out)
+
+
+class EagerCalls:
+    """Eager ``st.hutchinson`` / ``st.xtrace`` (one cached program each) against the same call in jax.jit."""
+
+    params = (["hutchinson", "xtrace"], ["eager", "jit"])
+    param_names = ["estimator", "mode"]
+
+    def setup(self, estimator, mode):
+        est = getattr(st, estimator)
+        A = jax.random.normal(jax.random.key(1), (N, N))
+        self.A, self.key = A @ A.T / N, jax.random.key(0)
+        if mode == "jit":
+            f = jax.jit(lambda k, a: est(k, a, num_matvecs=40).value)
+        else:
+            f = lambda k, a: est(k, a, num_matvecs=40).value  # noqa: E731
+        self.fn = f
+        jax.block_until_ready(f(self.key, self.A))
+
+    def time_call(self, estimator, mode):
+        jax.block_until_ready(self.fn(self.key, self.A))
