@@ -125,8 +125,12 @@ def _eigh_desc(m):
     return vecs[:, ::-1]
 
 
-def _refresh(GG, Qs, nu):
-    """One QR power-iteration step per rotated dimension, columns sorted by estimated eigenvalue."""
+def _refresh(GG, Qs, nu, mu):
+    """One QR power-iteration step per rotated dimension, columns sorted by estimated eigenvalue.
+
+    ``nu`` follows the sort (its axis is permuted alike); ``mu`` is rotated from the old basis
+    into the new one.
+    """
     out = []
     for d, (m, Q) in enumerate(zip(GG, Qs)):
         if Q is None:
@@ -135,7 +139,7 @@ def _refresh(GG, Qs, nu):
         order = jnp.argsort(-jnp.diagonal(Q.T @ m @ Q))
         nu = jnp.take(nu, order, axis=d)
         out.append(jnp.linalg.qr(m @ Q[:, order])[0])
-    return tuple(out), nu
+    return tuple(out), nu, _project(_project_back(mu, Qs), out)
 
 
 class _Hyper(NamedTuple):
@@ -163,13 +167,13 @@ def _leaf_step(g, p, mu, nu, GG, Qs, count, lr, h):
     if h.weight_decay:
         update = update - lr * h.weight_decay * (p + update)
     update = update.astype(g.dtype)
-    mu_orig = _project_back(mu, Qs)
     GG = tuple(
         None if m is None else h.shampoo_beta * m + (1 - h.shampoo_beta) * _outer(g, d) for d, m in enumerate(GG)
     )
     if any(Q is not None for Q in Qs):
-        Qs, nu = jax.lax.cond(count % h.frequency == 0, _refresh, lambda G, Q, v: (Q, v), GG, Qs, nu)
-    return update, _project(mu_orig, Qs), nu, GG, Qs
+        keep = lambda G, Q, v, m: (Q, v, m)  # noqa: E731
+        Qs, nu, mu = jax.lax.cond(count % h.frequency == 0, _refresh, keep, GG, Qs, nu, mu)
+    return update, mu, nu, GG, Qs
 
 
 def _soap_update(grads, state, params, h):
