@@ -494,3 +494,91 @@ def test_torch_weighting_does_not_import_jax_weighting():
         src = inspect.getsource(importlib.import_module(f"pinn_adapters.torch.{mod}"))
         assert "import jax" not in src and "_weighting import" not in src.replace("._weighting import", "")
         assert "from .._ntk" not in src
+
+
+def test_deepxde_schedule_user_weights_lbfgs_and_refusals(dde):
+    import warnings
+
+    from pinn_adapters.torch.deepxde import NTKWeights
+
+    with pytest.raises(ValueError, match="not both"):
+        NTKWeights("pc", period=2, every=2)
+    with pytest.raises(ValueError, match="jvp='func'"):
+        NTKWeights("pc", jvp="func")
+    with pytest.raises(ValueError, match="estimator"):
+        NTKWeights("bogus")
+    with pytest.raises(ValueError, match="subsample"):
+        NTKWeights("exact", subsample=4)  # refused at construction, not inside model.train
+    assert NTKWeights("pc").period == 1 and NTKWeights("exact").period == 100 and NTKWeights("gradnorm").period == 1000
+    # every= is period=: one schedule, refreshes recorded only where they happen
+    model, _, _ = _dde_poisson(dde)
+    cb = NTKWeights("exact", every=2)
+    model.train(iterations=5, callbacks=[cb], display_every=100, verbose=0)
+    assert [h[0] for h in cb.history] == [0, 2, 4] and cb.state.count == 2
+    # the user's loss_weights are kept as fixed factors (or refused)
+    model, _, _ = _dde_poisson(dde)
+    model.compile("adam", lr=1e-3, loss_weights=[1.0, 10.0])
+    cb = NTKWeights("exact", period=100)
+    model.train(iterations=1, callbacks=[cb], display_every=100, verbose=0)
+    w = cb.history[-1][1]
+    np.testing.assert_allclose(model.loss_weights, [w["pde"], 10.0 * w["bc0"]], rtol=1e-12)
+    model2, _, _ = _dde_poisson(dde)
+    model2.compile("adam", lr=1e-3, loss_weights=[1.0, 10.0])
+    with pytest.raises(ValueError, match="loss_weights"):
+        model2.train(iterations=1, callbacks=[NTKWeights("exact", user_weights="refuse")], verbose=0)
+    # L-BFGS: the last weights held fixed, with a warning
+    dde.optimizers.config.set_LBFGS_options(maxiter=3)
+    model.compile("L-BFGS")
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        model.train(callbacks=[cb], verbose=0)
+    assert any("L-BFGS" in str(r.message) for r in rec)
+    np.testing.assert_allclose(model.loss_weights, cb.loss_weights)
+
+
+def test_deepxde_terms_are_pointwise_on_their_own_points(dde):
+    from pinn_adapters.torch.deepxde import NTKWeights
+
+    model, pde, func = _dde_poisson(dde)
+    cb = NTKWeights("exact", period=100, normalize="sum", chunk_size=3)
+    model.train(iterations=1, callbacks=[cb], display_every=100, verbose=0)
+    assert cb.blocks.pointwise
+    nb = model.data.num_bcs[0]
+    assert cb._points["pde"].shape[0] == model.data.train_x.shape[0] - nb and cb._points["bc0"].shape[0] == nb
+    truth = _dde_independent_traces_at(model, pde, func, cb._params_prev)
+    for n, t in truth.items():  # chunked (3 points per graph) = the whole-graph computation
+        np.testing.assert_allclose(float(cb.state.traces[n]), t, rtol=1e-8)
+
+
+def test_pina_alias_training_split_and_one_refresh_per_epoch(float64):
+    from pina import Trainer
+
+    from pinn_adapters.torch.pina import NTKWeighting
+
+    with pytest.raises(ValueError, match="alpha"):
+        NTKWeighting("pc", alpha=0.5, ema=0.5)
+    with pytest.raises(ValueError, match="alpha"):
+        NTKWeighting("pc", alpha=1.5)
+    with pytest.raises(ValueError, match="update_every_n_epochs"):
+        NTKWeighting("pc", every=3)
+    assert NTKWeighting("pc", alpha=0.5)._probe_cfg()["ema"] == 0.5
+    w = NTKWeighting("exact", normalize="sum")
+    solver = _pina_solver(w)
+    trainer = Trainer(
+        solver,
+        max_epochs=2,
+        accelerator="cpu",
+        batch_size=4,
+        train_size=0.5,
+        val_size=0.0,
+        test_size=0.5,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        enable_checkpointing=False,
+    )
+    trainer.train()
+    assert w.refreshes == 2  # several batches per epoch, one refresh per epoch
+    split = trainer.data_module.split_idxs
+    for n, pts in w.batch().items():
+        assert pts.shape[0] == len(split[n]["train"])  # training points only, never the test half

@@ -110,6 +110,10 @@ class NTKWeighting(BaseWeighting):
         self.refreshes = 0
         ntk_weighting(_probe_blocks(), estimator=estimator, **options)  # check the options before training
 
+    def _probe_cfg(self) -> dict:
+        """The configuration these options give (checked on a stand-in)."""
+        return ntk_weighting(_probe_blocks(), estimator=self.estimator, **self.options).config
+
     def _setup(self, names):
         solver = self.solver
         fns = {n: condition_residual(solver, n) for n in names}
