@@ -123,12 +123,18 @@ def pina_case(repeats):
     epochs = 2 * repeats
     t_plain = (train(plain, epochs + 1) - train(build(None), 1)) / epochs  # per step, setup cancelled out
     contenders = {}
-    for name, opts in (("pc", {}), ("pc, subsample=0.1", {"subsample": 0.1})):
-        w = NTKWeighting("pc", num_probes=1, gamma=0.1, **opts)
+    for name, opts in (("pc (defaults: subsample='auto')", {}), ("pc, all points", {"subsample": None})):
+        w = NTKWeighting("pc", **opts)
         solver = build(w)
         train(solver, 1)  # init (exact first estimate) and one step
         losses = {n: torch.zeros(()) for n in solver.problem.conditions}
-        contenders[name] = lambda w=w, losses=losses: w.update_weights(losses)
+        solver.train()  # the hook refreshes only while training, once per epoch: force a refresh per call
+
+        def refresh(w=w, losses=losses):
+            w._last_epoch = None
+            return w.update_weights(losses)
+
+        contenders[name] = refresh
     med = interleaved(contenders, repeats)
     n_pts = sum(w.batch()[n].shape[0] for n in w.batch())
     return med, t_plain, n_pts
