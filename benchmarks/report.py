@@ -519,6 +519,15 @@ def torch_section(quick, rows):
     return ["## Torch backend", ""] + [f"- {line}" for line in lines] + [""]
 
 
+def second_order_section(quick, rows):
+    """Nystrom-preconditioned CG on PINN Gauss-Newton systems, memory, LM vs Adam (``benchmarks/second_order.py``)."""
+    from second_order import section
+
+    lines, new_rows = section(quick)
+    rows.extend(new_rows)
+    return lines
+
+
 def machine():
     import matfree
     import numba
@@ -584,6 +593,7 @@ def main(argv=None):
     body += matfun_section(args.quick, rows)
     body += eager_section(args.quick, rows)
     body += torch_section(args.quick, rows)
+    body += second_order_section(args.quick, rows)
     lines += ["## Headline ratios", "", "| ratio | value | target | verdict |", "|---|---|---|---|"]
     for name, value, kind in rows:
         if kind is None:
