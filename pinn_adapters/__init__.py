@@ -8,7 +8,23 @@ from . import causal, nets, optim, problems
 from ._blocks import MixedBlock, ResidualBlocks
 from ._ntk import ntk_traces, ntk_weights
 from ._weighting import NTKWeighting, WeightingState, gradnorm_weighting, ntk_weighting
-from .app import NonFiniteError, TrainResult, TrainState, load_checkpoint, save_checkpoint, train
+
+#: The training application's names, loaded on first use (``import pinn_adapters`` does not import
+#: the app, its optimizers, checkpoints or plots).
+_APP_NAMES = ("NonFiniteError", "TrainResult", "TrainState", "load_checkpoint", "save_checkpoint", "train")
+
+
+def __getattr__(name):
+    if name in _APP_NAMES:
+        from . import app
+
+        return getattr(app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_APP_NAMES))
+
 
 __all__ = [
     "ResidualBlocks",

@@ -173,3 +173,53 @@ def test_registering_an_operator_type():
     JaxBackend.prepare_rule.register(Scaled)(lambda op: seen.append(op) or st.as_operator(op.c * jnp.eye(N)))
     assert np.isclose(float(st.hutchinson(jax.random.key(0), Scaled(3.0), num_matvecs=N).value), 3.0 * N)
     assert seen
+
+
+def test_import_pinn_adapters_does_not_import_the_app():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pinn_adapters as pa; print('pinn_adapters.app' in sys.modules); "
+        "pa.train; print('pinn_adapters.app' in sys.modules, 'train' in dir(pa))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True", "True"]
+
+
+def test_one_version_source():
+    from importlib.metadata import version
+
+    assert st.__version__ == version("sketchtrace")
+
+
+def test_a_backend_from_the_five_core_members():
+    """BackendDefaults derives the rest of the protocol from name, xp, prepare, probes and split."""
+    from sketchtrace.backends import Backend, BackendDefaults, CoreBackend
+
+    class MiniBackend(BackendDefaults):
+        name, xp = "mini", np
+
+        def prepare(self, op):
+            return NumbaBackend.prepare(op)  # NumPy products
+
+        def probes(self, rng, num, dim, dtype, sampler="rademacher"):
+            return (1 - 2 * rng.integers(0, 2, (num, dim))).astype(dtype)
+
+        def split(self, rng, num):
+            return list(rng.spawn(num))
+
+    bk = MiniBackend()
+    assert isinstance(bk, CoreBackend)
+    # every member but Lanczos (the matrix-function estimators' kernel) comes from the defaults
+    assert {m for m in dir(Backend) if not m.startswith("_")} - set(dir(bk)) == {"lanczos"}
+    op = bk.prepare(UserOperator(A))
+    np.testing.assert_allclose(bk.exact_quad_forms(op, 5).sum(), np.trace(A), rtol=1e-12)
+    V = bk.probes(np.random.default_rng(1), 7, N, np.float64)
+    Q = bk.quad_forms(np.random.default_rng(1), op, 7, "rademacher", 3)
+    np.testing.assert_allclose(Q[:, 0], np.einsum("ki,ij,kj->k", V, A, V), rtol=1e-12)
+    np.testing.assert_allclose(bk.matmat(op, V, 2), V @ A.T, rtol=1e-12)
+    bad = A.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        bk.check_finite("op", bk.exact_quad_forms(bk.prepare(bad), None))

@@ -1,11 +1,12 @@
 """Backends: the JAX backend, the numba CPU backend and the sharded JAX backend.
 
-Estimators get a backend from :func:`get_backend` (chosen by the type of the
-randomness argument) and use only the members of the :class:`Backend` protocol.
+Estimators get a backend from :func:`select_backend` / :func:`get_backend` (chosen by the type
+of the randomness argument) and use only the members of the :class:`Backend` protocol; a new
+backend writes the five members of :class:`CoreBackend` and mixes in :class:`BackendDefaults`.
 """
 
 from ._jax import JaxBackend, map_chunks
-from ._protocol import Backend
+from ._protocol import Backend, BackendDefaults, CoreBackend
 from ._select import (
     BACKENDS,
     backend_for_key,
@@ -15,12 +16,15 @@ from ._select import (
     is_torch_generator,
     namespace_of,
     resolve_backend,
+    select_backend,
 )
 from ._sharding import ShardedJaxBackend
 
 __all__ = [
     "Backend",
+    "BackendDefaults",
     "BACKENDS",
+    "CoreBackend",
     "JaxBackend",
     "ShardedJaxBackend",
     "backend_for_key",
@@ -31,6 +35,7 @@ __all__ = [
     "map_chunks",
     "namespace_of",
     "resolve_backend",
+    "select_backend",
 ]
 
 

@@ -1,7 +1,10 @@
-"""The one backend chooser: the type of the randomness argument picks the backend.
+"""The one backend chooser, :func:`select_backend`: the type of the randomness argument picks
+the backend.
 
-A JAX key runs on JAX, a ``numpy.random.Generator`` on the numba backend;
-``backend=`` forces one and ``mesh=`` selects the sharded JAX backend.
+A JAX key runs on JAX, a ``numpy.random.Generator`` on the numba backend, a ``torch.Generator``
+on the torch backend; ``backend=`` forces one (checked against the key) and ``mesh=`` selects
+the sharded JAX backend. :func:`get_backend` (backend and prepared operator) and
+:func:`backend_for_key` are this function plus preparation.
 """
 
 from __future__ import annotations
@@ -54,50 +57,69 @@ def _describe_key_error(key, wanted: str) -> str:
     return f"key must be {wanted}; got {type(key).__name__}: {hint}"
 
 
+#: What each backend takes as its randomness (for messages).
+_KEYS = {
+    "jax": "a jax.random key",
+    "numba": "a numpy.random.Generator",
+    "torch": "a torch.Generator",
+}
+
+
+def _key_kind(key) -> str | None:
+    if is_torch_generator(key):
+        return "torch"
+    if isinstance(key, np.random.Generator):
+        return "numba"
+    if is_jax_key(key):
+        return "jax"
+    return None
+
+
 def resolve_backend(key, backend=None) -> str:
-    """Pick the backend from the key's type (or check a forced ``backend=``)."""
+    """The backend's name from the key's type (or check a forced ``backend=`` against the key)."""
     if backend is not None:
         check_choice(backend, BACKENDS, name="backend")
-    if is_torch_generator(key) or backend == "torch":
-        if not is_torch_generator(key) or backend not in (None, "torch"):
-            raise TypeError(_describe_key_error(key, "a torch.Generator exactly when backend='torch'"))
-        return "torch"
-    is_gen = isinstance(key, np.random.Generator)
-    if not is_gen and not is_jax_key(key):
+    kind = _key_kind(key)
+    if backend is not None and kind != backend:
+        raise TypeError(_describe_key_error(key, f"{_KEYS[backend]} when backend={backend!r}"))
+    if kind is None:
         raise TypeError(_describe_key_error(key, "a jax.random key or a numpy.random.Generator"))
-    chosen = backend or ("numba" if is_gen else "jax")
-    if chosen == "jax" and is_gen:
-        raise TypeError(_describe_key_error(key, "a jax.random key when backend='jax'"))
-    if chosen == "numba" and not is_gen:
-        raise TypeError(_describe_key_error(key, "a numpy.random.Generator when backend='numba'"))
-    return chosen
+    return kind
 
 
-def get_backend(key, op, backend=None, mesh=None):
-    """Return ``(backend, prepared_op)`` for an estimator call.
+def select_backend(key, backend=None, *, mesh=None, device=None):
+    """The one backend chooser: the backend for ``key`` (its type picks it; ``backend=`` forces
+    one and is checked against the key).
 
-    ``mesh`` (a :class:`jax.sharding.Mesh`) selects the JAX backend with probe
-    blocks sharded across the mesh's devices (see :mod:`sketchtrace.sharding`).
+    ``mesh`` (a :class:`jax.sharding.Mesh`) selects the JAX backend with probe blocks sharded
+    across the mesh's devices (see :mod:`sketchtrace.sharding`); ``device`` is the torch device
+    products run on (default: the Generator's).
     """
     name = resolve_backend(key, backend)
     if name == "torch":
         if mesh is not None:
             raise ValueError("mesh= shards JAX computations; it cannot be used with a torch.Generator key")
-        from ._torch import TorchBackend, torch_backend
+        from ._torch import torch_backend
 
-        op = TorchBackend.prepare(op)
-        return torch_backend(op.device), op
+        return torch_backend(key.device if device is None else device)
     if mesh is not None:
-        bk = sharded_backend(mesh, name, key)
-        return bk, bk.prepare(op)
-    if name == "jax":
-        return JaxBackend, JaxBackend.prepare(op)
-    bk = backend_named(name)
-    return bk, bk.prepare(op)
+        return sharded_backend(mesh, name, key)
+    return backend_named(name)
+
+
+def get_backend(key, op, backend=None, mesh=None):
+    """Return ``(backend, prepared_op)`` for an estimator call (:func:`select_backend`, then the
+    backend's ``prepare``; a torch operator's products run on its own device)."""
+    bk = select_backend(key, backend, mesh=mesh)
+    op = bk.prepare(op)
+    device = getattr(op, "device", None)
+    if bk.name == "torch" and device != bk.device:
+        bk = select_backend(key, backend, device=device)
+    return bk, op
 
 
 def backend_named(name: str):
-    """The backend object called ``name`` (numba is imported only when asked for)."""
+    """The backend object called ``name`` (numba and torch are imported only when asked for)."""
     if name == "jax":
         return JaxBackend
     if name == "torch":  # the CPU one; estimators use the one for the operator's device
@@ -110,10 +132,6 @@ def backend_named(name: str):
 
 
 def backend_for_key(key, backend=None):
-    """The backend for ``key`` alone (estimators that prepare their operators later)."""
-    name = resolve_backend(key, backend)
-    if name == "torch":  # probes drawn on the Generator's device; products move them to the operator's
-        from ._torch import torch_backend
-
-        return torch_backend(key.device)
-    return backend_named(name)
+    """The backend for ``key`` alone (estimators that prepare their operators later); same as
+    :func:`select_backend` (kept for callers of the old name)."""
+    return select_backend(key, backend)
