@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import jax
@@ -10,7 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 
 import sketchtrace as st
-from sketchtrace.validation import check_choice, check_num_matvecs, is_concrete
+from sketchtrace.validation import (
+    check_choice,
+    check_num_matvecs,
+    check_optional,
+    check_probability,
+    check_real,
+    is_concrete,
+)
 
 from ._blocks import ResidualBlocks, check_finite_residuals
 
@@ -286,10 +292,8 @@ def ntk_weights(traces, *, rule="wang2022", cap=None, eps=1e-6, sizes=None, fall
     physics-informed neural networks", arXiv:2308.08468 (2023) (jaxpi).
     """
     check_choice(rule, RULES, name="rule")
-    if not (isinstance(eps, (int, float)) and 0 < eps < 1):
-        raise ValueError(f"eps must be a float in (0, 1); got {eps!r}")
-    if cap is not None and not (isinstance(cap, (int, float)) and math.isfinite(cap) and cap > 0):
-        raise ValueError(f"cap must be None or a positive finite number; got {cap!r}")
+    eps = check_probability(eps, name="eps", low_open=True, high_open=True)
+    cap = check_optional(check_real, cap, name="cap", low=0, low_open=True)
     T = _values(traces)
     names = list(T)
     if sizes is not None:

@@ -15,10 +15,25 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 import sketchtrace as st
-from sketchtrace.validation import check_choice, check_num_matvecs
+from sketchtrace.validation import (
+    StateSpec,
+    check_blocks,
+    check_bool,
+    check_callable,
+    check_choice,
+    check_num_matvecs,
+    check_optional,
+    check_positive_int,
+    check_probability,
+    check_real,
+    check_signature,
+    check_state_spec,
+    tree_signature,
+)
 
 from ._blocks import ResidualBlocks
 from ._gradnorm import gradnorm_strategy
@@ -49,6 +64,12 @@ class WeightingState(NamedTuple):
         The estimator's own state: :class:`PCState` for ``"pc"`` with a fixed gamma,
         ``(DynamicState, offset)`` for sketchtrace's dynamic estimators
         (``"moving_average"``, pc with ``gamma="auto"``), ``()`` otherwise.
+    spec : sketchtrace.validation.StateSpec
+        What made the state (static pytree metadata, no leaves): the weighting's
+        configuration and blocks, and the parameter structure (leaf paths, shapes,
+        dtypes). ``update`` refuses a state of another configuration or parameters of
+        another structure, naming the field or the leaf, eagerly and under ``jit``.
+        ``None`` (a state rebuilt from bare arrays) skips the check.
     """
 
     weights: dict
@@ -56,6 +77,7 @@ class WeightingState(NamedTuple):
     count: Any
     rejected: Any
     inner: Any
+    spec: Any = None
 
 
 class PCState(NamedTuple):
@@ -280,18 +302,21 @@ def _configure(blocks, **cfg) -> dict:
         raise ValueError(f"normalize must be 'sum', 'mean' or None; got {cfg['normalize']!r}")
     cfg["every"] = check_num_matvecs(cfg["every"], name="every")
     cfg["num_probes"] = check_num_matvecs(cfg["num_probes"], name="num_probes")
-    ema, gamma = cfg["ema"], cfg["gamma"]
-    if ema is not None and not (isinstance(ema, (int, float)) and 0 <= ema < 1):
-        raise ValueError(f"ema must be None or a float in [0, 1); got {ema!r}")
-    if gamma != "auto" and not (isinstance(gamma, (int, float)) and 0 < gamma <= 1):
-        raise ValueError(f"gamma must be a float in (0, 1] or 'auto'; got {gamma!r}")
+    cfg["ema"] = check_optional(check_probability, cfg["ema"], name="ema", high_open=True)
+    if not (isinstance(cfg["gamma"], str) and cfg["gamma"] == "auto"):
+        cfg["gamma"] = check_probability(cfg["gamma"], name="gamma (a number or 'auto')", low_open=True)
+    gamma = cfg["gamma"]
+    check_choice(cfg["side"], SIDES, name="side")
+    cfg["h"] = check_optional(check_real, cfg["h"], name="h", low=0, low_open=True)
+    cfg["chunk_size"] = check_positive_int(cfg["chunk_size"], name="chunk_size")
+    cfg["init_matvecs"] = check_optional(check_positive_int, cfg["init_matvecs"], name="init_matvecs")
+    _check_sampler(cfg["sampler"])
     if est == "moving_average" and gamma == "auto":
         raise ValueError("gamma='auto' is for estimator='pc'; give the moving average a float beta as gamma")
     if cfg["rule"] == "jaxpi" and cfg["normalize"] == "mean":
         raise ValueError("rule='jaxpi' divides by the block sizes itself; use normalize='sum' with it")
     ntk_weights({"_": 1.0}, rule=cfg["rule"], cap=cfg["cap"], eps=cfg["eps"])  # validates rule, cap, eps
-    if not isinstance(cfg["batched"], bool):
-        raise TypeError(f"batched must be True or False; got {cfg['batched']!r}")
+    cfg["batched"] = check_bool(cfg["batched"], name="batched")
     cfg["subsample"] = _check_subsample(cfg["subsample"], blocks, est, gamma)
     cfg["normalize"] = cfg["normalize"] or blocks.reduction
     if est == "gradnorm":  # gradient norms of the reduced losses: nothing to normalise
@@ -319,17 +344,39 @@ def _check_subsample(spec, blocks, estimator, gamma):
     unknown = sorted(set(per_block) - set(blocks.names))
     if unknown:
         raise ValueError(f"subsample names unknown block(s) {unknown}; blocks are {list(blocks.names)}")
-    for n, v in per_block.items():
-        ok_int = isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
-        ok_frac = isinstance(v, float) and 0 < v <= 1
-        if not (ok_int or ok_frac or v is None):
-            raise ValueError(f"subsample for block {n!r} must be a point count >= 1 or a fraction in (0, 1]; got {v!r}")
+    per_block = {n: _subsample_entry(n, v) for n, v in per_block.items()}
     if blocks.pointwise is False:
         raise ValueError(
             "subsample needs pointwise residual blocks (ResidualBlocks(..., pointwise=True or "
             "'auto')): slicing an opaque batch changes the residuals of the points kept"
         )
     return {n: per_block.get(n) for n in blocks.names}
+
+
+SIDES = ("auto", "params", "residuals", "input", "output")
+
+
+def _check_sampler(sampler):
+    """``None``, a sampler name of sketchtrace (``sampler_<name>``) or a callable."""
+    if sampler is None or callable(sampler):
+        return sampler
+    names = tuple(n[len("sampler_") :] for n in dir(st) if n.startswith("sampler_"))
+    if not isinstance(sampler, str):
+        check_callable(sampler, name="sampler", what=f"one of {names} or a callable")
+    return check_choice(sampler, names, name="sampler")
+
+
+def _subsample_entry(block, v):
+    """A point count (an integer >= 1), a fraction (a real number in (0, 1]) or ``None``."""
+    name = f"subsample for block {block!r} (a point count >= 1 or a fraction in (0, 1])"
+    if v is None or (isinstance(v, str) and v == "auto"):
+        return v
+    if isinstance(v, numbers.Integral) or (hasattr(v, "dtype") and np.issubdtype(np.dtype(v.dtype), np.integer)):
+        return check_positive_int(v, name=name)
+    try:
+        return check_probability(v, name=name, low_open=True)
+    except TypeError as exc:  # one kind of error for every bad subsample entry, as documented
+        raise ValueError(str(exc)) from None
 
 
 def _strategy_name(cfg) -> str:
@@ -358,19 +405,24 @@ def _skeleton(blocks, cfg, strategy):
     """The ``init`` / ``update`` pair around a strategy: traces -> guarded, smoothed weights."""
     names = blocks.names
     every, ema = cfg["every"], cfg["ema"]
+    config = StateSpec.build("ntk_weighting", {**cfg, "blocks": tuple(names)}, {}).config
+
+    def spec_for(params):
+        return StateSpec("ntk_weighting", config, (("params", tree_signature(params)),))
 
     def init(key, params, batch):
-        batch = blocks.coerce_batch(batch)
+        batch = _checked_batch(blocks, batch)
+        spec = spec_for(params)
         rows = residual_rows(blocks, params, batch)
         dtype = ravel_pytree(params)[0].dtype
         ones = {n: jnp.ones((), dtype) for n in names}
         zero = jnp.zeros((), jnp.int32)
         if strategy.refresh is None:
-            return WeightingState(ones, ones, zero, zero, ())
+            return WeightingState(ones, ones, zero, zero, (), spec)
         raw, inner = strategy.init(key, params, batch)
         traces = _normalized(raw, rows, cfg)
         weights, _ = _weights_from(traces, rows, ones, cfg)
-        return WeightingState(_cast(weights, dtype), _cast(traces, dtype), zero, zero, inner)
+        return WeightingState(_cast(weights, dtype), _cast(traces, dtype), zero, zero, inner, spec)
 
     def refresh(key, state, params_prev, params, batch, residuals, residuals_prev):
         rows = residual_rows(blocks, params, batch)
@@ -384,10 +436,11 @@ def _skeleton(blocks, cfg, strategy):
         # a rejected refresh must not poison a recursion: keep the estimator's old state
         inner = jax.tree.map(lambda a, b: jnp.where(ok, a, b), inner, state.inner)
         rejected = state.rejected + jnp.where(ok, 0, 1).astype(jnp.int32)
-        return WeightingState(_cast(new_w, dtype), _cast(traces, dtype), state.count + 1, rejected, inner)
+        return WeightingState(_cast(new_w, dtype), _cast(traces, dtype), state.count + 1, rejected, inner, state.spec)
 
     def update(key, state, params_prev, params, batch, *, residuals=None, residuals_prev=None):
-        batch = blocks.coerce_batch(batch)
+        _check_update_args(state, spec_for, params_prev, params, names, residuals, residuals_prev)
+        batch = _checked_batch(blocks, batch)
         if strategy.refresh is None:
             return state.weights, state._replace(count=state.count + 1)
         args = (key, state, params_prev, params, batch, residuals, residuals_prev)
@@ -405,6 +458,32 @@ def _skeleton(blocks, cfg, strategy):
     return init, update
 
 
+def _checked_batch(blocks, batch):
+    """The coerced batch, with exactly the weighting's blocks, each with points (refused by name)."""
+    batch = blocks.coerce_batch(batch)
+    check_blocks(batch, blocks.names, name="batch")
+    return batch
+
+
+def _check_update_args(state, spec_for, params_prev, params, names, residuals, residuals_prev):
+    """``update``'s arguments before any work (eager and at trace time: all checks are static)."""
+    if not isinstance(state, WeightingState):
+        raise TypeError(
+            f"state must be the WeightingState returned by this weighting's init (or a previous update); "
+            f"got {type(state).__name__}"
+        )
+    if state.spec is not None:
+        expected = spec_for(params)
+        check_state_spec(StateSpec(state.spec.maker, state.spec.config), StateSpec(expected.maker, expected.config))
+        made = dict(state.spec.shapes).get("params")
+        if made is not None:
+            check_signature(params_prev, made, name="params_prev", made_for="the state was made (at init) for")
+            check_signature(params, made, name="params", made_for="the state was made (at init) for")
+    for name, value in (("residuals", residuals), ("residuals_prev", residuals_prev)):
+        if value is not None:
+            check_blocks(value, names, name=name)
+
+
 def _cast(d, dtype):
     return {n: jnp.asarray(v, dtype) for n, v in d.items()}
 
@@ -416,11 +495,16 @@ def _normalized(raw, rows, cfg):
 
 
 def _weights_from(traces, rows, fallback, cfg):
-    """Weights from traces; where any trace is not finite, ``fallback`` (and ``ok`` False)."""
+    """Weights from traces; where any trace is not finite or not positive, ``fallback`` (and ``ok`` False).
+
+    A block trace ``tr(K_bb)`` (or a gradient norm) is positive; a recursive estimate
+    (pc) can still cross zero through its probe noise, and a weight from it would be
+    negative or enormous, so such a refresh is rejected like a non-finite one.
+    """
     names = list(traces)
     sizes = rows if cfg["rule"] == "jaxpi" else None
     w = ntk_weights(traces, rule=cfg["rule"], cap=cfg["cap"], eps=cfg["eps"], sizes=sizes)
-    ok = jnp.all(jnp.stack([jnp.isfinite(traces[n]) for n in names]))
+    ok = jnp.all(jnp.stack([jnp.isfinite(traces[n]) & (traces[n] > 0) for n in names]))
     return {n: jnp.where(ok, w[n], fallback[n]) for n in names}, ok
 
 

@@ -274,6 +274,39 @@ def check_same_structure(tree, reference, *, name: str, reference_name: str = "t
     return tree
 
 
+def tree_signature(tree) -> tuple:
+    """``((path, shape, dtype), ...)`` of a pytree's leaves: static (hashable), also for tracers."""
+    import jax
+
+    out = []
+    for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        dt = getattr(x, "dtype", None)
+        out.append((jax.tree_util.keystr(path), tuple(np.shape(x)), type(x).__name__ if dt is None else str(dt)))
+    return tuple(out)
+
+
+def check_signature(tree, signature, *, name: str, made_for: str = "the state was made for"):
+    """Refuse a pytree whose :func:`tree_signature` differs from ``signature``, naming the leaf."""
+    got = tree_signature(tree)
+    if got == tuple(signature):
+        return tree
+    g = {p: (s, d) for p, s, d in got}
+    w = {p: (s, d) for p, s, d in signature}
+    missing = [p for p in w if p not in g]
+    extra = [p for p in g if p not in w]
+    if missing or extra:
+        parts = ([f"lacks the leaves {missing[:4]}"] if missing else []) + (
+            [f"has the unexpected leaves {extra[:4]}"] if extra else []
+        )
+        raise ValueError(f"{name} changed structure: it {' and '.join(parts)} ({made_for} another structure)")
+    for p, (shape, dtype) in w.items():
+        if g[p] != (shape, dtype):
+            raise ValueError(
+                f"{name}{p} has shape {g[p][0]} and dtype {g[p][1]}; {made_for} shape {shape} and dtype {dtype}"
+            )
+    return tree
+
+
 @dataclasses.dataclass(frozen=True)
 class StateSpec:
     """What made a state: the maker's name, its configuration and the shapes it was built for.
