@@ -217,7 +217,7 @@ def test_solve_refusals():
         st.solve(key, op, np.full(N, np.nan), damping=1.0)
     with pytest.raises(ValueError, match="preconditioner"):
         st.solve(key, op, b, damping=1.0, preconditioner="jacobi")
-    with pytest.raises(ValueError, match="needs damping > 0"):
+    with pytest.raises(ValueError, match="needs a concrete damping > 0"):
         st.solve(key, op, b, rank="auto")
     with pytest.raises(ValueError, match="declared psd=False"):
         st.solve(key, st.as_operator(np.eye(N), psd=False), b, damping=1.0)

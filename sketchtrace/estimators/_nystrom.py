@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..validation import check_int, check_real
+from ..validation import check_int, check_real, is_concrete
 from ._common import setup
 from ._xtrace import _cholesky_or_nan, nys_state, psd_violation
 
@@ -274,6 +274,15 @@ def _namespace(x):
 # ----------------------------------------------------------------------------- solve
 
 
+def _check_damping(damping):
+    """A real ``>= 0``; a traced JAX scalar (``solve`` under ``jax.jit`` with the damping as an input) is kept."""
+    if not is_concrete(damping):
+        if getattr(damping, "shape", None) != ():
+            raise ValueError(f"damping must be a scalar; got shape {getattr(damping, 'shape', None)}")
+        return damping
+    return check_real(damping, name="damping", low=0)
+
+
 def _check_b(bk, b, n, dtype):
     shape = getattr(b, "shape", None)
     if shape is None:
@@ -385,7 +394,7 @@ def solve(
     -------
     (x, SolveInfo)
     """
-    damping = check_real(damping, name="damping", low=0)
+    damping = _check_damping(damping)
     rtol = check_real(rtol, name="rtol", low=0)
     atol = check_real(atol, name="atol", low=0)
     if preconditioner not in ("nystrom", None):
@@ -404,8 +413,8 @@ def solve(
     approx, r_used, err, spent = None, 0, xp.full((), float("nan"), b.dtype), 0
     if preconditioner == "nystrom":
         if rank == "auto":
-            if damping <= 0:
-                raise ValueError("solve(rank='auto') needs damping > 0: the rank is chosen relative to it")
+            if not is_concrete(damping) or damping <= 0:
+                raise ValueError("solve(rank='auto') needs a concrete damping > 0: the rank is chosen relative to it")
             approx = _auto_rank(bk, op, key, n, damping, condition, max_rank, sampler, power_iterations, chunk_size)
         else:
             approx = nystrom(
