@@ -50,7 +50,7 @@ def _timed_callback(base_cls, times):
     return Timed
 
 
-def deepxde_run(arm, iterations, seed=0):
+def deepxde_run(arm, iterations, seed=0, period=None):
     os.environ["DDE_BACKEND"] = "pytorch"
     import deepxde as dde
     import torch
@@ -74,8 +74,8 @@ def deepxde_run(arm, iterations, seed=0):
     model.compile("adam", lr=1e-3)
     refresh, cbs = [], []
     if arm != "none":
-        est, period = {"pc": ("pc", None), "exact": ("exact", 100), "gradnorm": ("gradnorm", None)}[arm]
-        cbs = [_timed_callback(NTKWeights, refresh)(est, period=period, seed=seed)]
+        est, default = {"pc": ("pc", None), "exact": ("exact", 100), "gradnorm": ("gradnorm", None)}[arm]
+        cbs = [_timed_callback(NTKWeights, refresh)(est, period=period or default, seed=seed)]
     step_times = []
 
     class StepTimer(dde.callbacks.Callback):
@@ -97,7 +97,7 @@ def deepxde_run(arm, iterations, seed=0):
     return _row("deepxde", arm, err, wall, step_times, refresh, iterations)
 
 
-def pina_run(arm, epochs, seed=0):
+def pina_run(arm, epochs, seed=0, period=None):
     import torch
     from lightning.pytorch.callbacks import Callback
     from pina import Trainer
@@ -129,7 +129,7 @@ def pina_run(arm, epochs, seed=0):
                     refresh.append(time.perf_counter() - t0)
                 return out
 
-        weighting = Timed(est, update_every_n_epochs=every, seed=seed)
+        weighting = Timed(est, update_every_n_epochs=every if period is None or est == "pc" else period, seed=seed)
     kw = {} if weighting is None else {"weighting": weighting}
     solver = PhysicsInformedSingleModelSolver(problem, model, **kw)
     step_times = []
@@ -201,15 +201,16 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=1000)
     ap.add_argument("--arms", default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--period", type=int, default=None, help="refresh period of the exact/gradnorm arms (cost runs)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     default = "none,pc,exact,gradnorm" if a.host == "deepxde" else "none,pina_ntk,pc,exact25,gradnorm"
     rows = []
     for arm in (a.arms or default).split(","):
         if a.host == "deepxde":
-            row = deepxde_run(arm, a.iterations, a.seed)
+            row = deepxde_run(arm, a.iterations, a.seed, a.period)
         else:
-            row = pina_run(arm, a.epochs, a.seed)
+            row = pina_run(arm, a.epochs, a.seed, a.period)
         rows.append(row)
         line = json.dumps(row)
         print(line, flush=True)
