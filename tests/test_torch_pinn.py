@@ -510,7 +510,7 @@ def test_deepxde_schedule_user_weights_lbfgs_and_refusals(dde):
         NTKWeights("bogus")
     with pytest.raises(ValueError, match="subsample"):
         NTKWeights("exact", subsample=4)  # refused at construction, not inside model.train
-    assert NTKWeights("pc").period == 1 and NTKWeights("exact").period == 100 and NTKWeights("gradnorm").period == 1000
+    assert NTKWeights("pc").period == 5 and NTKWeights("exact").period == 100 and NTKWeights("gradnorm").period == 1000
     # every= is period=: one schedule, refreshes recorded only where they happen
     model, _, _ = _dde_poisson(dde)
     cb = NTKWeights("exact", every=2)

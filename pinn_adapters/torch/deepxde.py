@@ -28,7 +28,7 @@ from sketchtrace.validation import check_num_matvecs
 from ._blocks import TorchResidualBlocks
 from ._weighting import ntk_weighting
 
-DEFAULT_PERIOD = {"pc": 1, "exact": 100, "hutchinson": 100, "gradnorm": 1000, "none": 1}
+DEFAULT_PERIOD = {"pc": 5, "exact": 100, "hutchinson": 100, "gradnorm": 1000, "none": 1}
 
 
 def _identity_loss(zero, error):
@@ -111,10 +111,11 @@ class NTKWeights(dde.callbacks.Callback):
     ----------
     estimator : {"pc", "exact", "hutchinson", "gradnorm", "none"}
         See :func:`pinn_adapters.torch.ntk_weighting` (default ``"pc"``: subsampled
-        predictor-corrector, refreshed every iteration).
+        predictor-corrector, refreshed every 5 iterations).
     period : int, optional
         Refresh every ``period`` training iterations (first weights when training begins).
-        Default: 1 for pc, 100 for exact and Hutchinson, 1000 for gradnorm (jaxpi's).
+        Default: 5 for pc (a pc refresh measured 1.8 iterations on the Burgers example), 100 for
+        exact and Hutchinson, 1000 for gradnorm (jaxpi's).
     every : int, optional
         Alias of ``period`` (give one of them).
     seed : int
