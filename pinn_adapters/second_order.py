@@ -255,9 +255,10 @@ def levenberg_marquardt(
             "method": info.method,
             "time": time.perf_counter() - t0,
         }
-        if error_fn is not None and ((step + 1) % log_every == 0 or step + 1 == steps):
+        out_of_time = time_limit is not None and rec["time"] > time_limit
+        if error_fn is not None and ((step + 1) % log_every == 0 or step + 1 == steps or out_of_time):
             rec["relative_l2"] = float(error_fn(params))
         history.append(rec)
-        if time_limit is not None and rec["time"] > time_limit:
+        if out_of_time:
             break
     return LMResult(params, weights, history)
