@@ -4,11 +4,11 @@
 ``benchmarks/report.py`` includes the same section. Three measurements on the wave problem
 (``pinn_adapters.problems.wave1d``, a ~1000-parameter tanh MLP, a fixed collocation batch):
 
-1. CG iterations to the same tolerance with and without the Nystrom preconditioner on the
-   Gauss-Newton systems ``(J^T J + mu I)`` (parameter space) and ``(J J^T + mu I)`` (sample space)
+1. CG iterations to the same tolerance with and without the Nystrom preconditioner (NumPy backend
+   on the formed matrices: the same counts as matrix-free) on the Gauss-Newton systems ``(J^T J + mu I)`` (parameter space) and ``(J J^T + mu I)`` (sample space)
    at initialisation, ``mu`` relative to the largest eigenvalue;
-2. memory of the matrix-free sample-space solve against ``n`` and ``p`` (XLA's compiled temporary
-   memory) beside the ``n x p`` Jacobian a dense step forms;
+2. memory of the matrix-free sample-space step against ``n`` and ``p`` (the arrays it holds: the
+   linearisation, the Nystrom factor, CG vectors) beside the ``n x p`` Jacobian a dense step forms;
 3. relative L2 error against wall time: Levenberg-Marquardt (matrix-free) beside Adam, same start.
 """
 
@@ -19,7 +19,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
@@ -40,31 +39,32 @@ def _system(layers, n_res, n_bc, seed=0):
     return prob, params, batch, J, J.value
 
 
-def _solver(rank, preconditioner, rtol, maxiter):
-    def run(key, G, b, mu):
-        return st.solve(key, G, b, damping=mu, rank=rank, preconditioner=preconditioner, rtol=rtol, maxiter=maxiter)
-
-    return jax.jit(run)
-
-
 def cg_table(quick):
+    """CG counts on the Gauss-Newton matrices, formed once densely (``jax.jacfwd``) and solved on the NumPy
+    backend: the same operator as the matrix-free path (same counts in exact arithmetic), without
+    compiling a solve per system (minutes on a loaded 2-core machine)."""
     layers = (2, 10, 10, 1) if quick else (2, 20, 20, 20, 1)
-    _, _, _, J, r = _system(layers, 100 if quick else 300, 30 if quick else 100)
-    n, p = J.shape
+    prob = pa.problems.wave1d(layers=layers, n_res=100 if quick else 300, n_bc=30 if quick else 100)
+    params = prob.init_params(jax.random.key(0))
+    batch = prob.sample_batch(jax.random.key(1))
+    flat, unravel = ravel_pytree(params)
+    f = so.scaled_residual_fn(prob.blocks, batch, None)
+    Jd = np.asarray(jax.jit(jax.jacfwd(lambda v: f(unravel(v))))(flat))
+    r = np.asarray(f(params))
+    n, p = Jd.shape
     rtol, rank = 1e-6, 50 if quick else 100
     rows = []
     for space in ("samples", "params"):
-        G = st.gram(J, side="output" if space == "samples" else "input")
-        b = -r if space == "samples" else -J.rmatvec(r)
-        lam_max = float(st.nystrom(jax.random.key(0), G, 10).eigenvalues[0])
-        plain = _solver(None, None, rtol, 20000)
-        pre = _solver(min(rank, G.shape[0]), "nystrom", rtol, 20000)
+        G = Jd @ Jd.T if space == "samples" else Jd.T @ Jd
+        b = -r if space == "samples" else -Jd.T @ r
+        op = st.as_operator(G, psd=True)
+        lam_max = float(np.linalg.eigvalsh(G)[-1])
         for rel in (1e-4, 1e-6, 1e-8):
-            mu = jnp.asarray(rel * lam_max)
+            mu = rel * lam_max
             t0 = time.perf_counter()
-            _, a = jax.block_until_ready(plain(jax.random.key(1), G, b, mu))
+            _, a = st.solve(np.random.default_rng(1), op, b, damping=mu, preconditioner=None, rtol=rtol, maxiter=20000)
             t1 = time.perf_counter()
-            _, c = jax.block_until_ready(pre(jax.random.key(1), G, b, mu))
+            _, c = st.solve(np.random.default_rng(1), op, b, damping=mu, rank=min(rank, G.shape[0]), rtol=rtol)
             t2 = time.perf_counter()
             rows.append(
                 (
@@ -83,6 +83,8 @@ def cg_table(quick):
 
 
 def memory_table(quick):
+    """Arrays the matrix-free sample-space step holds (bytes): the linearisation (``JacobianOperator`` leaves),
+    the Nystrom factor and CG vectors, beside the ``n x p`` Jacobian of the dense step."""
     configs = (
         [((2, 10, 10, 1), 100, 30), ((2, 10, 10, 1), 400, 30)]
         if quick
@@ -92,12 +94,9 @@ def memory_table(quick):
     for layers, n_res, n_bc in configs:
         _, _, _, J, r = _system(layers, n_res, n_bc)
         n, p = J.shape
-        G = st.gram(J, side="output")
-        run = _solver(min(rank, n), "nystrom", 1e-6, 200)
-        comp = run.lower(jax.random.key(0), G, -r, jnp.asarray(1e-6)).compile()
-        temp = comp.memory_analysis().temp_size_in_bytes
         lin = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(J))
-        out.append((layers, n, p, temp, lin, (n + p) * min(rank, n) * 8, n * p * 8))
+        factor = (n * min(rank, n) + 6 * n + p) * 8  # U, CG vectors, the step
+        out.append((layers, n, p, factor, lin, (n + p) * min(rank, n) * 8, n * p * 8))
     return rank, out
 
 
@@ -107,6 +106,8 @@ def lm_vs_adam(quick, budget):
     layers = (2, 10, 10, 1) if quick else (2, 20, 20, 20, 1)
     prob, params, batch, J, _ = _system(layers, 100 if quick else 300, 30 if quick else 100)
     n, p = J.shape
+    # warm-up: compile the step program (cached per configuration) and Adam's step outside the timings
+    so.levenberg_marquardt(jax.random.key(2), prob.blocks, params, batch, steps=1, damping=1e-3, rank=50)
     t0 = time.perf_counter()
     res = so.levenberg_marquardt(
         jax.random.key(2),
@@ -135,6 +136,7 @@ def lm_vs_adam(quick, budget):
         upd, state = opt.update(g, state, prm)
         return optax.apply_updates(prm, upd), state, loss
 
+    jax.block_until_ready(step(params, opt.init(params)))
     prm, state, adam, k, t0 = params, opt.init(params), [], 0, time.perf_counter()
     while time.perf_counter() - t0 < budget:
         prm, state, loss = step(prm, state)
@@ -195,7 +197,7 @@ def _render_cg(cg_res, load0):
         f"p = {p} parameters, at initialisation; load average {load0:.1f})",
         "",
         f"CG iterations to `||r|| <= {rtol:g} ||b||` with and without a rank-{rank} Nystrom preconditioner "
-        "(`st.solve`), `mu` relative to the largest eigenvalue; times include the sketch.",
+        "(`st.solve`, NumPy backend on the formed matrix), `mu` relative to the largest eigenvalue; times include the sketch.",
         "",
         "| system | dim | mu / lambda_max | CG iterations, none | with Nystrom | ratio | time none s | time Nystrom s |",
         "|---|---|---|---|---|---|---|---|",
@@ -217,9 +219,9 @@ def _render_memory(mem_res):
     lines = []
     lines += [
         "",
-        f"Memory of the matrix-free sample-space solve (rank {mrank}, float64; XLA compiled temporaries):",
+        f"Memory of the matrix-free sample-space step (rank {mrank}, float64): the arrays it holds",
         "",
-        "| MLP | n | p | XLA temp MiB | linearisation MiB | (n + p) rank MiB | dense J (n p) MiB |",
+        "| MLP | n | p | Nystrom factor + CG vectors MiB | linearisation MiB | (n + p) rank MiB | dense J (n p) MiB |",
         "|---|---|---|---|---|---|---|",
     ]
     for lay, nn, pp, temp, lin, low, dense in mem:
@@ -237,7 +239,7 @@ def _render_lm(lva, budget):
         "",
         f"Relative L2 against wall time, same initialisation and fixed batch (n = {lva['n']}, "
         f"p = {lva['p']}), {budget:.0f} s each: LM (matrix-free, Nystrom rank 50, "
-        f"{lva['lm_steps']} trial steps, {lva['lm_accepted']} accepted; the first includes compilation) "
+        f"{lva['lm_steps']} trial steps, {lva['lm_accepted']} accepted; compilation excluded) "
         f"and Adam (lr 1e-3, {lva['adam_steps']} steps).",
         "",
         "| optimizer | time s | relative L2 | loss |",
