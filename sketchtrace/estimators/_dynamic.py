@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import numbers
 import warnings
 from typing import Any, NamedTuple
 
@@ -35,7 +34,7 @@ from .._estimate import Estimate
 from .._samplers import SAMPLERS
 from ..backends import backend_for_key, namespace_of
 from ..operators import LinearOperator
-from ..validation import check_choice, check_chunk_size, check_num_matvecs
+from ..validation import check_choice, check_chunk_size, check_num_matvecs, check_probability
 
 _SEM_METHODS = ("auto", "replicas", "recursion")
 AUTO_GAMMA_MIN = 1e-4
@@ -66,9 +65,18 @@ class DynamicState(NamedTuple):
     matvecs : int32 scalar
         Matvecs spent so far (init included).
 
+    signature : (0, kind, n, B, R, sampler) int32 array, holding no data
+        What made the state, recorded in its (static) shape: the estimator kind
+        (1 predictor-corrector, 2 moving average), the probe dimension ``n``, the
+        number of blocks, ``num_probes`` and the sampler (its index in the built-in
+        samplers, 0 for a callable). Shapes are static, so ``update`` refuses a state
+        of another configuration or operator size, naming the field, eagerly and at
+        ``jit`` trace time; the empty array survives ``np.savez``, checkpoints and
+        ``jax.eval_shape``. ``None`` (a state from before it existed) is not checked.
+
     The state is data only: the configuration (kind, gamma, sampler, ...) lives in
-    the estimator object that made it, as with optax. A state of the wrong shape
-    (another ``num_probes`` or number of blocks) is refused.
+    the estimator object that made it, as with optax; ``signature`` records it.
+    A state of the wrong shape (another ``num_probes`` or number of blocks) is refused.
     """
 
     estimate: Any
@@ -78,6 +86,7 @@ class DynamicState(NamedTuple):
     gamma: Any
     step: Any
     matvecs: Any
+    signature: Any = None
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -137,13 +146,10 @@ def _check_gamma(gamma, name="gamma", allow_auto=True):
         if gamma != "auto":
             raise ValueError(f"{name} must be a float in (0, 1] or 'auto'; got {gamma!r}")
         return gamma
-    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
-        what = "a float in (0, 1] or 'auto'" if allow_auto else "a float in (0, 1]"
-        raise TypeError(f"{name} must be {what} (static configuration); got {type(gamma).__name__} {gamma!r}")
-    g = float(gamma)
-    if not math.isfinite(g) or not 0.0 < g <= 1.0:
-        raise ValueError(f"{name} must be in (0, 1]; got {gamma!r}")
-    return g
+    label = f"{name} (a number or 'auto')" if allow_auto else name
+    if hasattr(gamma, "shape") and not isinstance(gamma, np.generic):  # an array may be traced: not static
+        raise TypeError(f"{label} must be a Python or NumPy number (static configuration); got {type(gamma).__name__}")
+    return check_probability(gamma, name=label, low_open=True)
 
 
 def _dtype(d):
@@ -250,6 +256,12 @@ class DynamicTraceEstimator:
             return False
         return self.num_probes >= 2
 
+    def _signature(self, info: _OpInfo) -> tuple:
+        """The shape of ``DynamicState.signature`` for this estimator and operator."""
+        kind = {"predictor_corrector": 1, "moving_average": 2}[self.kind]
+        sampler = 0 if callable(self.sampler) else 1 + sorted(SAMPLERS).index(self.sampler)
+        return (0, kind, int(info.n), int(info.B), int(self.num_probes), sampler)
+
     def _check_state(self, state, info: _OpInfo):
         if not isinstance(state, DynamicState):
             raise TypeError(
@@ -265,6 +277,23 @@ class DynamicTraceEstimator:
             )
         if _dtype(est.dtype) != info.dtype:
             raise ValueError(f"state dtype {est.dtype} does not match the operator dtype {info.dtype}")
+        if state.signature is not None:
+            got, want = tuple(state.signature.shape)[-6:], self._signature(info)
+            fields = (
+                "",
+                "kind (1 predictor_corrector, 2 moving_average)",
+                "probe dimension n",
+                "num_blocks",
+                "num_probes",
+                f"sampler (index in {sorted(SAMPLERS)}, 0 a callable)",
+            )
+            for field, a, b in zip(fields, got, want):
+                if a != b:
+                    raise ValueError(
+                        f"state does not match this estimator and operator: it was made for {field} = {a}; "
+                        f"this call has {field} = {b}. Use the state from this estimator's init on an operator "
+                        "of the same size and blocks"
+                    )
 
     # -- public API
     def init(self, key, op0) -> DynamicState:
@@ -309,6 +338,7 @@ class DynamicTraceEstimator:
             gamma=xp.full((B,), g0, dt),
             step=xp.zeros((), xp.int32),
             matvecs=xp.asarray(spent, xp.int32),
+            signature=xp.zeros(self._signature(info), xp.int32),
         )
 
     def update(self, key, state, op_prev, op_next):
@@ -343,6 +373,7 @@ class DynamicTraceEstimator:
             x = xp.zeros_like(y)
         # one compiled kernel for the recursion where the backend compiles (eager calls stay cheap)
         new_state, value, sem = _compiled_step(bk)(self, state, x, y, xp)
+        new_state = new_state._replace(signature=state.signature)
         spent = _spent(self)
         return self._report_values(value, sem, nxt.names, spent), new_state
 
@@ -603,7 +634,6 @@ def _build(kind, num_probes, gamma, sampler, init_matvecs, sem, moment_decay, ch
                 f"its own estimate; got {init_matvecs}"
             )
     check_choice(sem, _SEM_METHODS, name="sem")
-    if isinstance(moment_decay, bool) or not isinstance(moment_decay, numbers.Real) or not 0 < moment_decay <= 1:
-        raise ValueError(f"moment_decay must be a float in (0, 1]; got {moment_decay!r}")
+    moment_decay = check_probability(moment_decay, name="moment_decay", low_open=True)
     chunk_size = check_chunk_size(chunk_size)
     return DynamicTraceEstimator(kind, num_probes, gamma, sampler, init_matvecs, sem, float(moment_decay), chunk_size)
