@@ -1,0 +1,89 @@
+"""Coverage of reported standard errors: the nominal 95 % interval covers 90-98 % of the time.
+
+Trials are sized by ``coverage_trials_needed`` (an estimator covering exactly 95 % fails with
+probability <= 1e-2; one covering 85 % passes with probability <= 1e-2), and the check is shown
+to fail on a deliberately overconfident sem.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sketchtrace as st
+from sketchtrace.testing import check_coverage, coverage_trials_needed
+
+TRIALS = coverage_trials_needed(false_alarm=1e-2)
+
+
+def _spd(n=150, seed=0, decay=0.9):
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    lam = 1.0 + 10.0 * decay ** np.arange(n)
+    return jnp.asarray((Q * lam) @ Q.T), lam
+
+
+A, LAM = _spd()
+TRUTH = float(LAM.sum())
+
+# (estimator, budget): budgets small enough that the sem is not ~0, large enough that it has many replicas.
+ESTIMATORS = {
+    "hutchinson": lambda k: st.hutchinson(k, A, num_matvecs=24),
+    "hutchpp": lambda k: st.hutchpp(k, A, num_matvecs=60),
+    "xtrace": lambda k: st.xtrace(k, A, num_matvecs=60),
+    "xnystrace": lambda k: st.xnystrace(k, A, num_matvecs=60),
+}
+# Measured (benchmarks/coverage.py, 400 seeds): xtrace 80 %, xnystrace 76 % at 60 matvecs on this
+# operator -- their leave-one-out sem is overconfident. strict xfail: fixing it turns these red.
+UNDERCOVER = {"xtrace", "xnystrace"}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="leave-one-out sem undercovers (issue 28)"))
+        if n in UNDERCOVER
+        else n
+        for n in sorted(ESTIMATORS)
+    ],
+)
+def test_static_estimators_cover(name):
+    rep = check_coverage(ESTIMATORS[name], TRUTH, TRIALS, key=jax.random.key(1))
+    assert rep.passed, f"{name}: {rep.describe()}"
+
+
+def test_logdet_covers_when_quadrature_converged():
+    # 8 probes: the sem has 7 degrees of freedom; the normal quantile measured 89 %, t(7) is the honest one.
+    truth = float(np.sum(np.log(LAM)))
+    rep = check_coverage(
+        lambda k: st.logdet(k, A, num_matvecs=80, lanczos_steps=10), truth, TRIALS, key=jax.random.key(2), dof=7
+    )
+    assert rep.passed, rep.describe()
+
+
+def test_coverage_fails_on_overconfident_sem():
+    def overconfident(k):
+        est = st.hutchinson(k, A, num_matvecs=24)
+        return est.value, 0.6 * est.sem
+
+    rep = check_coverage(overconfident, TRUTH, TRIALS, key=jax.random.key(1))
+    assert not rep.passed and rep.coverage < 0.90, rep.describe()
+
+
+def test_student_t_widens_few_replica_intervals():
+    # 3 probes: a normal quantile undercovers; t with 2 dof (4.30) restores coverage.
+    fn = lambda k: st.hutchinson(k, A, num_matvecs=3, sampler="gaussian")  # noqa: E731
+    normal = check_coverage(fn, TRUTH, TRIALS, key=jax.random.key(3))
+    student = check_coverage(fn, TRUTH, TRIALS, key=jax.random.key(3), dof=2)
+    assert student.quantile > 4.0 and student.coverage > normal.coverage
+    assert student.passed, student.describe()
+    assert not normal.passed, normal.describe()
+
+
+def test_trials_needed_is_sized():
+    n = coverage_trials_needed()
+    assert 100 < n < 2000
+    with pytest.raises(ValueError, match="overconfident"):
+        coverage_trials_needed(overconfident=0.95)
+    with pytest.raises(ValueError, match="trials"):
+        check_coverage(ESTIMATORS["hutchinson"], TRUTH, 0)
