@@ -261,10 +261,24 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 class Parser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors are one line (no usage block), exit status 2."""
+    """An ``ArgumentParser`` whose errors are one line (no usage block), exit status 2.
+
+    Abbreviated options are not accepted: ``--gamma`` must not silently mean ``--gammas``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def _check_value(self, action, value):
+        # an unknown subcommand is named with the choices, as every other error is
+        if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
+            what = action.metavar or action.dest.upper()
+            raise argparse.ArgumentError(None, f"{what} must be one of {sorted(action.choices)}; got {value!r}")
+        super()._check_value(action, value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,7 +311,12 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        args = build_parser().parse_args([a for a in argv if a != "--debug"])
+        parser = build_parser()
+        args, unknown = parser.parse_known_args([a for a in argv if a != "--debug"])
+        if unknown:  # a command may add a hint (e.g. where the options belong)
+            hint = getattr(args, "unknown_hint", None)
+            hint = hint(args) if hint is not None else None
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}" + (f" ({hint})" if hint else ""))
     except SystemExit as exc:  # argparse printed its one-line error (or the help)
         return exc.code if isinstance(exc.code, int) else 2
     try:

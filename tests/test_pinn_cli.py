@@ -56,14 +56,11 @@ def test_pinn_wave_compare_table(tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["pinn", "wave", "--compare", "--out", str(out)] + TINY) == 0
     summary = json.loads((out / "compare.json").read_text())
-    assert [row["run"] for row in summary["table"]] == [
-        "none",
-        "exact (every 100)",
-        "exact (every step)",
-        "pc (every step)",
-    ]
+    from pinn_adapters.app._experiment import COMPARE_RUNS
+
+    assert [row["run"] for row in summary["table"]] == [label for label, _ in COMPARE_RUNS]
     assert summary["table"][0]["step_time_vs_none"] == 1.0
-    assert (out / "compare.png").exists() and (out / "compare.md").read_text().startswith("wave equation")
+    assert (out / "compare.png").exists() and "| run | relative L2 |" in (out / "compare.md").read_text()
     assert "| pc (every step) |" in capsys.readouterr().out
 
 
@@ -148,3 +145,97 @@ def test_out_under_a_regular_file_is_refused_before_training(capsys, tmp_path, n
 
 def test_unknown_problem_is_one_line(capsys, tmp_path, no_training):
     assert "PROBLEM must be one of" in _one_line_error(capsys, "heat", "--out", str(tmp_path / "o"))
+
+
+# ----------------------------------------------------------------------------- subcommands and refused combinations
+
+
+def test_every_subcommand_has_its_own_help(capsys):
+    for argv, wanted in [
+        (["pinn", "sweep", "--help"], "--seeds"),
+        (["pinn", "wave", "--help"], "--weights"),
+        (["pinn", "--help"], "sweep"),
+    ]:
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert wanted in out and f"usage: sketchtrace {' '.join(argv[:-1])}" in out, out
+    assert main(["pinn", "sweep", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--compare" not in out and "--weights" not in out and "--x64" not in out
+
+
+def test_problem_and_weight_choices_come_from_the_experiment_tables(capsys):
+    from pinn_adapters.app._experiment import PROBLEMS, WEIGHTS
+
+    assert main(["pinn", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in PROBLEMS)
+    assert main(["pinn", "wave", "--help"]) == 0
+    assert "{" + ",".join(WEIGHTS) + "}" in capsys.readouterr().out
+
+
+def test_every_config_field_is_a_flag(capsys):
+    import dataclasses
+
+    from pinn_adapters.app._cli import flag_of
+    from pinn_adapters.app._experiment import WaveConfig
+
+    assert main(["pinn", "wave", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(flag_of(f.name) in out for f in dataclasses.fields(WaveConfig) if f.name != "problem")
+
+
+@pytest.mark.parametrize(
+    ("argv", "msg"),
+    [
+        (["wave", "--subsample", "0.1"], "unrecognized arguments: --subsample"),
+        (["wave", "--seeds", "3"], "unrecognized arguments: --seeds"),
+        (["wave", "--cost-repeats", "1"], "unrecognized arguments: --cost-repeats"),
+        (["wave", "--compare", "--fd-bias"], "--compare and --fd-bias are two different runs"),
+        (["wave", "--compare", "--weights", "pc"], "--weights is not used with --compare"),
+        (["wave", "--compare", "--exact-every", "5"], "--exact-every is not used with --compare"),
+        (["wave", "--fd-bias", "--steps", "3"], "--steps is not used by --fd-bias"),
+        (["wave", "--fd-bias", "--x64"], "--x64 is not used by --fd-bias"),
+        (["wave", "--fd-bias", "--no-progress"], "--no-progress is not used by --fd-bias"),
+        (["qtensor", "--fd-bias"], "--fd-bias is an experiment on the wave network"),
+        (["wave", "--weights", "none", "--gamma", "0.1"], "--gamma is for --weights pc; this run uses --weights none"),
+        (["wave", "--weights", "exact", "--probes", "2"], "--probes is for --weights hutchinson/pc"),
+        (["wave", "--weights", "pc", "--exact-every", "2"], "--exact-every is for --weights exact"),
+        (["wave", "--weights", "none", "--gradnorm-every", "2"], "--gradnorm-every is for --weights gradnorm"),
+        (["wave", "--h", "1e-3"] + ["--weights", "hutchinson"], "--h is for --weights pc"),
+        (["sweep", "wave", "--x64"], "unrecognized arguments: --x64"),
+        (["sweep", "wave", "--weights", "none"], "unrecognized arguments: --weights none"),
+        (["sweep", "wave", "--gamma", "0.1"], "unrecognized arguments: --gamma 0.1"),
+        (["sweep", "wave", "--compare"], "unrecognized arguments: --compare"),
+        (["sweep", "wave", "--schedules", ","], "--schedules is empty"),
+        (["wave", "--weights", ""], "argument --weights: expected one of"),
+        (["wave", "--optimizer", "sgd"], "argument --optimizer: expected one of"),
+        (["wave", "--fd", "nope"], "argument --fd: expected"),
+    ],
+)
+def test_options_a_mode_does_not_use_are_refused(argv, msg, capsys, tmp_path, no_training):
+    err = _one_line_error(capsys, *argv, "--out", str(tmp_path / "o"))
+    assert msg in err, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "msg"),
+    [
+        (["wave", "--steps", "99999999999999999999"], "argument --steps: expected an integer of at most 2147483647"),
+        (["wave", "--seed", "4294967296"], "argument --seed: expected an integer of at most"),
+        (["wave", "--gamma", "1e400"], "argument --gamma: expected a real number in (0, 1]; got inf"),
+        (["wave", "--gamma", "nan"], "argument --gamma: expected a real number in (0, 1]; got nan"),
+        (["wave", "--learning-rate", "-1"], "argument --learning-rate: expected a real number in (0"),
+        (["wave", "--gradnorm-momentum", "1"], "argument --gradnorm-momentum: expected a real number in [0, 1)"),
+        (["wave", "--fourier-sigma", "1e999"], "argument --fourier-sigma: expected a real number"),
+        (["wave", "--width", "2.5"], "argument --width: expected an integer >= 1"),
+        (["sweep", "wave", "--seeds", "99999999999"], "argument --seeds: seeds must be a positive integer"),
+        (["sweep", "wave", "--cost-repeats", "-1"], "argument --cost-repeats: expected an integer >= 0"),
+        (["sweep", "wave", "--subsample", "1e400"], "argument --subsample: expected a real number in (0, 1]"),
+        (["sweep", "wave", "--gammas", "0.1,inf"], "--gammas entry must be a real number in (0, 1]"),
+        (["sweep", "wave", "--steps", "0"], "argument --steps: expected an integer >= 1"),
+    ],
+)
+def test_numeric_options_are_range_checked_by_name(argv, msg, capsys, tmp_path, no_training):
+    err = _one_line_error(capsys, *argv, "--out", str(tmp_path / "o"))
+    assert msg in err, err

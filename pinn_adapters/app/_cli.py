@@ -2,70 +2,198 @@
 
 ``pyproject.toml`` names :func:`register` in the ``sketchtrace.commands``
 entry-point group; sketchtrace's command line calls it with its subparsers.
+
+``sketchtrace pinn PROBLEM [options]`` has one subcommand per entry of
+:data:`~pinn_adapters.app._experiment.PROBLEMS` and ``sketchtrace pinn sweep``
+its own (``--help`` on each). Every :class:`WaveConfig` field is a flag
+(``--learning-rate`` for ``learning_rate``), checked by ``WaveConfig.validate`` as
+it is parsed, so a new field is a new flag; :data:`HELP` gives it a help line and
+:data:`FLAG_NAMES` another name. Options that the chosen mode or weighting does not
+use are refused (exit status 2), never dropped.
 """
 
 from __future__ import annotations
 
-from sketchtrace.validation import check_output_dir, option_int
+import argparse
+import dataclasses
 
-from ._experiment import PROBLEMS, WaveConfig, compare, fd_bias, run_wave
+from sketchtrace.validation import OPTION_INT_MAX, check_output_dir
+
+from ._experiment import COMPARE_RUNS, OPTIMIZERS, PROBLEMS, WEIGHTS, WaveConfig, compare, fd_bias, run_wave
 from ._sweep import register as register_sweep
+
+FLAG_NAMES = {"num_probes": "--probes"}  # field -> flag, where it is not --field-name
+CHOICES = {"weights": WEIGHTS, "optimizer": OPTIMIZERS, "fd": ("forward", "central", "jvp")}
+HELP = {
+    "weights": "loss weighting",
+    "steps": "optimizer steps",
+    "width": "hidden width",
+    "depth": "hidden layers",
+    "n_res": "interior points per batch",
+    "n_bc": "points per boundary/initial piece",
+    "exact_every": "--weights exact: refresh every N steps",
+    "gradnorm_every": "--weights gradnorm: refresh every N steps",
+    "gradnorm_momentum": "--weights gradnorm: running-average momentum in [0, 1)",
+    "num_probes": "--weights hutchinson/pc: probes per step",
+    "gamma": "--weights pc: predictor-corrector damping in (0, 1]",
+    "fd": "--weights pc: how J v is evaluated",
+    "h": "--weights pc: finite-difference step",
+    "x64": "train in float64",
+}
+# field -> the weightings that use it (the others refuse the flag)
+WEIGHT_FIELDS = {
+    "exact_every": ("exact",),
+    "gradnorm_every": ("gradnorm",),
+    "gradnorm_momentum": ("gradnorm",),
+    "num_probes": ("hutchinson", "pc"),
+    "gamma": ("pc",),
+    "fd": ("pc",),
+    "h": ("pc",),
+}
+FD_BIAS_FIELDS = ("width", "depth", "seed")  # all that --fd-bias uses
+NOT_FLAGS = ("problem",)  # the subcommand
+
+
+def flag_of(field: str) -> str:
+    return FLAG_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
+def _kind(field: dataclasses.Field):
+    if isinstance(field.default, bool):
+        return bool
+    for kind in (int, float, str):
+        if isinstance(field.default, kind):
+            return kind
+    text = str(field.type)
+    return float if "float" in text else int if "int" in text else str
+
+
+def _field_parser(name: str, kind):
+    """An argparse type for WaveConfig field ``name``: parse, bound, then ``WaveConfig.validate`` it."""
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = text  # the validator says what was expected ("an integer >= 1; got str 'x'")
+        if kind is int and isinstance(value, int) and abs(value) > OPTION_INT_MAX:
+            raise argparse.ArgumentTypeError(f"expected an integer of at most {OPTION_INT_MAX}; got {value}")
+        try:
+            WaveConfig(**{name: value}).validate()
+        except (TypeError, ValueError) as exc:
+            msg = str(exc)
+            for prefix in (f"{name} must be ", f"{name} must "):
+                if msg.startswith(prefix):
+                    msg = "expected " + msg[len(prefix) :]
+                    break
+            raise argparse.ArgumentTypeError(msg) from None
+        return value
+
+    parse.__name__ = {int: "integer", float: "number", str: "value"}[kind]
+    return parse
+
+
+def add_config_flags(parser, *, exclude=()):
+    """One flag per :class:`WaveConfig` field (not in ``exclude``); unset flags leave no attribute."""
+    defaults = WaveConfig()
+    for field in dataclasses.fields(WaveConfig):
+        if field.name in NOT_FLAGS or field.name in exclude:
+            continue
+        kind = _kind(field)
+        default = getattr(defaults, field.name)
+        help_ = f"{HELP.get(field.name, field.name.replace('_', ' '))} (default {default})"
+        kw = {"dest": field.name, "default": argparse.SUPPRESS, "help": help_}
+        if kind is bool:
+            parser.add_argument(flag_of(field.name), action=argparse.BooleanOptionalAction, **kw)
+            continue
+        if field.name in CHOICES:
+            kw["metavar"] = "{" + ",".join(CHOICES[field.name]) + "}"
+        parser.add_argument(flag_of(field.name), type=_field_parser(field.name, kind), **kw)
+
+
+def given_fields(args) -> dict:
+    """The WaveConfig fields given on the command line (flags left unset are absent)."""
+    fields = [f.name for f in dataclasses.fields(WaveConfig) if f.name not in NOT_FLAGS]
+    return {name: getattr(args, name) for name in fields if hasattr(args, name)}
 
 
 def register(sub):
-    """Add the ``pinn`` subcommand to sketchtrace's ``argparse`` subparsers."""
-    w = sub.add_parser("pinn", help="the main job: train a PINN with NTK weights (see docs/pinn-wave.md)")
-    w.add_argument(
-        "problem", help="built-in problem: wave (Wang et al. 1D wave equation) or qtensor (2D Q-tensor flow)"
+    """Add ``sketchtrace pinn PROBLEM ...`` and ``sketchtrace pinn sweep ...`` to sketchtrace's subparsers."""
+    pinn = sub.add_parser(
+        "pinn",
+        help="the main job: train a PINN with NTK weights (see docs/pinn-wave.md)",
+        description="Train a PINN with NTK loss weights: 'sketchtrace pinn PROBLEM [options]', or sweep weighting "
+        "schedules: 'sketchtrace pinn sweep PROBLEM [options]'. 'sketchtrace pinn PROBLEM --help' lists the options.",
     )
-    w.add_argument("--weights", choices=("none", "exact", "hutchinson", "pc"), default=None, help="default pc")
-    w.add_argument(
-        "--exact-every", type=option_int(1), default=None, help="refresh exact weights every N steps (default 100)"
-    )
-    w.add_argument("--steps", type=option_int(1), default=None, help="Adam steps (default 3000)")
-    w.add_argument("--width", type=option_int(1), default=None, help="hidden width (default 64)")
-    w.add_argument("--depth", type=option_int(1), default=None, help="hidden layers (default 3)")
-    w.add_argument("--seed", type=option_int(0), default=None)
-    w.add_argument("--log-every", type=option_int(1), default=None)
-    w.add_argument("--n-res", type=option_int(1), default=None, help="interior points per batch (default 300)")
-    w.add_argument("--n-bc", type=option_int(1), default=None, help="points per boundary/initial piece (default 100)")
-    w.add_argument("--gamma", type=float, default=None, help="predictor-corrector damping (default 0.02)")
-    w.add_argument("--probes", dest="num_probes", type=option_int(1), default=None, help="probes per step (default 1)")
-    w.add_argument("--config", default=None, help="JSON file with WaveConfig keys (flags override it)")
-    w.add_argument("--out", default=None, help="output directory (default runs/PROBLEM)")
-    w.add_argument("--compare", action="store_true", help="run none, exact/100, exact/1 and pc with the same seed")
-    w.add_argument("--fd-bias", action="store_true", help="only run the finite-difference bias-vs-h experiment")
-    w.add_argument("--x64", action="store_true", help="train in float64")
-    w.add_argument("--no-progress", action="store_true", help="no progress bar")
-    w.set_defaults(func=run_pinn)
-    register_sweep(w)  # sketchtrace pinn sweep PROBLEM
-    return w
+    problems = pinn.add_subparsers(dest="problem", metavar="PROBLEM", required=True)
+    for name in PROBLEMS:
+        p = problems.add_parser(name, help=f"train on the {name} problem", description=f"Train a PINN on {name}.")
+        add_config_flags(p)
+        p.add_argument("--config", default=None, help="JSON file with WaveConfig keys (flags override it)")
+        p.add_argument("--out", default=None, help=f"output directory (default runs/{name})")
+        p.add_argument(
+            "--compare", action="store_true", help="run " + ", ".join(label for label, _ in COMPARE_RUNS) + " alike"
+        )
+        p.add_argument("--fd-bias", action="store_true", help="only the finite-difference bias-vs-h experiment (wave)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument("extra", nargs="*", help=argparse.SUPPRESS)  # named in a clear error, not dropped
+        p.set_defaults(func=run_pinn, unknown_hint=_hint)
+    register_sweep(problems)  # sketchtrace pinn sweep PROBLEM
+    return pinn
+
+
+def _hint(args):
+    if getattr(args, "extra", None):
+        return f"and {args.extra[0]!r} after the problem: did you mean 'sketchtrace pinn sweep PROBLEM'?"
+    return f"not options of 'sketchtrace pinn {args.problem}'; see 'sketchtrace pinn {args.problem} --help'"
+
+
+def _refuse(flag, why):
+    raise ValueError(f"{flag} {why}")
+
+
+def check_mode(args, cfg: WaveConfig, given: dict) -> None:
+    """Refuse the options that the chosen mode (a run, --compare, --fd-bias) or weighting would ignore."""
+    if args.compare and args.fd_bias:
+        _refuse("--compare", "and --fd-bias are two different runs; give one of them")
+    if args.fd_bias:
+        if args.problem != "wave":
+            _refuse("--fd-bias", f"is an experiment on the wave network; got problem {args.problem!r}")
+        for field in given:
+            if field not in FD_BIAS_FIELDS:
+                _refuse(flag_of(field), f"is not used by --fd-bias (it uses {', '.join(map(flag_of, FD_BIAS_FIELDS))})")
+        if args.no_progress:
+            _refuse("--no-progress", "is not used by --fd-bias (it shows no progress bar)")
+        return
+    if args.compare:
+        fixed = sorted({k for _, change in COMPARE_RUNS for k in change})
+        for field in given:
+            if field in fixed:
+                runs = ", ".join(label for label, _ in COMPARE_RUNS)
+                _refuse(flag_of(field), f"is not used with --compare (it runs {runs})")
+        return
+    for field in given:
+        users = WEIGHT_FIELDS.get(field)
+        if users is not None and cfg.weights not in users:
+            _refuse(flag_of(field), f"is for --weights {'/'.join(users)}; this run uses --weights {cfg.weights}")
 
 
 def run_pinn(args):
     if args.problem not in PROBLEMS:
         raise ValueError(f"PROBLEM must be one of {sorted(PROBLEMS)}; got {args.problem!r}")
-    args.out = args.out or f"runs/{args.problem}"
-    check_output_dir(args.out, name="--out")  # before any training
-    overrides = {
-        "problem": args.problem,
-        "weights": args.weights,
-        "exact_every": args.exact_every,
-        "steps": args.steps,
-        "width": args.width,
-        "depth": args.depth,
-        "seed": args.seed,
-        "log_every": args.log_every,
-        "gamma": args.gamma,
-        "num_probes": args.num_probes,
-        "x64": True if args.x64 else None,
-        "n_res": args.n_res,
-        "n_bc": args.n_bc,
-    }
+    if args.extra:
+        raise ValueError(
+            f"unexpected argument {args.extra[0]!r} after the problem (did you mean 'sketchtrace pinn sweep PROBLEM'?)"
+        )
+    given = given_fields(args)
+    overrides = {"problem": args.problem, **given}
     if args.config:
         cfg = WaveConfig.from_file(args.config, **overrides)
     else:
-        cfg = WaveConfig(**{k: v for k, v in overrides.items() if v is not None}).validate()
+        cfg = WaveConfig(**overrides).validate()
+    check_mode(args, cfg, given)
+    args.out = args.out or f"runs/{args.problem}"
+    check_output_dir(args.out, name="--out")  # before any training
     if args.fd_bias:
         return fd_bias(args.out, width=cfg.width, depth=cfg.depth, seed=cfg.seed)
     if args.compare:

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._experiment import PROBLEMS, WaveConfig, make_problem
+from sketchtrace.validation import check_int
+
+from ._experiment import PROBLEMS, WaveConfig, make_optimizer, make_problem
 
 GAMMAS = (0.02, 0.1)
 SUBSAMPLE = 0.1  # fraction of each block's points for the subsampled pc schedules
@@ -28,6 +30,8 @@ SUBSAMPLE = 0.1  # fraction of each block's points for the subsampled pc schedul
 def default_schedules(gammas=GAMMAS, subsample=SUBSAMPLE) -> dict:
     """Schedule name -> :func:`~pinn_adapters.ntk_weighting` keyword arguments (the issue's grid)."""
     grid = {"none": {"estimator": "none"}}
+    for every in (100, 1000):  # jaxpi's grad-norm weighting (momentum 0.9)
+        grid[f"gradnorm/{every}"] = {"estimator": "gradnorm", "every": every, "ema": 0.9}
     for every in (1, 10, 100, 1000):
         grid[f"exact/{every}"] = {"estimator": "exact", "every": every}
     grid["hutchinson8/10"] = {"estimator": "hutchinson", "num_probes": 8, "every": 10}
@@ -61,8 +65,7 @@ class SweepConfig:
 def check_sweep(cfg: SweepConfig) -> Path:
     """Every argument checked before any training; returns the (created, writable) output folder."""
     cfg.base.validate()
-    if isinstance(cfg.seeds, bool) or not isinstance(cfg.seeds, int) or cfg.seeds < 1:
-        raise ValueError(f"seeds must be a positive integer (runs per schedule); got {cfg.seeds!r}")
+    cfg.seeds = check_int(cfg.seeds, name="seeds", minimum=1, maximum=MAX_SEEDS)
     if not cfg.schedules:
         raise ValueError("schedules: the sweep needs at least one schedule")
     out = Path(cfg.out)
@@ -128,7 +131,7 @@ def _one_run(prob, optimizer, weighting, base: WaveConfig, seed: int) -> dict:
         "log_every": base.log_every,
         "progress": False,
     }
-    tracked = weighting.config["estimator"] not in ("none", "exact")
+    tracked = weighting.config["estimator"] not in ("none", "exact", "gradnorm")
     # compile the step and the weight-error check first (both are cached for the timed run)
     train(prob, steps=1, track_weight_error=tracked, **kw)
     t0 = time.perf_counter()
@@ -154,7 +157,7 @@ def run_sweep(cfg: SweepConfig, *, progress=True, cost_repeats=0) -> dict:
     out = check_sweep(cfg)
     base = dataclasses.asdict(cfg.base)
     prob = make_problem(cfg.base)
-    optimizer = prob.default_optimizer()
+    optimizer = make_optimizer(cfg.base)
     # every schedule's configuration is checked here, before any training
     weightings = {name: ntk_weighting(prob.blocks, **kw) for name, kw in cfg.schedules.items()}
     todo = [(n, s) for n in cfg.schedules for s in range(cfg.seeds)]
@@ -212,7 +215,7 @@ def step_costs(cfg: SweepConfig, *, repeats=5, chunk=100) -> dict:
     from ._train import _build, _init_state
 
     prob = make_problem(cfg.base)
-    optimizer = prob.default_optimizer()
+    optimizer = make_optimizer(cfg.base)
     base_key = jax.random.key(0)
     batch0 = prob.sample_batch(base_key)
     runs = {}
@@ -411,93 +414,91 @@ def pareto_figure(path: Path, records, rows) -> None:
 # ----------------------------------------------------------------------------- command line
 
 
-def register(pinn):
-    """Teach the ``sketchtrace pinn`` parser ``sketchtrace pinn sweep PROBLEM [options]``.
+def register(problems):
+    """Add ``sketchtrace pinn sweep PROBLEM [options]`` to the ``pinn`` subcommands (its own parser and help).
 
-    ``sweep`` takes the place of the problem; the sweep's own problem is the next
-    positional. The run-size flags (``--steps``, ``--width``, ``--depth``,
-    ``--log-every``, ``--n-res``, ``--n-bc``, ``--out``, ``--no-progress``) are the
-    ``pinn`` command's own.
+    The base configuration takes every :class:`WaveConfig` flag except those the grid
+    sets per schedule (the weighting's) and those the sweep sets itself (``--seed``:
+    runs use seeds ``0 .. N-1`` of ``--seeds N``; ``--x64``, ``--track-weight-error``).
     """
-    pinn.add_argument(
-        "sweep_problem",
-        nargs="?",
-        default=None,
-        metavar="SWEEP_PROBLEM",
-        help=f"with 'sweep': the problem to sweep, one of {sorted(PROBLEMS)}",
+    from sketchtrace.validation import option_int, option_real
+
+    from ._cli import WEIGHT_FIELDS, add_config_flags
+
+    sweep = problems.add_parser(
+        "sweep",
+        help="run a grid of weighting schedules over seeds (docs/schedules.md)",
+        description="Run a grid of weighting schedules over seeds for one problem and write sweep.json, sweep.md "
+        "and pareto.png (final error against wall time); finished runs are kept, so an interrupted sweep resumes.",
     )
-    pinn.add_argument(
-        "--seeds",
-        type=int,
-        default=3,
-        help="sweep: runs per schedule (seeds 0 .. N-1; default 3)",
+    sweep.add_argument("sweep_problem", metavar="PROBLEM", help=f"the problem to sweep, one of {sorted(PROBLEMS)}")
+    sweep.add_argument("--seeds", type=_seeds, default=3, help="runs per schedule (seeds 0 .. N-1; default 3)")
+    sweep.add_argument(
+        "--schedules", default=None, help="comma-separated schedule names (default: the whole grid, docs/schedules.md)"
     )
-    pinn.add_argument(
-        "--schedules",
-        default=None,
-        help="sweep: comma-separated schedule names (default: the whole grid, docs/schedules.md)",
-    )
-    pinn.add_argument(
-        "--gammas",
-        default=None,
-        help="sweep: comma-separated pc gammas (default 0.02,0.1)",
-    )
-    pinn.add_argument(
+    sweep.add_argument("--gammas", default=None, help="comma-separated pc gammas in (0, 1] (default 0.02,0.1)")
+    sweep.add_argument(
         "--cost-repeats",
-        type=int,
+        type=option_int(0),
         default=5,
-        help="sweep: rounds of the interleaved step-cost measurement after the runs (0: skip)",
+        help="rounds of the interleaved step-cost measurement after the runs (0: skip; default 5)",
     )
-    pinn.add_argument(
+    sweep.add_argument(
         "--subsample",
-        type=float,
+        type=option_real(0, 1, low_open=True),
         default=SUBSAMPLE,
-        help=f"sweep: point fraction of the pc-sub schedules (default {SUBSAMPLE})",
+        help=f"point fraction in (0, 1] of the pc-sub schedules (default {SUBSAMPLE})",
     )
-    pinn.epilog = (
-        (pinn.epilog or "") + " 'sketchtrace pinn sweep PROBLEM' runs a grid of weighting "
-        "schedules over seeds and writes sweep.json, sweep.md and pareto.png."
-    ).strip()
-    single = pinn.get_default("func")
+    sweep.add_argument("--out", default=None, help="output directory (default runs/sweep-PROBLEM)")
+    sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_flags(sweep, exclude=set(WEIGHT_FIELDS) | SWEEP_SETS)
+    sweep.set_defaults(func=run_cli)
+    return sweep
 
-    def dispatch(args):
-        if args.problem == "sweep":
-            return run_cli(args)
-        if args.sweep_problem is not None:
-            raise ValueError(
-                f"sketchtrace pinn: unexpected argument {args.sweep_problem!r} after the problem "
-                "(did you mean 'sketchtrace pinn sweep PROBLEM'?)"
-            )
-        return single(args)
 
-    pinn.set_defaults(func=dispatch)
-    return pinn
+MAX_SEEDS = 10_000
+
+
+def _seeds(text):
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 1 <= value <= MAX_SEEDS:
+        raise argparse.ArgumentTypeError(
+            f"seeds must be a positive integer (runs per schedule) of at most {MAX_SEEDS}; got {text!r}"
+        )
+    return value
+
+
+SWEEP_SETS = {"weights", "seed", "x64", "track_weight_error"}  # fields the sweep itself sets
+
+
+def _gammas(text):
+    from sketchtrace.validation import check_real
+
+    try:
+        values = tuple(float(g) for g in text.split(","))
+    except ValueError:
+        raise ValueError(f"--gammas must be comma-separated numbers; got {text!r}") from None
+    return tuple(check_real(g, name="--gammas entry", low=0, high=1, low_open=True) for g in values)
 
 
 def config_from_args(args) -> SweepConfig:
     """The sweep configuration of ``sketchtrace pinn sweep PROBLEM ...`` (errors before any training)."""
+    from ._cli import given_fields
+
     problem = args.sweep_problem
     if problem not in PROBLEMS:
         raise ValueError(f"sketchtrace pinn sweep: PROBLEM must be one of {sorted(PROBLEMS)}; got {problem!r}")
-    over = {
-        "steps": args.steps,
-        "width": args.width,
-        "depth": args.depth,
-        "log_every": args.log_every,
-        "n_res": args.n_res,
-        "n_bc": args.n_bc,
-    }
-    base = WaveConfig(problem=problem, **{k: v for k, v in over.items() if v is not None}).validate()
-    gammas = GAMMAS
-    if args.gammas:
-        try:
-            gammas = tuple(float(g) for g in args.gammas.split(","))
-        except ValueError:
-            raise ValueError(f"--gammas must be comma-separated numbers; got {args.gammas!r}") from None
-    if not 0 < args.subsample <= 1:
-        raise ValueError(f"--subsample must be a fraction in (0, 1]; got {args.subsample}")
+    base = WaveConfig(**{**given_fields(args), "problem": problem}).validate()
+    gammas = _gammas(args.gammas) if args.gammas else GAMMAS
     grid = default_schedules(gammas, args.subsample)
     names = None if args.schedules is None else [s.strip() for s in args.schedules.split(",") if s.strip()]
+    if names == []:
+        raise ValueError("--schedules is empty; give comma-separated schedule names")
     return SweepConfig(
         base=base,
         schedules=select_schedules(names, grid),
@@ -508,6 +509,4 @@ def config_from_args(args) -> SweepConfig:
 
 def run_cli(args):
     cfg = config_from_args(args)
-    if args.cost_repeats < 0:
-        raise ValueError(f"--cost-repeats must be >= 0; got {args.cost_repeats}")
     return run_sweep(cfg, progress=not args.no_progress, cost_repeats=args.cost_repeats)
