@@ -78,6 +78,13 @@ def check_writable(path, *, what="checkpoint"):
     return check_output_path(path, name=what)
 
 
+def _umask() -> int:
+    """The process umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write):
     """Call ``write(f)`` on a temporary file next to ``path``, fsync it, then ``os.replace`` it over ``path``."""
     path = os.fspath(path)
@@ -88,6 +95,7 @@ def atomic_write(path, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

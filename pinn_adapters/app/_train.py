@@ -222,7 +222,30 @@ def _cached(objects, build):
 def _jitted_rel_l2(problem):
     if not hasattr(problem, "relative_l2"):
         return None
-    return _cached((problem, "rel_l2"), lambda: jax.jit(problem.relative_l2))
+    return _cached((problem, "rel_l2"), lambda: _rel_l2_fn(problem.relative_l2))
+
+
+def _rel_l2_fn(fn):
+    """``relative_l2`` as documented: a function of the parameters returning a Python float or a
+    scalar array. It is jitted when it traces; one that leaves JAX (``float(...)``, NumPy) runs as given."""
+    jitted = jax.jit(fn)
+
+    def call(params):
+        nonlocal jitted
+        if jitted is not None:
+            try:
+                return _scalar_l2(jitted(params))
+            except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError, TypeError):
+                jitted = None  # not traceable: call it eagerly from now on
+        return _scalar_l2(fn(params))
+
+    return call
+
+
+def _scalar_l2(value):
+    if np.ndim(value) != 0:
+        raise ValueError(f"problem.relative_l2 must return a scalar; got shape {np.shape(value)}")
+    return value
 
 
 def _compiled(problem, w, optimizer, resample, reuse_residuals):
@@ -415,7 +438,7 @@ def _record(run, history, state, loss, losses, weights, start):
     history["block_loss"].append({n: float(losses[n]) for n in names})
     history["weights"].append({n: float(weights[n]) for n in names})
     err = exact_w = None
-    if run.track_weight_error and run.w.config.get("estimator", "none") not in ("none", "exact"):
+    if run.track_weight_error and run.w.config.get("estimator", "none") not in ("none", "exact", "gradnorm"):
         err, exact_w = run.exact_weight_error(state.params_prev, run.batch_at(state.key, t - 1), state.weighting.traces)
         err, exact_w = float(err), {n: float(exact_w[n]) for n in names}
     history["weight_error"].append(err)
