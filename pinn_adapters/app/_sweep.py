@@ -423,7 +423,7 @@ def register(problems):
     """
     from sketchtrace.validation import option_int, option_real
 
-    from ._cli import WEIGHT_FIELDS, add_config_flags
+    from ._flags import WEIGHT_FIELDS, add_config_flags
 
     sweep = problems.add_parser(
         "sweep",
@@ -488,7 +488,7 @@ def _gammas(text):
 
 def config_from_args(args) -> SweepConfig:
     """The sweep configuration of ``sketchtrace pinn sweep PROBLEM ...`` (errors before any training)."""
-    from ._cli import given_fields
+    from ._flags import given_fields
 
     problem = args.sweep_problem
     if problem not in PROBLEMS:
