@@ -9,7 +9,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import stats
 
-from ..validation import check_int, check_real
+from ..validation import check_choice, check_int, check_real
 
 
 class CoverageReport(NamedTuple):
@@ -64,10 +64,15 @@ def coverage_trials_needed(*, level=0.95, low=0.90, high=0.98, false_alarm=1e-3,
     raise ValueError("no number of trials below 100000 sizes this test; widen [low, high]")
 
 
-def _default_map(fn, keys):
+def _run(fn, keys, batch):
     import jax
 
-    return jax.jit(lambda ks: jax.lax.map(fn, ks))(keys)
+    if batch == "map":
+        return jax.jit(lambda ks: jax.lax.map(fn, ks))(keys)
+    if batch == "vmap":
+        return jax.jit(jax.vmap(fn))(keys)
+    outs = [fn(k) for k in keys]
+    return tuple(np.stack([np.asarray(o[i]) for o in outs]) for i in range(2))
 
 
 def check_coverage(
@@ -80,7 +85,7 @@ def check_coverage(
     low: float = 0.90,
     high: float = 0.98,
     dof=None,
-    map_fn: Callable | None = None,
+    batch: str = "map",
     exact_rtol: float = 1e-5,
 ) -> CoverageReport:
     """Run ``estimate_fn(key)`` over ``trials`` independent keys and measure interval coverage.
@@ -89,8 +94,9 @@ def check_coverage(
     tuple) for one key. The interval is ``value +- q * sem`` with ``q`` the two-sided
     ``level`` quantile of the normal law, or of Student's t with ``dof`` degrees of
     freedom when given (e.g. ``num_probes - 1`` for a sem from ``num_probes`` replicas).
-    ``map_fn(fn, keys)`` maps over keys; the default compiles a ``jax.lax.map``
-    (safe with LAPACK-calling estimators; pass ``jax.vmap`` for speed otherwise).
+    ``batch="map"`` (default) compiles a ``jax.lax.map`` over the keys (safe with
+    LAPACK-calling estimators), ``"vmap"`` a ``jax.vmap`` (faster), ``"loop"`` calls
+    ``estimate_fn`` eagerly per key (for estimators that cannot be traced).
     A zero sem (an exact answer) covers when ``|value - truth| <= exact_rtol * |truth|``.
     Size ``trials`` with :func:`coverage_trials_needed`.
     """
@@ -105,7 +111,8 @@ def check_coverage(
     if key is None:
         key = jax.random.key(0)
     keys = jax.random.split(key, trials)
-    out = (map_fn or _default_map)(lambda k: tuple(estimate_fn(k))[:2], keys)
+    check_choice(batch, ("map", "vmap", "loop"), name="batch")
+    out = _run(lambda k: tuple(estimate_fn(k))[:2], keys, batch)
     value = np.asarray(out[0], dtype=float).reshape(trials, -1)[:, 0]
     sem = np.asarray(out[1], dtype=float).reshape(trials, -1)[:, 0]
     if dof is None:
