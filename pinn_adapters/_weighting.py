@@ -8,7 +8,6 @@ weights (normalisation, rule, guards, ``ema``, ``every``).
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -38,13 +37,10 @@ from sketchtrace.validation import (
 from ._blocks import ResidualBlocks
 from ._gradnorm import gradnorm_strategy
 from ._ntk import ntk_traces, ntk_weights, residual_rows
+from ._sizes import sample_size  # one subset-size rule for JAX and torch
 
 ESTIMATORS = ("pc", "exact", "hutchinson", "moving_average", "gradnorm", "none")
 FD_SCHEMES = ("jvp", "forward", "central")
-AUTO_FRACTION, AUTO_MIN_POINTS = (
-    0.1,
-    64,
-)  # subsample="auto": max(10 %, 64 points) per block
 
 
 class WeightingState(NamedTuple):
@@ -385,17 +381,6 @@ def _strategy_name(cfg) -> str:
     if cfg["estimator"] == "moving_average":
         return "dynamic"
     return cfg["estimator"]
-
-
-def sample_size(spec, n: int) -> int:
-    """Points kept of ``n`` for a ``subsample`` entry (a count, a fraction, ``"auto"`` or ``None`` = all)."""
-    if spec is None:
-        return n
-    if spec == "auto":
-        return min(n, max(math.ceil(AUTO_FRACTION * n), AUTO_MIN_POINTS))
-    if isinstance(spec, float):
-        return max(1, min(n, math.ceil(spec * n)))
-    return min(int(spec), n)
 
 
 # ----------------------------------------------------------------------------- the shared skeleton
