@@ -316,3 +316,36 @@ def test_from_nnx_refuses_a_dict_and_from_linen_a_list():
         adapters.from_nnx({"not": "a module"}, [lambda m, x: x[:, 0]])
     with pytest.raises(TypeError, match="from_linen: module must be a flax.linen.Module"):
         adapters.from_linen(object(), {"params": {}}, {"res": lambda u, x: x[:, 0]})
+
+
+# ----------------------------------------------------------------------------- issue 29: by class
+
+
+def test_numpy_and_jax_scalars_accepted_where_numbers_are_asked_for():
+    import pinn_adapters as pa
+
+    blocks = pa.ResidualBlocks({"a": lambda p, x: x[:, 0] * p["w"], "b": lambda p, x: x[:, 0] * p["w"]})
+    w = pa.ntk_weights({"a": 1.0, "b": 2.0}, eps=np.float32(1e-3), cap=jnp.float32(10.0))
+    assert set(w) == {"a", "b"}
+    cfg = pa.ntk_weighting(blocks, estimator="pc", ema=np.float32(0.5), gamma=np.float64(0.1)).config
+    assert cfg["ema"] == 0.5 and cfg["gamma"] == 0.1 and isinstance(cfg["gamma"], float)
+    assert st.predictor_corrector(gamma=np.float32(0.5)).gamma == 0.5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [({"side": "left"}, "side"), ({"h": -1e-3}, "h"), ({"batched": 1}, "batched"), ({"sampler": "cauchy"}, "sampler")],
+)
+def test_ntk_weighting_options_refused_at_construction(kwargs, name):
+    import pinn_adapters as pa
+
+    blocks = pa.ResidualBlocks({"a": lambda p, x: x[:, 0] * p["w"]})
+    with pytest.raises((TypeError, ValueError), match=name):
+        pa.ntk_weighting(blocks, estimator="pc" if "side" not in kwargs else "hutchinson", **kwargs)
+
+
+def test_pc_state_for_another_operator_size_refused(key):
+    pc = st.predictor_corrector(num_probes=2)
+    s = pc.init(key, np.eye(40))
+    with pytest.raises(ValueError, match="probe dimension n = 40"):
+        pc.update(key, s, np.eye(30), np.eye(30))
