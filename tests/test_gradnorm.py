@@ -83,3 +83,18 @@ def test_gradnorm_trains(setup):
     res = pa.train(prob, weighting=pa.gradnorm_weighting(prob.blocks, every=5), steps=12, log_every=6, progress=False)
     w = res.history["weights"][-1]
     assert all(np.isfinite(v) and v > 0 for v in w.values())
+
+
+def test_refresh_with_non_positive_trace_is_rejected(setup):
+    """A pc estimate pushed below zero (probe noise can do it) must not become a negative weight."""
+    prob, params, batch = setup
+    w = pa.ntk_weighting(prob.blocks, estimator="pc", subsample=None)
+    state = w.init(jax.random.key(0), params, batch)
+    before = {n: float(v) for n, v in state.weights.items()}
+    est = state.inner.estimate
+    state = state._replace(inner=state.inner._replace(estimate=est.at[:, 0].set(-1e6 * jnp.abs(est[:, 0]) - 1.0)))
+    p1 = jax.tree.map(lambda a: a * 1.01, params)
+    weights, new = w.update(jax.random.key(1), state, params, p1, batch)
+    assert int(new.rejected) == 1
+    for n in prob.blocks.names:
+        assert float(weights[n]) == before[n] > 0
