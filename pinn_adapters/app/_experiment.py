@@ -31,9 +31,9 @@ class WaveConfig:
 
     The defaults are the main job's CPU configuration: the modern recipe (64 random
     Fourier features of scale ``2 pi``, a 3 x 128 tanh MLP, 512 interior and 4 x 256
-    boundary/initial points, Adam 1e-3 decayed by 0.9 every 2000 steps, 4000 steps) with
-    grad-norm weights, the measured best (``docs/schedules.md``); ``fourier=0`` gives the
-    plain MLP of earlier rounds. ``docs/configs/wave_full.json`` is the Wang et al.
+    boundary/initial points, SOAP at 1e-3 decayed by 0.9 every 2000 steps, 4000 steps) with
+    grad-norm weights, the measured best (``docs/schedules.md``); ``fourier=0`` and
+    ``optimizer="adam"`` give the plain MLP and the optimizer of earlier rounds. ``docs/configs/wave_full.json`` is the Wang et al.
     configuration (``width=500``, 80k steps), for a GPU.
     """
 
@@ -49,7 +49,7 @@ class WaveConfig:
     decay_steps: int = 2000
     decay_rate: float = 0.9
     warmup_steps: int = 0
-    optimizer: str = "adam"
+    optimizer: str = "soap"  # 3.5x lower error than Adam on the main job (docs/schedules.md)
     fourier: int = 64  # random Fourier features of the input (0: the plain MLP of the earlier rounds)
     fourier_sigma: float = 2 * math.pi  # their scale: B ~ N(0, sigma^2), features cos(x B), sin(x B)
     rwf: bool = False  # random weight factorisation of the dense layers
