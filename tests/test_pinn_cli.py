@@ -177,8 +177,8 @@ def test_problem_and_weight_choices_come_from_the_experiment_tables(capsys):
 def test_every_config_field_is_a_flag(capsys):
     import dataclasses
 
-    from pinn_adapters.app._flags import flag_of
     from pinn_adapters.app._experiment import WaveConfig
+    from pinn_adapters.app._flags import flag_of
 
     assert main(["pinn", "wave", "--help"]) == 0
     out = capsys.readouterr().out
