@@ -33,7 +33,7 @@ ESTIMATORS = {
     "xtrace": lambda k: st.xtrace(k, A, num_matvecs=60),
     "xnystrace": lambda k: st.xnystrace(k, A, num_matvecs=60),
 }
-# Measured (benchmarks/coverage.py, 400 seeds): xtrace 80 %, xnystrace 76 % at 60 matvecs on this
+# Measured (benchmarks/sem_coverage.py, 400 seeds): xtrace 80 %, xnystrace 76 % at 60 matvecs on this
 # operator -- their leave-one-out sem is overconfident. strict xfail: fixing it turns these red.
 UNDERCOVER = {"xtrace", "xnystrace"}
 
@@ -114,7 +114,7 @@ def test_predictor_corrector_sem_modes_cover(num_probes, sem):
     fn = _pc_fn(st.predictor_corrector(num_probes=num_probes, gamma=0.1, sem=sem), At)
     # the replicas' sem has num_probes - 1 degrees of freedom: only Student's t covers
     dof = num_probes - 1 if sem == "replicas" else None
-    # The recursion with <= 2 probes sits at the issue's 90 % floor (benchmarks/coverage.py, 1000 seeds:
+    # The recursion with <= 2 probes sits at the issue's 90 % floor (benchmarks/sem_coverage.py, 1000 seeds:
     # 89.8 % at R = 1, 92.3 % at R = 2), so it is checked against 87 % on 1000 trials (a true 90 % fails
     # with probability ~1e-3); this is a known shortfall, not a pass of the 90 % target.
     low = 0.87 if (sem != "replicas" and num_probes <= 2) else 0.90

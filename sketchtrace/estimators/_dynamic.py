@@ -252,7 +252,7 @@ class DynamicTraceEstimator:
     def _use_replicas(self):
         if self.sem == "replicas":
             return True
-        # "auto": the recursion. Measured (benchmarks/coverage.py), the replicas' spread with few
+        # "auto": the recursion. Measured (benchmarks/sem_coverage.py), the replicas' spread with few
         # replicas undercovers (71 % at R = 2, 90 % at R = 8) where the recursion covers 92-94 %.
         return False
 

@@ -1,5 +1,5 @@
 """Coverage of the nominal 95 % interval (value +- 1.96 sem) over seeds, for the dynamic estimator's sem modes
-and the static estimators. Small sizes; run with ``nice -n 15 python benchmarks/coverage.py [--seeds 1000]``.
+and the static estimators. Small sizes; run with ``nice -n 15 python benchmarks/sem_coverage.py [--seeds 1000]``.
 
 The dynamic problem is docs/dynamic.md's first example (n = 40, 30 steps of a slow drift).
 """
