@@ -4,7 +4,7 @@ Host libraries (Flax, Equinox, jinns, optax, tqdm) are imported lazily, inside t
 functions that need them; importing this package needs only JAX and sketchtrace.
 """
 
-from . import causal, nets, optim, problems
+from . import causal, nets, optim, problems, second_order
 from ._blocks import MixedBlock, ResidualBlocks
 from ._ntk import ntk_traces, ntk_weights
 from ._weighting import NTKWeighting, WeightingState, gradnorm_weighting, ntk_weighting
@@ -45,4 +45,5 @@ __all__ = [
     "nets",
     "causal",
     "optim",
+    "second_order",
 ]
