@@ -187,6 +187,8 @@ def eager_compiled(fn):
         through = None, None, None
         if kwargs.get("mesh") is not None or kwargs.get("backend") not in (None, "jax") or not is_jax_key(key):
             return through
+        if jax.device_count() > 1:  # several devices: a sharding context may place the probes; trace through
+            return through
         if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((key, op, args, kwargs))):
             return through  # inside the user's transformation: trace through
         user_op, is_fn = op, type(op) is FunctionOperator
