@@ -9,7 +9,8 @@
    at initialisation, ``mu`` relative to the largest eigenvalue;
 2. memory of the matrix-free sample-space step against ``n`` and ``p`` (the arrays it holds: the
    linearisation, the Nystrom factor, CG vectors) beside the ``n x p`` Jacobian a dense step forms;
-3. relative L2 error against wall time: Levenberg-Marquardt (matrix-free) beside Adam, same start.
+3. relative L2 error against wall time: Levenberg-Marquardt (``--lm-arms``: matrix-free, dense, dense with
+   exact NTK weights) beside Adam, same start.
 """
 
 from __future__ import annotations
@@ -100,39 +101,54 @@ def memory_table(quick):
     return rank, out
 
 
-def lm_vs_adam(quick, budget):
+LM_ARMS = {
+    "matrix-free": {"method": "auto", "weighting": None},
+    "dense": {"method": "dense", "weighting": None},
+    "dense + exact NTK": {"method": "dense", "weighting": "exact"},
+}
+
+
+def lm_vs_adam(quick, budget, arms=("matrix-free",)):
+    """Relative L2 against wall time of LM arms (``LM_ARMS``) and Adam, same start and fixed batch."""
     import optax
 
     layers = (2, 10, 10, 1) if quick else (2, 20, 20, 20, 1)
     prob, params, batch, J, _ = _system(layers, 100 if quick else 300, 30 if quick else 100)
     n, p = J.shape
-    # warm-up: compile the step program (cached per configuration) and Adam's step outside the timings
-    so.levenberg_marquardt(jax.random.key(2), prob.blocks, params, batch, steps=1, damping=1e-3, rank=50)
-    t0 = time.perf_counter()
-    res = so.levenberg_marquardt(
-        jax.random.key(2),
-        prob.blocks,
-        params,
-        batch,
-        steps=10_000,
-        damping=1e-3,
-        method="auto",
-        rank=50,
-        error_fn=prob.relative_l2,
-        log_every=5,
-        time_limit=budget,
-    )
-    lm_total = time.perf_counter() - t0
-    lm = [(h["time"], h["relative_l2"], h["loss"]) for h in res.history if "relative_l2" in h]
+    out = dict(n=n, p=p, layers=layers, lm={})
+    for arm in arms:
+        spec = LM_ARMS[arm]
+        kw = dict(damping=1e-3, method=spec["method"], rank=50)
+
+        def weighting():
+            return None if spec["weighting"] is None else pa.ntk_weighting(prob.blocks, estimator=spec["weighting"])
+
+        # warm-up: compile the step program (cached per configuration) outside the timings
+        so.levenberg_marquardt(jax.random.key(2), prob.blocks, params, batch, steps=1, weighting=weighting(), **kw)
+        res = so.levenberg_marquardt(
+            jax.random.key(2),
+            prob.blocks,
+            params,
+            batch,
+            steps=100_000,
+            weighting=weighting(),
+            error_fn=prob.relative_l2,
+            log_every=5,
+            time_limit=budget,
+            **kw,
+        )
+        out["lm"][arm] = dict(
+            history=[(h["time"], h["relative_l2"], h["loss"]) for h in res.history if "relative_l2" in h],
+            steps=len(res.history),
+            accepted=sum(h["accepted"] for h in res.history),
+        )
+        print(f"[LM {arm}: {out['lm'][arm]['steps']} steps, rel L2 {out['lm'][arm]['history'][-1][1]:.3g}]", flush=True)
     opt = optax.adam(1e-3)
+    f = so.scaled_residual_fn(prob.blocks, batch, None)
 
     @jax.jit
     def step(prm, state):
-        loss, g = jax.value_and_grad(
-            lambda q: (
-                so.scaled_residual_fn(prob.blocks, batch, None)(q) @ so.scaled_residual_fn(prob.blocks, batch, None)(q)
-            )
-        )(prm)
+        loss, g = jax.value_and_grad(lambda q: f(q) @ f(q))(prm)
         upd, state = opt.update(g, state, prm)
         return optax.apply_updates(prm, upd), state, loss
 
@@ -144,28 +160,18 @@ def lm_vs_adam(quick, budget):
         if k % 500 == 0:
             adam.append((time.perf_counter() - t0, float(prob.relative_l2(prm)), float(loss)))
     adam.append((time.perf_counter() - t0, float(prob.relative_l2(prm)), float(loss)))
-    accepted = sum(h["accepted"] for h in res.history)
-    return dict(
-        n=n,
-        p=p,
-        layers=layers,
-        lm=lm,
-        adam=adam,
-        adam_steps=k,
-        lm_steps=len(res.history),
-        lm_accepted=accepted,
-        lm_total=lm_total,
-    )
+    out.update(adam=adam, adam_steps=k)
+    return out
 
 
-def section(quick=False, budget=None, parts=("cg", "memory", "lm")):
+def section(quick=False, budget=None, parts=("cg", "memory", "lm"), arms=("matrix-free",)):
     budget = (20.0 if quick else 60.0) if budget is None else budget
     load0 = os.getloadavg()[0]
     res = {}
     for part, fn in (
         ("cg", lambda: cg_table(quick)),
         ("memory", lambda: memory_table(quick)),
-        ("lm", lambda: lm_vs_adam(quick, budget)),
+        ("lm", lambda: lm_vs_adam(quick, budget, arms)),
     ):
         if part in parts:
             t0 = time.perf_counter()
@@ -233,22 +239,26 @@ def _render_memory(mem_res):
 
 
 def _render_lm(lva, budget):
-    lines = []
-    lm, adam = lva["lm"], lva["adam"]
-    lines += [
+    adam = lva["adam"]
+    arms = ", ".join(f"{arm} {r['steps']} trial steps ({r['accepted']} accepted)" for arm, r in lva["lm"].items())
+    lines = [
         "",
         f"Relative L2 against wall time, same initialisation and fixed batch (n = {lva['n']}, "
-        f"p = {lva['p']}), {budget:.0f} s each: LM (matrix-free, Nystrom rank 50, "
-        f"{lva['lm_steps']} trial steps, {lva['lm_accepted']} accepted; compilation excluded) "
-        f"and Adam (lr 1e-3, {lva['adam_steps']} steps).",
+        f"p = {lva['p']}), {budget:.0f} s each: LM ({arms}; matrix-free = Nystrom rank 50 CG; "
+        f"compilation excluded) and Adam (lr 1e-3, {lva['adam_steps']} steps).",
         "",
         "| optimizer | time s | relative L2 | loss |",
         "|---|---|---|---|",
     ]
-    for tag, hist in (("LM", lm), ("Adam", adam)):
+    hists = [(f"LM {arm}", r["history"]) for arm, r in lva["lm"].items()] + [("Adam", adam)]
+    for tag, hist in hists:
         pick = hist if len(hist) <= 6 else [hist[i] for i in np.linspace(0, len(hist) - 1, 6).astype(int)]
         lines += [f"| {tag} | {t:.1f} | {e:.3g} | {loss:.3g} |" for t, e, loss in pick]
-    return lines, [("LM / Adam relative L2 at equal wall time", lm[-1][1] / adam[-1][1], None)]
+    rows = [
+        (f"LM {arm} / Adam relative L2 at equal wall time", r["history"][-1][1] / adam[-1][1], None)
+        for arm, r in lva["lm"].items()
+    ]
+    return lines, rows
 
 
 def main(argv=None):
@@ -259,8 +269,15 @@ def main(argv=None):
         "--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "second_order.md")
     )
     ap.add_argument("--parts", default="cg,memory,lm", help="comma-separated subset of cg, memory, lm")
+    ap.add_argument(
+        "--lm-arms", default="matrix-free", help=f"comma-separated LM variants of the lm part, of {sorted(LM_ARMS)}"
+    )
     args = ap.parse_args(argv)
-    lines, _ = section(args.quick, args.budget, tuple(args.parts.split(",")))
+    arms = tuple(a.strip() for a in args.lm_arms.split(",") if a.strip())
+    unknown = [a for a in arms if a not in LM_ARMS]
+    if unknown or not arms:
+        ap.error(f"--lm-arms: expected names from {sorted(LM_ARMS)}, got {args.lm_arms!r}")
+    lines, _ = section(args.quick, args.budget, tuple(args.parts.split(",")), arms)
     text = "\n".join(lines) + "\n"
     tmp = args.out + ".tmp"
     with open(tmp, "w") as fh:
