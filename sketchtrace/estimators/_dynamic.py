@@ -27,10 +27,10 @@ import math
 import warnings
 from typing import Any, NamedTuple
 
-import jax.numpy as jnp
 import numpy as np
 
 from .._estimate import Estimate
+from .._optional import xnp as jnp  # jax.numpy; numpy without JAX (JAX is an extra)
 from .._samplers import SAMPLERS
 from ..backends import backend_for_key, namespace_of
 from ..operators import LinearOperator
