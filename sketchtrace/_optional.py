@@ -45,6 +45,7 @@ class _NoJaxArray:
 jax: Any
 jnp: Any
 lax: Any
+JaxArray: Any  # jax.Array, or a class nothing is an instance of
 try:
     import jax
     import jax.flatten_util
@@ -56,7 +57,7 @@ except ImportError:  # JAX is not installed (or cannot be imported)
     jax = _MissingModule("jax")
     jnp = _MissingModule("jax.numpy")
     lax = _MissingModule("jax.lax")
-    JaxArray: type = _NoJaxArray
+    JaxArray = _NoJaxArray
 else:
     HAS_JAX = True
     JaxArray = jax.Array

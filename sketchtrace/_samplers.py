@@ -1,4 +1,4 @@
-"""Probe distributions (JAX).
+"""Probe distributions (JAX; the numba and torch backends draw the same distributions by name).
 
 Every sampler has the signature ``sampler_*(key, shape, dtype)`` and returns an
 array whose rows (last axis) are independent probes with ``E[v v^T] = I``:
@@ -13,15 +13,13 @@ parameters); the sphere sampler then normalises over all leaves together.
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
+from ._optional import jax, jnp
 from .validation import check_float_dtype
 
 
-def sampler_rademacher(key, shape, dtype=jnp.float32):
+def sampler_rademacher(key, shape, dtype=np.float32):
     """Rademacher probes: independent entries equal to +1 or -1.
 
     The signs are the bits of ``jax.random.bits`` words (32 signs per random word),
@@ -38,12 +36,12 @@ def sampler_rademacher(key, shape, dtype=jnp.float32):
     return 1 - 2 * b.astype(dtype)
 
 
-def sampler_gaussian(key, shape, dtype=jnp.float32):
+def sampler_gaussian(key, shape, dtype=np.float32):
     """Standard Gaussian probes."""
     return jax.random.normal(key, shape, dtype=dtype)
 
 
-def sampler_sphere(key, shape, dtype=jnp.float32):
+def sampler_sphere(key, shape, dtype=np.float32):
     """Probes uniform on the sphere of radius ``sqrt(n)``, ``n = shape[-1]``."""
     g = jax.random.normal(key, shape, dtype=dtype)
     n = shape[-1]
@@ -81,7 +79,7 @@ def sample_like(key, tree, *, sampler="rademacher"):
     ``sqrt(total size)`` over all leaves together.
     """
     zeros = jax.tree.map(lambda s: jnp.zeros(np.shape(s), s.dtype), tree)
-    flat, unravel = ravel_pytree(zeros)
+    flat, unravel = jax.flatten_util.ravel_pytree(zeros)
     dtype = check_float_dtype(flat.dtype, name="tree dtype")
     v = get_sampler(sampler)(key, (flat.shape[0],), dtype)
     return unravel(v)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._optional import HAS_JAX, jax, require_jax
 from .validation import check_output_path, option_int
 
 PLUGIN_GROUP = "sketchtrace.commands"
@@ -103,8 +104,6 @@ def _available_methods():
 def _make_key(seed: int, backend: str):
     if backend == "numba":
         return np.random.default_rng(seed)
-    import jax
-
     return jax.random.key(seed)
 
 
@@ -179,14 +178,14 @@ def _timed(fn, key_fn, op, matvecs):
 
 
 def run_trace(args) -> dict:
-    import jax
-
     import sketchtrace as st
 
     if args.demo == (args.path is not None):
         raise ValueError("give exactly one of PATH or --demo")
     if args.x64 and args.backend != "jax":
         raise ValueError(f"--x64 is for --backend jax (the {args.backend} backend runs in the matrix's own dtype)")
+    if args.backend == "jax":
+        require_jax("--backend jax (use --backend numba without it)")
     if args.json:
         check_output_path(args.json, name="--json")  # before any work
     methods = _available_methods()
@@ -298,14 +297,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--matvecs", type=option_int(1), default=60, help="matvec budget (default 60)")
     t.add_argument("--seed", type=option_int(0), default=0)
-    t.add_argument("--backend", choices=("jax", "numba"), default="jax")
+    t.add_argument("--backend", choices=("jax", "numba"), default="jax" if HAS_JAX else "numba")
     t.add_argument("--x64", action="store_true", help="run JAX in float64 (--backend jax only)")
     t.add_argument("--json", default=None, help="also write the results to this JSON file")
     t.set_defaults(func=run_trace)
 
     for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
-        ep.load()(sub)
+        try:
+            register = ep.load()
+        except ImportError as exc:  # its dependencies are missing (pinn needs JAX): say so when it is called
+            _unavailable_command(sub, ep.name, exc)
+            continue
+        register(sub)
     return p
+
+
+def _unavailable_command(sub, name: str, exc: ImportError) -> None:
+    """A command whose plugin cannot be imported: listed, and its use names the import error."""
+    c = sub.add_parser(name, help=f"(unavailable: {exc})", add_help=False)
+    c.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def fail(args):
+        raise ImportError(f"the {name!r} command cannot be loaded: {exc}")
+
+    c.set_defaults(func=fail)
 
 
 def main(argv=None) -> int:

@@ -7,6 +7,8 @@ import numbers
 
 import numpy as np
 
+from ._optional import HAS_JAX, JaxArray, jax, register_static, tree_leaves
+
 
 def check_num_matvecs(num_matvecs, *, name: str = "num_matvecs", minimum: int = 1) -> int:
     """Return ``num_matvecs`` as a Python int, or raise naming the argument."""
@@ -67,9 +69,7 @@ def is_concrete(x) -> bool:
     Value-dependent checks (finiteness, PSD checks, adaptive stopping) run only on
     concrete values; under tracing they are skipped or refused.
     """
-    import jax
-
-    return not isinstance(x, jax.core.Tracer)
+    return not (HAS_JAX and isinstance(x, jax.core.Tracer))
 
 
 def _scalar(value, kind):
@@ -169,10 +169,8 @@ def check_callable(value, *, name: str, what: str = "a callable"):
 
 def check_jax_key(key, *, name: str = "key"):
     """A JAX PRNG key (``jax.random.key(seed)``, or a legacy ``uint32[2]`` ``PRNGKey``)."""
-    import jax
-
     dt = getattr(key, "dtype", None)
-    if isinstance(key, (jax.Array, np.ndarray)) and dt is not None:
+    if isinstance(key, (JaxArray, np.ndarray)) and dt is not None:
         if jax.dtypes.issubdtype(dt, jax.dtypes.prng_key) or (dt == np.uint32 and tuple(key.shape[-1:]) == (2,)):
             return key
     raise TypeError(f"{name} must be a JAX key (jax.random.key(seed)); got {type(key).__name__}")
@@ -195,8 +193,6 @@ def check_blocks(mapping, names, *, name: str, allow_empty: bool = False):
     """
     from collections.abc import Mapping
 
-    import jax
-
     if not isinstance(mapping, Mapping):
         raise TypeError(f"{name} must be a dict block name -> arrays; got {type(mapping).__name__}")
     missing = [n for n in names if n not in mapping]
@@ -205,7 +201,7 @@ def check_blocks(mapping, names, *, name: str, allow_empty: bool = False):
         parts = ([f"missing block(s) {missing}"] if missing else []) + ([f"unknown block(s) {extra}"] if extra else [])
         raise ValueError(f"{name}: {' and '.join(parts)}; the blocks are {list(names)}")
     for n in names:
-        leaves = jax.tree_util.tree_leaves(mapping[n])
+        leaves = tree_leaves(mapping[n])
         if not leaves:
             raise ValueError(f"{name}[{n!r}] is empty; expected arrays of points")
         for x in leaves:
@@ -248,8 +244,6 @@ def check_same_structure(tree, reference, *, name: str, reference_name: str = "t
 
     ``reference`` may be a pytree of arrays or of ``jax.ShapeDtypeStruct``.
     """
-    import jax
-
     got = jax.tree_util.tree_flatten_with_path(tree)[0]
     want = jax.tree_util.tree_flatten_with_path(reference)[0]
     got_paths = {jax.tree_util.keystr(p): x for p, x in got}
@@ -276,8 +270,6 @@ def check_same_structure(tree, reference, *, name: str, reference_name: str = "t
 
 def tree_signature(tree) -> tuple:
     """``((path, shape, dtype), ...)`` of a pytree's leaves: static (hashable), also for tracers."""
-    import jax
-
     out = []
     for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]:
         dt = getattr(x, "dtype", None)
@@ -361,15 +353,7 @@ def check_state_spec(spec, expected: StateSpec, *, name: str = "state"):
                 )
 
 
-def _register_spec():
-    try:
-        import jax
-    except ImportError:  # pragma: no cover
-        return
-    jax.tree_util.register_static(StateSpec)
-
-
-_register_spec()
+register_static(StateSpec)  # nothing to register without JAX
 
 
 def check_csr(S, *, name: str = "op"):

@@ -39,9 +39,12 @@ __all__ = [
 ]
 
 
+# the torch backend is loaded on first use, so that importing sketchtrace never imports torch
+_TORCH_NAMES = ("TorchBackend", "torch_backend")
+
+
 def __getattr__(name):
-    # the torch backend is loaded on first use, so that importing sketchtrace never imports torch
-    if name in ("TorchBackend", "torch_backend"):
+    if name in _TORCH_NAMES:
         from . import _torch
 
         return getattr(_torch, name)

@@ -22,10 +22,9 @@ from __future__ import annotations
 import functools
 import weakref
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from .._optional import jax, jnp
 from .._samplers import get_sampler, probe_rows
 from ..operators import (
     FunctionOperator,

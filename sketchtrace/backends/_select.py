@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from .._optional import HAS_JAX, JaxArray, jax, jnp, require_jax
 from ..validation import check_choice
 from ._jax import JaxBackend
 from ._sharding import sharded_backend
@@ -23,7 +22,10 @@ BACKENDS = ("jax", "numba", "torch")
 
 
 def is_jax_key(key) -> bool:
-    if isinstance(key, (jax.Array, np.ndarray)):
+    """Whether ``key`` is a JAX PRNG key (typed, or a legacy ``uint32[2]``; never without JAX)."""
+    if not HAS_JAX:
+        return False
+    if isinstance(key, (JaxArray, np.ndarray)):
         if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
             return True
         return key.dtype == np.uint32 and key.shape[-1:] == (2,)
@@ -45,7 +47,7 @@ def namespace_of(x):
         from ._torch import namespace_for
 
         return namespace_for(x.device)
-    return jnp
+    return jnp if HAS_JAX else np
 
 
 def _describe_key_error(key, wanted: str) -> str:
@@ -79,6 +81,8 @@ def resolve_backend(key, backend=None) -> str:
     """The backend's name from the key's type (or check a forced ``backend=`` against the key)."""
     if backend is not None:
         check_choice(backend, BACKENDS, name="backend")
+    if backend == "jax":
+        require_jax('backend="jax"')
     kind = _key_kind(key)
     if backend is not None and kind != backend:
         raise TypeError(_describe_key_error(key, f"{_KEYS[backend]} when backend={backend!r}"))
@@ -121,6 +125,7 @@ def get_backend(key, op, backend=None, mesh=None):
 def backend_named(name: str):
     """The backend object called ``name`` (numba and torch are imported only when asked for)."""
     if name == "jax":
+        require_jax('backend="jax" (a jax.random key)')
         return JaxBackend
     if name == "torch":  # the CPU one; estimators use the one for the operator's device
         from ._torch import torch_backend

@@ -31,14 +31,16 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from .._optional import jax, jnp, require_jax
 from .._samplers import get_sampler, probe_rows
 from ._jax import JaxBackend, map_chunks
+
+if TYPE_CHECKING:
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DEFAULT_AXIS = "probes"
 
@@ -62,6 +64,7 @@ def make_mesh(devices=None, *, axis_name: str = DEFAULT_AXIS) -> Mesh:
     -------
     jax.sharding.Mesh
     """
+    require_jax("make_mesh (device meshes)")
     if not isinstance(axis_name, str) or not axis_name:
         raise TypeError(f"axis_name must be a non-empty string; got {axis_name!r}")
     available = jax.devices()
@@ -89,12 +92,12 @@ def make_mesh(devices=None, *, axis_name: str = DEFAULT_AXIS) -> Mesh:
             raise ValueError(f"devices contains duplicates: {devs}")
     else:
         raise TypeError(f"devices must be None, an int or a sequence of jax.Device; got {type(devices).__name__}")
-    return Mesh(np.asarray(devs, dtype=object), (axis_name,))
+    return jax.sharding.Mesh(np.asarray(devs, dtype=object), (axis_name,))
 
 
 def check_mesh(mesh) -> Mesh:
     """Accept a :class:`jax.sharding.Mesh` (or an int / device list, see :func:`make_mesh`)."""
-    if isinstance(mesh, Mesh):
+    if isinstance(mesh, jax.sharding.Mesh):
         if mesh.size < 1:  # pragma: no cover - jax refuses empty meshes itself
             raise ValueError("mesh has no devices")
         return mesh
@@ -114,12 +117,12 @@ def padded_size(num: int, mesh: Mesh) -> int:
 
 def _spec(mesh: Mesh) -> PartitionSpec:
     """Split the leading axis over every mesh axis (flattened)."""
-    return PartitionSpec(tuple(mesh.axis_names))
+    return jax.sharding.PartitionSpec(tuple(mesh.axis_names))
 
 
 def row_sharding(mesh: Mesh) -> NamedSharding:
     """The :class:`NamedSharding` that splits an array's leading (row) axis over ``mesh``."""
-    return NamedSharding(mesh, _spec(mesh))
+    return jax.sharding.NamedSharding(mesh, _spec(mesh))
 
 
 def _pad_rows(x, total, fill=None):
@@ -177,7 +180,7 @@ def shard_rows(fn, xs, mesh: Mesh, *, gather: bool = False):
 
     # check_vma=False: the operator may close over values linearized outside the shard_map
     # (JacobianOperator), which JAX's replication typing would reject as "invariant" primals.
-    out_specs = PartitionSpec() if gather else spec
+    out_specs = jax.sharding.PartitionSpec() if gather else spec
     # jit: one compiled program per call (eager shard_map would dispatch every primitive on its own)
     return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=out_specs, check_vma=False))(xs)
 
@@ -218,11 +221,13 @@ def sharded_row_sums(fn, mesh: Mesh, replicated, groups):
         return jax.tree.map(lambda p: jax.lax.psum(p, axes), part)
 
     in_specs = (
-        jax.tree.map(lambda _: PartitionSpec(), replicated),
+        jax.tree.map(lambda _: jax.sharding.PartitionSpec(), replicated),
         jax.tree.map(lambda _: spec, padded),
         jax.tree.map(lambda _: spec, valid),
     )
-    run = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=PartitionSpec(), check_vma=False))
+    run = jax.jit(
+        jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=jax.sharding.PartitionSpec(), check_vma=False)
+    )
     return run(replicated, padded, valid)
 
 
@@ -271,7 +276,7 @@ class ShardedJaxBackend(JaxBackend):
         if total == k:
             return out
         if _has_explicit_axes(self.mesh):  # sharding-in-types: slicing a sharded axis must be resolved
-            out = jax.sharding.reshard(out, NamedSharding(self.mesh, PartitionSpec()))
+            out = jax.sharding.reshard(out, jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
         return out[:k]
 
     def quad_forms(self, key, op, num, sampler, chunk_size):

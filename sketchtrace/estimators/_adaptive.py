@@ -8,11 +8,11 @@ import numbers
 import warnings
 from typing import NamedTuple
 
-import jax
 import numpy as np
 from scipy import stats
 
 from .._estimate import Estimate
+from .._optional import tree_leaves
 from ..operators import require_products
 from ..validation import check_choice, check_num_matvecs
 from ._common import (
@@ -94,7 +94,7 @@ def _compiled_round(bk, static_op: bool):
 def _run_round(bk, op, rk, prev, **kw):
     """Run one round. sketchtrace's operators are pytrees (their arrays are traced
     arguments); a user subclass that did not register itself as one is static."""
-    leaves = jax.tree_util.tree_leaves(op)
+    leaves = tree_leaves(op)
     static_op = len(leaves) == 1 and leaves[0] is op
     return _compiled_round(bk, static_op)(bk, op, rk, prev, **kw)
 

@@ -32,6 +32,8 @@ import re
 
 import numpy as np
 
+from .._optional import jax
+
 #: Compiled programs kept per estimator (least recently used dropped first).
 CACHE_SIZE = 64
 
@@ -42,14 +44,10 @@ _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 def _is_array(x) -> bool:
-    import jax
-
     return isinstance(x, jax.Array) or (isinstance(x, np.ndarray) and x.dtype != object)
 
 
 def _signature(dyn):
-    import jax
-
     return tuple((x.shape, x.dtype, bool(getattr(x, "weak_type", False)), isinstance(x, jax.Array)) for x in dyn)
 
 
@@ -59,8 +57,6 @@ class _Program:
     __slots__ = ("run", "out_tree", "out_static", "out_mask")
 
     def __init__(self, fn, name, treedef, static, mask):
-        import jax
-
         def traced(dyn):
             TRACES[name] += 1
             it = iter(dyn)
@@ -75,16 +71,12 @@ class _Program:
         self.run = jax.jit(traced)
 
     def __call__(self, dyn):
-        import jax
-
         it = iter(self.run(dyn))
         leaves = [next(it) if m else s for m, s in zip(self.out_mask, self.out_static)]
         return jax.tree_util.tree_unflatten(self.out_tree, leaves)
 
 
 def _finite(out) -> bool:
-    import jax
-
     from .._estimate import Estimate
 
     leaves = [out.value] if isinstance(out, Estimate) else jax.tree_util.tree_leaves(out)
@@ -125,8 +117,6 @@ def _with(op, **changes):
 
 def _trace_functions(op):
     """``op`` with its functions as :class:`_JaxprFn` (traced now, reading today's arrays) and their constants."""
-    import jax
-
     changes, consts = {}, []
     for field, axis in _FN_FIELDS:
         f = getattr(op, field)
@@ -140,8 +130,6 @@ def _trace_functions(op):
 
 def _bind_functions(op, consts):
     """Inverse of :func:`_trace_functions` inside the program (``consts`` are its inputs)."""
-    import jax
-
     if not isinstance(getattr(op, "fn", None), _JaxprFn):
         return op
     changes, it = {}, iter(consts)
@@ -179,8 +167,6 @@ def eager_compiled(fn):
 
     def _lookup(key, op, args, kwargs):
         """``(program, its code if new, dynamic leaves)``, or ``(None, None, None)`` to call through."""
-        import jax
-
         from ..backends import JaxBackend, get_backend, is_jax_key
         from ..operators import DenseOperator, FunctionOperator, SparseOperator
 

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .._optional import JaxArray, jnp, lax
 from ..validation import check_int, check_real, is_concrete
 from ._common import setup
 from ._xtrace import _cholesky_or_nan, nys_state, psd_violation
@@ -61,17 +62,13 @@ class SolveInfo(NamedTuple):
 
 
 def _is_jax(x) -> bool:
-    import jax
-
-    return isinstance(x, jax.Array)  # tracers are jax.Array instances too
+    return isinstance(x, JaxArray)  # tracers are jax.Array instances too (never true without JAX)
 
 
 def _while(cond, body, state):
     """``lax.while_loop`` on JAX arrays, a Python loop on NumPy arrays."""
     if _is_jax(state[0]):
-        import jax
-
-        return jax.lax.while_loop(cond, body, state)
+        return lax.while_loop(cond, body, state)
     while bool(cond(state)):
         state = body(state)
     return state
@@ -264,11 +261,7 @@ def nystrom_preconditioner(approx: Nystrom, damping):
 
 
 def _namespace(x):
-    if _is_jax(x):
-        import jax.numpy as jnp
-
-        return jnp
-    return np
+    return jnp if _is_jax(x) else np
 
 
 # ----------------------------------------------------------------------------- solve

@@ -27,11 +27,9 @@ import math
 import numbers
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
+from .._optional import jax, jnp, register_pytree_node, require_jax
 from .._samplers import probe_rows
 from ..validation import check_choice, check_float_dtype
 from ._linear import LinearOperator, block_sums, blocks_of_tree, make_blocks
@@ -92,7 +90,7 @@ def _check_h(h):
 
 
 def _flat_dtype(tree, name):
-    flat, _ = ravel_pytree(tree)
+    flat, _ = jax.flatten_util.ravel_pytree(tree)
     if flat.size == 0:
         raise ValueError(f"{name} must contain at least one floating-point entry")
     return check_float_dtype(flat.dtype, name=f"{name} dtype")
@@ -146,8 +144,8 @@ def finite_difference_jvp(f, x, v, *, h=None, scheme="forward", fx=None):
         raise TypeError(f"f must be callable; got {type(f).__name__}")
     check_choice(scheme, SCHEMES, name="scheme")
     _flat_dtype(x, "x")
-    x_flat, unravel = ravel_pytree(x)
-    v_flat, _ = ravel_pytree(v)
+    x_flat, unravel = jax.flatten_util.ravel_pytree(x)
+    v_flat, _ = jax.flatten_util.ravel_pytree(v)
     if jax.tree.structure(x) != jax.tree.structure(v) or v_flat.shape != x_flat.shape:
         raise ValueError(
             "v must have the structure and shapes of x; got "
@@ -219,11 +217,12 @@ class FiniteDifferenceGram(LinearOperator):
     products = frozenset({"quad_forms"})
 
     def __init__(self, f, x, *args, h=None, scheme="forward", value=None, blocks=None):
+        require_jax("FiniteDifferenceGram")
         if not callable(f):
             raise TypeError(f"f must be callable; got {type(f).__name__}")
         check_choice(scheme, SCHEMES, name="scheme")
         _flat_dtype(x, "x")
-        x_flat, unravel = ravel_pytree(x)
+        x_flat, unravel = jax.flatten_util.ravel_pytree(x)
         self.f, self.args, self.scheme = f, args, scheme
         self.x_flat, self.unravel_input = x_flat, unravel
         if value is None and scheme == "forward":
@@ -273,7 +272,7 @@ class FiniteDifferenceGram(LinearOperator):
 
         def one(v):
             jv = _fd_flat(self._f_of_flat, self.x_flat, v, self.step, self.scheme, self.value)
-            return ravel_pytree(jv)[0]
+            return jax.flatten_util.ravel_pytree(jv)[0]
 
         return jax.vmap(one)(V)
 
@@ -299,7 +298,7 @@ def _fd_unflatten(aux, children):
     return op
 
 
-jax.tree_util.register_pytree_node(FiniteDifferenceGram, _fd_flatten, _fd_unflatten)
+register_pytree_node(FiniteDifferenceGram, _fd_flatten, _fd_unflatten)
 
 
 class FiniteDifferenceBias(NamedTuple):

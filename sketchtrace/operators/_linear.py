@@ -23,11 +23,9 @@ import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
+from .._optional import HAS_JAX, JaxArray, jax, jnp, register_pytree_node, require_jax
 from ..validation import check_choice, check_csr, check_float_dtype
 
 Blocks = tuple  # tuple of (name, start, stop), static and hashable
@@ -184,7 +182,7 @@ def _pytree(data, meta):
             op.__dict__.update(zip(meta, aux))
             return op
 
-        jax.tree_util.register_pytree_node(cls, flatten, unflatten)
+        register_pytree_node(cls, flatten, unflatten)  # nothing to register without JAX
         return cls
 
     return wrap
@@ -265,7 +263,7 @@ class LinearOperator:
         return self.rmatmat(u[None, :])[0]
 
     def __matmul__(self, v):
-        v = jnp.asarray(v)
+        v = jnp.asarray(v) if HAS_JAX else np.asarray(v)
         return self.matvec(v) if v.ndim == 1 else self.matmat(v.T).T
 
     def quad_forms(self, V):
@@ -309,7 +307,9 @@ def require_products(op, needed, method: str):
 def _rows_times_transpose(V, A):
     """``V @ A.T`` as one ``dot_general`` contracting both last axes: no transpose op. Written as
     ``A.T``, a matrix closed over in ``jax.jit`` (a constant) was transposed on every call, which
-    made XTrace 1.8x slower closed over than passed as an argument."""
+    made XTrace 1.8x slower closed over than passed as an argument. Without JAX, NumPy's product."""
+    if not HAS_JAX:
+        return V @ np.asarray(A).T
     A = jnp.asarray(A)
     dt = jnp.result_type(V, A)
     return jax.lax.dot_general(V.astype(dt), A.astype(dt), (((V.ndim - 1,), (1,)), ((), ())))
@@ -337,7 +337,7 @@ class DenseOperator(LinearOperator):
         return _rows_times_transpose(V, self.A)
 
     def rmatmat(self, U):
-        return U @ jnp.asarray(self.A)
+        return U @ (jnp.asarray(self.A) if HAS_JAX else np.asarray(self.A))
 
     def quad_forms(self, V):
         return block_sums(V * _rows_times_transpose(V, self.A), self.blocks)
@@ -469,6 +469,8 @@ class FunctionOperator(LinearOperator):
     symmetric, psd : bool, optional
         Declared structure (see :class:`LinearOperator`).
 
+    Notes
+    -----
     The callables are static pytree data: arrays they close over are constants
     under ``jax.jit``.
     """
@@ -586,6 +588,8 @@ class JacobianOperator(LinearOperator):
         derived by ``jax.linear_transpose``); ``"bwd"`` with ``jax.vjp`` (VJPs, the
         forward product derived by transposition). Either way ``f`` runs once.
 
+    Notes
+    -----
     The operator acts on flat vectors of length ``n = size(x)`` and returns flat
     vectors of length ``m = size(y)``; ``unravel_input`` / ``unravel_output`` map
     back to the pytrees. If ``y`` is a dict, its top-level keys are the blocks.
@@ -594,15 +598,16 @@ class JacobianOperator(LinearOperator):
     """
 
     def __init__(self, f, x, *args, mode="fwd", blocks=None):
+        require_jax("JacobianOperator (JAX autodiff; torch: TorchJacobianOperator)")
         check_choice(mode, ("fwd", "bwd"), name="mode")
         if not callable(f):
             raise TypeError(f"f must be callable; got {type(f).__name__}")
-        x_flat, unravel_input = ravel_pytree(x)
+        x_flat, unravel_input = jax.flatten_util.ravel_pytree(x)
         check_float_dtype(x_flat.dtype, name="x dtype")
         out_info = {}
 
         def flat_f(xf):
-            y_flat, out_info["unravel"] = ravel_pytree(f(unravel_input(xf), *args))
+            y_flat, out_info["unravel"] = jax.flatten_util.ravel_pytree(f(unravel_input(xf), *args))
             return y_flat
 
         if mode == "fwd":
@@ -759,11 +764,11 @@ def _from_lineax(obj, blocks):
     in_struct, out_struct = obj.in_structure(), obj.out_structure()
     zeros_in = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), in_struct)
     zeros_out = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out_struct)
-    x_flat, unravel_in = ravel_pytree(zeros_in)
-    y_flat, _ = ravel_pytree(zeros_out)
+    x_flat, unravel_in = jax.flatten_util.ravel_pytree(zeros_in)
+    y_flat, _ = jax.flatten_util.ravel_pytree(zeros_out)
 
     def matvec(v):
-        return ravel_pytree(obj.mv(unravel_in(v)))[0]
+        return jax.flatten_util.ravel_pytree(obj.mv(unravel_in(v)))[0]
 
     if blocks is None:
         blocks = blocks_of_tree(zeros_out)
@@ -792,7 +797,7 @@ def as_operator(obj, *, blocks=None, symmetric=None, psd=None) -> LinearOperator
     """
     if isinstance(obj, LinearOperator):
         op = obj
-    elif isinstance(obj, (np.ndarray, jax.Array)):
+    elif isinstance(obj, (np.ndarray, JaxArray)):
         if obj.ndim != 2:
             raise ValueError(f"op: expected a 2-D matrix; got an array of shape {obj.shape}")
         if np.issubdtype(obj.dtype, np.complexfloating):

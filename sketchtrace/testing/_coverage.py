@@ -9,6 +9,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import stats
 
+from .._optional import jax
 from ..validation import check_choice, check_int, check_real
 
 
@@ -65,8 +66,6 @@ def coverage_trials_needed(*, level=0.95, low=0.90, high=0.98, false_alarm=1e-3,
 
 
 def _run(fn, keys, batch):
-    import jax
-
     if batch == "map":
         return jax.jit(lambda ks: jax.lax.map(fn, ks))(keys)
     if batch == "vmap":
@@ -100,8 +99,6 @@ def check_coverage(
     A zero sem (an exact answer) covers when ``|value - truth| <= exact_rtol * |truth|``.
     Size ``trials`` with :func:`coverage_trials_needed`.
     """
-    import jax
-
     trials = check_int(trials, name="trials", minimum=1)
     check_real(level, name="level")
     if not 0 < level < 1:

@@ -162,14 +162,16 @@ def assert_unbiased(
         ``detect_rtol`` of ``truth`` with probability 0.99 (see :func:`check_power`);
         an under-powered test raises ``AssertionError`` saying how many trials it needs.
 
+    Returns
+    -------
+    UnbiasednessReport
+
+    Notes
+    -----
     Power: a bias ``b`` is detected with probability 0.99 when
     ``|b| >= (t + 2.33) * std / sqrt(num_trials)``, ``t`` the Student-t quantile at
     ``1 - false_alarm / 2`` (``t = 4.9`` for ``1e-6``); see :func:`detectable_bias`.
     The failure message says by how many standard errors the mean is off.
-
-    Returns
-    -------
-    UnbiasednessReport
     """
     if isinstance(num_trials, bool) or not isinstance(num_trials, int):
         raise TypeError(f"num_trials must be an int; got {num_trials!r}")

@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from hypothesis import strategies as hst
 
+from .._optional import jax, jnp
+
 __all__ = ["SPECTRA", "TestOperator", "mlp_jacobians", "psd_matrices", "symmetric_matrices"]
 
 
@@ -105,10 +107,6 @@ def mlp_jacobians(draw, *, widths=hst.integers(2, 8), depth=hst.integers(1, 3), 
     the parameter pytree, the inputs, the dense Jacobian and ``||J||_F^2``
     (the trace of ``J J^T`` and of ``J^T J``).
     """
-    import jax
-    import jax.numpy as jnp
-    from jax.flatten_util import ravel_pytree
-
     width, d, npts = draw(widths), draw(depth), draw(num_points)
     seed = draw(hst.integers(0, 2**31 - 1))
     rng = np.random.default_rng(seed)
@@ -127,6 +125,6 @@ def mlp_jacobians(draw, *, widths=hst.integers(2, 8), depth=hst.integers(1, 3), 
                 h = jnp.tanh(h)
         return h[:, 0]
 
-    flat, unravel = ravel_pytree(params)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
     jac = np.asarray(jax.jacfwd(lambda p: f(unravel(p), x))(flat))
     return JacobianCase(f, params, x, jac, float(np.sum(jac * jac)))
