@@ -115,10 +115,11 @@ def render() -> str:
             obj = getattr(mod, name)
             where = seen.get(identity(obj))
             if where is not None and not isinstance(obj, (str, int, float, tuple, dict)):
-                again.append(f"`{name}` ({where})")
+                public, path = where
+                again.append(f"[`{public}`][{path}]")  # a link: strict mode checks it
                 continue
             path = target(mod, name)
-            seen.setdefault(identity(obj), f"`{path}`")
+            seen.setdefault(identity(obj), (f"{mod_name}.{name}", path))
             options = []
             if isinstance(obj, types.ModuleType):
                 options.append("members: false")
@@ -129,7 +130,7 @@ def render() -> str:
             block = "".join(f"\n      {o}" for o in options)
             out.append(f"::: {path}" + (f"\n    options:{block}" if options else "") + "\n")
         if again:
-            out.append("Also here, documented above: " + ", ".join(again) + ".\n")
+            out.append(f"Also in `{mod_name}`, documented above: " + ", ".join(again) + ".\n")
     return "\n".join(out)
 
 
