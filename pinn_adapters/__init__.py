@@ -11,7 +11,7 @@ from ._weighting import NTKWeighting, WeightingState, gradnorm_weighting, ntk_we
 
 #: The training application's names, loaded on first use (``import pinn_adapters`` does not import
 #: the app, its optimizers, checkpoints or plots).
-_APP_NAMES = ("NonFiniteError", "TrainResult", "TrainState", "load_checkpoint", "save_checkpoint", "train")
+_APP_NAMES = ("NonFiniteError", "TrainResult", "TrainState", "Trainer", "load_checkpoint", "save_checkpoint", "train")
 
 
 def __getattr__(name):
@@ -36,6 +36,7 @@ __all__ = [
     "NTKWeighting",
     "WeightingState",
     "train",
+    "Trainer",
     "TrainResult",
     "TrainState",
     "NonFiniteError",

@@ -197,3 +197,25 @@ def test_problem_interfaces(wave):
     np.testing.assert_allclose(pois.exact_solution(grid), np.sin(4 * np.pi * np.asarray(grid)), atol=1e-12)
     with pytest.raises(ValueError, match="layers"):
         pa.problems.wave1d(layers=(3, 4, 1))
+
+
+# ---------------------------------------------------------------------------- Trainer: compile once, run often
+
+
+def test_trainer_reuses_its_compiled_step_and_matches_train(wave):
+    opt = optax.adam(1e-3)
+    trainer = pa.Trainer(wave, weighting="pc", optimizer=opt)
+    a = trainer.train(steps=3, seed=1, progress=False)
+    b = trainer.train(steps=3, seed=2, progress=False)
+    more = trainer.train(steps=5, seed=1, resume=a.state, progress=False)
+    step_fn, _ = trainer._step_fns()
+    assert step_fn._cache_size() == 1  # three runs (two seeds, a resume), one compilation
+    ref = pa.train(wave, weighting="pc", optimizer=opt, steps=3, seed=1, progress=False)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(ref.params)):
+        np.testing.assert_array_equal(x, y)
+    assert not all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)))
+    full = trainer.train(steps=5, seed=1, progress=False)
+    for x, y in zip(jax.tree.leaves(more.params), jax.tree.leaves(full.params)):
+        np.testing.assert_array_equal(x, y)  # resume through the trainer is exact too
+    with pytest.raises(ValueError, match="steps"):
+        trainer.train(steps=-1)

@@ -5,12 +5,13 @@ never imports from here.
 """
 
 from ._experiment import PROBLEMS, WaveConfig, compare, fd_bias, run_wave
-from ._train import NonFiniteError, TrainResult, TrainState, load_checkpoint, save_checkpoint, train
+from ._train import NonFiniteError, Trainer, TrainResult, TrainState, load_checkpoint, save_checkpoint, train
 
 __all__ = [
     "PROBLEMS",
     "NonFiniteError",
     "TrainResult",
+    "Trainer",
     "TrainState",
     "WaveConfig",
     "compare",

@@ -120,22 +120,15 @@ def _finished(path: Path, key: dict):
     return data if data.get("key") == key else None
 
 
-def _one_run(prob, optimizer, weighting, base: WaveConfig, seed: int) -> dict:
-    """Train one seed (after a one-step warm-up that compiles, so wall time is training time)."""
-    from ._train import train
-
-    kw = {
-        "weighting": weighting,
-        "optimizer": optimizer,
-        "seed": seed,
-        "log_every": base.log_every,
-        "progress": False,
-    }
-    tracked = weighting.config["estimator"] not in ("none", "exact", "gradnorm")
-    # compile the step and the weight-error check first (both are cached for the timed run)
-    train(prob, steps=1, track_weight_error=tracked, **kw)
+def _one_run(trainer, base: WaveConfig, seed: int) -> dict:
+    """Train one seed with a :class:`~pinn_adapters.app.Trainer` (after a one-step warm-up that
+    compiles, so wall time is training time)."""
+    kw = {"seed": seed, "log_every": base.log_every, "progress": False}
+    tracked = trainer.weighting.config["estimator"] not in ("none", "exact", "gradnorm")
+    # compile the step and the weight-error check first (the trainer keeps both for the timed run)
+    trainer.train(steps=1, track_weight_error=tracked, **kw)
     t0 = time.perf_counter()
-    res = train(prob, steps=base.steps, track_weight_error=tracked, **kw)
+    res = trainer.train(steps=base.steps, track_weight_error=tracked, **kw)
     wall = time.perf_counter() - t0
     hist = res.history
     errs = [e for e in hist["weight_error"] if e is not None]
@@ -153,13 +146,17 @@ def _one_run(prob, optimizer, weighting, base: WaveConfig, seed: int) -> dict:
 def run_sweep(cfg: SweepConfig, *, progress=True, cost_repeats=0) -> dict:
     """Run (or resume) the grid; write ``runs/*.json``, ``sweep.json``, ``sweep.md`` and ``pareto.png``."""
     from .._weighting import ntk_weighting
+    from ._train import Trainer
 
     out = check_sweep(cfg)
     base = dataclasses.asdict(cfg.base)
     prob = make_problem(cfg.base)
     optimizer = make_optimizer(cfg.base)
-    # every schedule's configuration is checked here, before any training
-    weightings = {name: ntk_weighting(prob.blocks, **kw) for name, kw in cfg.schedules.items()}
+    # every schedule's configuration is checked here, before any training; one trainer per schedule
+    trainers = {
+        name: Trainer(prob, weighting=ntk_weighting(prob.blocks, **kw), optimizer=optimizer)
+        for name, kw in cfg.schedules.items()
+    }
     todo = [(n, s) for n in cfg.schedules for s in range(cfg.seeds)]
     bar = None
     if progress:
@@ -182,7 +179,7 @@ def run_sweep(cfg: SweepConfig, *, progress=True, cost_repeats=0) -> dict:
                     bar.set_postfix_str(f"{name} seed {seed}")
                 rec = {
                     "key": key,
-                    "metrics": _one_run(prob, optimizer, weightings[name], cfg.base, seed),
+                    "metrics": _one_run(trainers[name], cfg.base, seed),
                 }
                 _write_atomic(path, rec)
             records.append(rec)
@@ -212,17 +209,16 @@ def step_costs(cfg: SweepConfig, *, repeats=5, chunk=100) -> dict:
     import jax
 
     from .._weighting import ntk_weighting
-    from ._train import _build, _init_state
+    from ._train import Trainer
 
     prob = make_problem(cfg.base)
     optimizer = make_optimizer(cfg.base)
-    base_key = jax.random.key(0)
-    batch0 = prob.sample_batch(base_key)
+    batch0 = prob.sample_batch(jax.random.key(0))
     runs = {}
     for name, kw in cfg.schedules.items():
-        w = ntk_weighting(prob.blocks, **kw)
-        step_fn, _ = _build(prob, w, optimizer, True, True)
-        state = _init_state(prob, w, optimizer, None, base_key, batch0)
+        trainer = Trainer(prob, weighting=ntk_weighting(prob.blocks, **kw), optimizer=optimizer)
+        step_fn, _ = trainer._step_fns()
+        state = trainer.initial_state(0, batch0=batch0)
         runs[name] = [
             step_fn,
             jax.block_until_ready(step_fn(state, batch0)[0]),
@@ -311,11 +307,15 @@ def pareto_front(points) -> list:
 
 def format_markdown(rows, cfg: SweepConfig) -> str:
     b = cfg.base
+    opt = {"soap": "SOAP", "adam": "Adam"}.get(b.optimizer, b.optimizer)
+    embed = f"{b.fourier} Fourier features (scale {b.fourier_sigma:.3g}) + " if b.fourier else ""
     head = (
-        f"{b.problem}, MLP width {b.width} x {b.depth}, {b.steps} Adam steps, batch {b.n_res} interior + "
+        f"{b.problem}, {embed}MLP width {b.width} x {b.depth}{' (RWF)' if b.rwf else ''}, {b.steps} {opt} steps "
+        f"(lr {b.learning_rate:g} x {b.decay_rate:g} every {b.decay_steps} steps), batch {b.n_res} interior + "
         f"{b.n_bc} per boundary piece (redrawn every step), {cfg.seeds} seeds; median [min, max] over seeds. "
         "Wall time: the training call after a one-step compile warm-up (includes the logging every "
-        f"{b.log_every} steps). Weight error: median over log steps of the max over blocks of "
+        f"{b.log_every} steps and, for estimated weights, the exact weights computed at each log step for the "
+        "weight error, so compare costs in the interleaved columns). Weight error: median over log steps of the max over blocks of "
         "|w - w_exact| / w_exact (estimators that are not exact only). * = on the error-vs-time Pareto front "
         "(medians). Step cost: seconds per step measured interleaved across schedules in one process "
         "(100-step chunks, median of rounds), relative to none; its front uses steps x that cost.\n\n"

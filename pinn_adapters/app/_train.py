@@ -192,8 +192,8 @@ def _make_weighting(weighting, blocks):
         return weighting
     if weighting is None:
         weighting = "none"
-    if isinstance(weighting, str):  # one object per (blocks, name): repeated calls reuse the compiled step
-        return _cached((blocks, weighting), lambda: ntk_weighting(blocks, estimator=weighting))
+    if isinstance(weighting, str):
+        return ntk_weighting(blocks, estimator=weighting)
     raise TypeError(f"weighting must be None, an estimator name or pa.ntk_weighting(...); got {weighting!r}")
 
 
@@ -204,25 +204,6 @@ def _is_path(x) -> bool:
 def _keys_at(raw_key, step):
     k = jax.random.fold_in(jax.random.wrap_key_data(raw_key), step)
     return jax.random.fold_in(k, 0), jax.random.fold_in(k, 1)
-
-
-_CACHE: list = []  # [(objects, compiled)]: reuse compiled steps across train() calls (resume, sweeps)
-
-
-def _cached(objects, build):
-    for objs, fns in _CACHE:
-        if len(objs) == len(objects) and all(a is b for a, b in zip(objs, objects)):
-            return fns
-    fns = build()
-    _CACHE.append((objects, fns))
-    del _CACHE[:-8]
-    return fns
-
-
-def _jitted_rel_l2(problem):
-    if not hasattr(problem, "relative_l2"):
-        return None
-    return _cached((problem, "rel_l2"), lambda: _rel_l2_fn(problem.relative_l2))
 
 
 def _rel_l2_fn(fn):
@@ -246,13 +227,6 @@ def _scalar_l2(value):
     if np.ndim(value) != 0:
         raise ValueError(f"problem.relative_l2 must return a scalar; got shape {np.shape(value)}")
     return value
-
-
-def _compiled(problem, w, optimizer, resample, reuse_residuals):
-    return _cached(
-        (problem, w, optimizer, resample, reuse_residuals),
-        lambda: _build(problem, w, optimizer, resample, reuse_residuals),
-    )
 
 
 def _all_finite(tree):
@@ -344,12 +318,13 @@ def _build(problem, w, optimizer, resample, reuse_residuals):
 # ----------------------------------------------------------------------------- state
 
 
-def _init_state(problem, w, optimizer, params, base, batch0):
-    """The state of step 0 (also evaluated abstractly, as the template a checkpoint must match)."""
+def _init_state(problem, w_init, optimizer, params, base, batch0):
+    """The state of step 0 (also evaluated abstractly, as the template a checkpoint must match);
+    ``w_init`` is the weighting's ``init`` (jitted by :class:`Trainer`)."""
     names = problem.blocks.names
     k_init, k_w = jax.random.split(jax.random.fold_in(base, 10**9))
     p0 = problem.init_params(k_init) if params is None else params
-    ws = _cached((w, "init"), lambda: jax.jit(w.init))(k_w, p0, batch0)
+    ws = w_init(k_w, p0, batch0)
     dtype = ravel_pytree(p0)[0].dtype
     wv = jnp.stack([ws.weights[n] for n in names])
     r0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(problem.blocks.residuals, p0, batch0))
@@ -493,6 +468,101 @@ def _loop(run, state, batch0, steps, log_every, bar):
     return state, history, step_times, time.perf_counter() - start
 
 
+class Trainer:
+    """One training configuration, compiled once and run as often as needed.
+
+    ``Trainer(problem, weighting=..., optimizer=...)`` holds the jitted training step, the
+    weighting's ``init``, the exact-weight check and the jitted error function;
+    :meth:`train` runs it (any seed, steps, resume or checkpoint) without recompiling, so
+    seeds of a sweep, a resumed run and its reference share one compilation. :func:`train`
+    is ``Trainer(...).train(...)`` and compiles on every call. Arguments as in :func:`train`.
+    """
+
+    def __init__(self, problem, *, weighting=None, optimizer=None, resample=True, reuse_residuals=True):
+        import optax
+
+        self.problem = problem
+        self.weighting = _make_weighting(weighting, problem.blocks)
+        if optimizer is None:
+            optimizer = problem.default_optimizer() if hasattr(problem, "default_optimizer") else optax.adam(1e-3)
+        self.optimizer = optimizer
+        self.resample, self.reuse_residuals = bool(resample), bool(reuse_residuals)
+        self._init = jax.jit(self.weighting.init)
+        self._rel_l2 = _rel_l2_fn(problem.relative_l2) if hasattr(problem, "relative_l2") else None
+        self._step = None
+
+    def _step_fns(self):
+        if self._step is None:  # built on first use: a Trainer that only validates compiles nothing
+            self._step = _build(self.problem, self.weighting, self.optimizer, self.resample, self.reuse_residuals)
+        return self._step
+
+    def initial_state(self, seed=0, params=None, batch0=None) -> TrainState:
+        """The state of step 0 for ``seed`` (``params``: initial parameters, default the problem's)."""
+        base = jax.random.key(_check_int("seed", seed, 0))
+        if batch0 is None:
+            batch0 = self.problem.sample_batch(jax.random.fold_in(base, 0))
+        return _init_state(self.problem, self._init, self.optimizer, params, base, batch0)
+
+    def train(
+        self,
+        *,
+        steps,
+        seed=0,
+        log_every=100,
+        params=None,
+        track_weight_error=False,
+        resume=None,
+        checkpoint=None,
+        checkpoint_every=None,
+        progress=True,
+    ):
+        """Run ``steps`` steps (see :func:`train`); returns :class:`TrainResult`."""
+        steps = _check_int("steps", steps, 0)
+        log_every = _check_int("log_every", log_every, 1)
+        seed = _check_int("seed", seed, 0)
+        checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1, optional=True)
+        if checkpoint is not None:
+            ckpt.check_writable(checkpoint)
+        problem, w, resample = self.problem, self.weighting, self.resample
+        base = jax.random.key(seed)
+        batch0 = problem.sample_batch(jax.random.fold_in(base, 0))
+        template = jax.eval_shape(lambda: _init_state(problem, w.init, self.optimizer, params, base, batch0))
+        manifest = _run_manifest(problem, w, template.params, seed, resample, self.reuse_residuals)
+        if resume is not None:
+            state = _resumed_state(resume, template, manifest)
+        else:
+            state = _init_state(problem, self._init, self.optimizer, params, base, batch0)
+
+        def batch_at(raw_key, step):
+            return problem.sample_batch(_keys_at(raw_key, step)[0]) if resample else batch0
+
+        step_fn, exact_weight_error = self._step_fns()
+        run = _Run(
+            problem,
+            w,
+            step_fn,
+            exact_weight_error,
+            self._rel_l2,
+            batch_at,
+            track_weight_error,
+            checkpoint,
+            checkpoint_every,
+            manifest,
+        )
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=steps, initial=int(state.step), desc=f"{getattr(problem, 'name', 'pinn')}", leave=False)
+        try:
+            state, history, step_times, wall = _loop(run, state, batch0, steps, log_every, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        tps = float(np.median(step_times[1:])) if len(step_times) > 1 else (step_times[0] if step_times else 0.0)
+        return TrainResult(state.params, state, history, wall, tps)
+
+
 def train(
     problem,
     *,
@@ -520,6 +590,10 @@ def train(
     checked for finiteness; the first non-finite step is recorded in the state (which
     then stops changing) and raises :class:`NonFiniteError` naming the step and the
     block at the next log or checkpoint step.
+
+    Each call compiles its step; to run one configuration several times (seeds, resume,
+    a reference run) without recompiling, build a :class:`Trainer` once and call its
+    :meth:`Trainer.train`.
 
     Parameters
     ----------
@@ -575,51 +649,19 @@ def train(
     M. Hirsch, F. Pichi, arXiv:2511.15530 (2025) (diagnostics: running averages of
     ``||R||^2`` and ``||grad L||^2``).
     """
-    import optax
-
+    # the arguments are checked before the trainer compiles anything
     steps = _check_int("steps", steps, 0)
-    log_every = _check_int("log_every", log_every, 1)
-    seed = _check_int("seed", seed, 0)
-    checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1, optional=True)
-    if checkpoint is not None:
-        ckpt.check_writable(checkpoint)
-    w = _make_weighting(weighting, problem.blocks)
-    if optimizer is None:
-        optimizer = problem.default_optimizer() if hasattr(problem, "default_optimizer") else optax.adam(1e-3)
-    base = jax.random.key(seed)
-    batch0 = problem.sample_batch(jax.random.fold_in(base, 0))
-    template = jax.eval_shape(lambda: _init_state(problem, w, optimizer, params, base, batch0))
-    manifest = _run_manifest(problem, w, template.params, seed, bool(resample), bool(reuse_residuals))
-    if resume is not None:
-        state = _resumed_state(resume, template, manifest)
-    else:
-        state = _init_state(problem, w, optimizer, params, base, batch0)
-
-    def batch_at(raw_key, step):
-        return problem.sample_batch(_keys_at(raw_key, step)[0]) if resample else batch0
-
-    step_fn, exact_weight_error = _compiled(problem, w, optimizer, resample, reuse_residuals)
-    run = _Run(
-        problem,
-        w,
-        step_fn,
-        exact_weight_error,
-        _jitted_rel_l2(problem),
-        batch_at,
-        track_weight_error,
-        checkpoint,
-        checkpoint_every,
-        manifest,
+    trainer = Trainer(
+        problem, weighting=weighting, optimizer=optimizer, resample=resample, reuse_residuals=reuse_residuals
     )
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, initial=int(state.step), desc=f"{getattr(problem, 'name', 'pinn')}", leave=False)
-    try:
-        state, history, step_times, wall = _loop(run, state, batch0, steps, log_every, bar)
-    finally:
-        if bar is not None:
-            bar.close()
-    tps = float(np.median(step_times[1:])) if len(step_times) > 1 else (step_times[0] if step_times else 0.0)
-    return TrainResult(state.params, state, history, wall, tps)
+    return trainer.train(
+        steps=steps,
+        seed=seed,
+        log_every=log_every,
+        params=params,
+        track_weight_error=track_weight_error,
+        resume=resume,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        progress=progress,
+    )
