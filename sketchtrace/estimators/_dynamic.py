@@ -141,6 +141,51 @@ def _optimal_gamma(xp, d, s):
     return xp.clip(g, AUTO_GAMMA_MIN, 1.0)
 
 
+def predictor_corrector_step(estimate, x, y, gamma):
+    """One predictor-corrector (DeltaShift) step on given quadratic forms: ``(new_estimate, correction)``.
+
+    The recursion of :func:`predictor_corrector` and of the NTK weightings' ``"pc"``
+    (``pinn_adapters.ntk_weighting`` and ``pinn_adapters.torch.ntk_weighting`` call it):
+    with ``x = v^T A_t v`` and ``y = v^T A_{t+1} v`` quadratic forms of the SAME probe
+    ``v`` on consecutive operators,
+
+        new_estimate = (1 - gamma) (estimate - x) + y,    correction = y - (1 - gamma) x.
+
+    The prediction ``(1 - gamma) estimate`` carries the previous estimate forward and the
+    correction adds the probe's view of the change; ``new_estimate`` is unbiased for
+    ``tr(A_{t+1})`` when ``estimate`` is unbiased for ``tr(A_t)`` and independent of
+    ``v``, and ``Var new_estimate = (1 - gamma)^2 Var estimate + Var correction`` (the
+    recursion behind the estimator's standard error). ``gamma = 1`` gives ``y``, a fresh
+    Hutchinson sample (``x`` is then unused: pass ``0``).
+
+    Plain arithmetic on array-likes: it runs on JAX arrays (inside ``jit``), NumPy arrays
+    and torch tensors alike, elementwise with broadcasting.
+
+    Parameters
+    ----------
+    estimate : array
+        Current estimate per replica and block, e.g. ``(R, B)``.
+    x, y : array
+        Quadratic forms of the probes on the previous and the next operator (shape of
+        ``estimate``); ``x`` may be ``0`` when ``gamma == 1``.
+    gamma : float or array
+        Damping in ``(0, 1]`` (an array broadcasts, e.g. one value per block ``(B,)``).
+
+    Returns
+    -------
+    (new_estimate, correction) : tuple of arrays
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> new, c = predictor_corrector_step(np.array([10.0]), np.array([9.0]), np.array([11.0]), 0.5)
+    >>> float(new[0]), float(c[0])
+    (11.5, 6.5)
+    """
+    keep = 1.0 - gamma
+    return keep * (estimate - x) + y, y - keep * x
+
+
 def _check_gamma(gamma, name="gamma", allow_auto=True):
     if allow_auto and isinstance(gamma, str):
         if gamma != "auto":
@@ -392,11 +437,12 @@ class DynamicTraceEstimator:
         return self._report_values(value, sem, names, spent)
 
     def _report_values(self, value, sem, names, spent):
+        dof = self.num_probes - 1 if self._use_replicas() else None  # the replicas' spread: R - 1
         if names is None:
             if value.shape[0] == 1:
-                return Estimate(value[0], sem[0], spent)
-            return Estimate(value, sem, spent)  # per-block arrays (no names given)
-        return {name: Estimate(value[i], sem[i], spent) for i, name in enumerate(names)}
+                return Estimate(value[0], sem[0], spent, dof=dof)
+            return Estimate(value, sem, spent, dof=dof)  # per-block arrays (no names given)
+        return {name: Estimate(value[i], sem[i], spent, dof=dof) for i, name in enumerate(names)}
 
 
 def _value_sem(self, state, xp):
@@ -448,8 +494,7 @@ def _step(self, state, x, y, xp):
         new_moments, new_gamma = state.moments, state.gamma
     else:
         gamma = state.gamma
-        c = y - (1.0 - gamma) * x
-        new_T = (1.0 - gamma) * state.estimate + c
+        new_T, c = predictor_corrector_step(state.estimate, x, y, gamma)  # the one pc recursion
         if R >= 2:
             s2 = xp.var(c, axis=0, correction=1)
         else:
