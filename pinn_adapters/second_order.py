@@ -1,4 +1,4 @@
-"""Gauss-Newton / Levenberg-Marquardt training of a PINN on its weighted residuals.
+"""Gauss-Newton / Levenberg-Marquardt (and ENGD) training of a PINN on its weighted residuals.
 
 The loss ``L(theta) = sum_b w_b reduce_b(r_b^2)`` is ``||r_w||^2`` for the scaled residuals
 ``r_w = (sqrt(w_b c_b) r_b)_b`` (``c_b = 1/n_b`` for a ``"mean"`` block, ``1`` for ``"sum"``), so a
@@ -15,10 +15,22 @@ CG) on ``sketchtrace.gram(JacobianOperator)``; ``"auto"`` takes the smaller of `
 Memory of the matrix-free paths: the linearisation (the network's activations at the batch) and
 the ``dim x rank`` Nystrom factor, never ``n x p``.
 
-The damping follows the gain ratio ``rho = (L(theta) - L(theta + d)) / (L(theta) - ||r_w + J d||^2)``
-(Nielsen's rule: accept when ``rho > 0`` and scale ``mu`` by ``max(1/3, 1 - (2 rho - 1)^3)``,
-else reject and multiply ``mu`` by ``nu``, doubling ``nu``). Loss weights come from any
-:func:`pinn_adapters.ntk_weighting` strategy, refreshed after each accepted step.
+A trial point is ``theta + eta d``: ``eta = 1`` (``line_search=None``) or the best of a
+logarithmic grid ``eta in {1, 1/2, ..., 2^-(grid_size-1)}`` (``line_search="grid"``; all grid
+losses in one compiled, vmapped call). The gain ratio of the scaled step is
+``rho = (L(theta) - L(theta + eta d)) / (-2 eta r_w.Jd - eta^2 ||Jd||^2)``; a step is accepted when
+``rho > 0`` (the loss went down). The damping is fixed (``damping_rule="fixed"``) or follows
+Nielsen's rule (``"nielsen"``: on acceptance scale ``mu`` by ``max(1/3, 1 - (2 rho - 1)^3)``,
+else multiply it by ``nu``, doubling ``nu``). Loss weights come from any
+:func:`pinn_adapters.ntk_weighting` strategy, refreshed after each accepted step; ``sample_batch``
+draws new collocation points every ``resample_every`` accepted steps; ``checkpoint`` / ``resume``
+save and continue a run bit for bit.
+
+ENGD (energy natural gradient, Mueller and Zeinhofer 2023) preconditions the gradient with the
+Gramian of the energy's inner product; for a residual least-squares loss that Gramian is the
+Gauss-Newton matrix ``J^T J``, so :func:`energy_natural_gradient` is this loop with a small fixed
+damping and the grid line search. No separate energy inner product (a variational energy that is
+not a sum of squared residuals) is implemented.
 
 ``optimistix.LevenbergMarquardt`` covers a fixed least-squares problem with a dense or lineax
 linear solve; it has no sample-space (Woodbury) form, no Nystrom preconditioner and no weights
@@ -28,62 +40,81 @@ that change between steps, which is what this module adds. The tests check this 
 
 from __future__ import annotations
 
+import json
+import os
 import time
+import warnings
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 import sketchtrace as st
-from sketchtrace.validation import check_choice, check_int, check_real
+from sketchtrace.validation import (
+    check_callable,
+    check_choice,
+    check_int,
+    check_jax_key,
+    check_optional,
+    check_output_path,
+    check_real,
+)
+
+from ._checkpoint_io import read_tree, write_tree
 
 METHODS = ("auto", "dense", "params", "samples")
+LINE_SEARCHES = ("none", "grid")
+DAMPING_RULES = ("nielsen", "fixed")
+CHECKPOINT_FORMAT = "pinn_adapters.second_order.checkpoint"
+_FORMAT_VERSION = 1
 
 
 class StepInfo(NamedTuple):
     """One Gauss-Newton step: ``method`` used, CG ``iterations`` (0 for dense), the solve's relative
-    residual, the model ``predicted`` reduction ``L - ||r_w + J d||^2`` and the ``loss`` it started from."""
+    residual, the model ``predicted`` reduction ``L - ||r_w + J d||^2`` (computed as
+    ``-2 r_w.Jd - ||Jd||^2``), the ``loss`` it started from, and ``r_dot_jd = r_w . J d`` and
+    ``jd_norm2 = ||J d||^2``, from which the predicted reduction of a scaled step ``eta d`` is
+    ``-2 eta r_dot_jd - eta^2 jd_norm2``."""
 
     method: str
     iterations: Any
     relative_residual: Any
     predicted: Any
     loss: Any
+    r_dot_jd: Any = None
+    jd_norm2: Any = None
 
 
 class LMResult(NamedTuple):
     """:func:`levenberg_marquardt`'s result: final ``params``, ``weights`` and a ``history`` list of
-    dicts (``step``, ``loss``, ``damping``, ``accepted``, ``rho``, ``cg_iterations``, ``time``,
-    and ``relative_l2`` when an error function was given)."""
+    dicts (``step``, ``loss``, ``damping``, ``accepted``, ``rho``, ``step_size``, ``cg_iterations``,
+    ``method``, ``resampled``, ``time``, and ``relative_l2`` when an error function was given)."""
 
     params: Any
     weights: dict
     history: list
 
 
+def _scale(blocks, sizes, weights, res):
+    """``r_w``: the blocks' residuals ``res`` scaled by ``sqrt(w_b c_b)`` and concatenated."""
+    out = []
+    for n in blocks.names:
+        c = 1.0 / sizes[n] if blocks.reduction == "mean" else 1.0
+        w = c * (1.0 if weights is None else weights[n])
+        out.append(jnp.sqrt(jnp.asarray(w, res[n].dtype)) * res[n])
+    return jnp.concatenate(out)
+
+
 def scaled_residual_fn(blocks, batch, weights):
     """``f(params) -> r_w``: the scaled residuals as one vector (blocks in ``blocks.names`` order)."""
     sizes = blocks.sizes(batch)
-    scale = {}
-    for n in blocks.names:
-        c = 1.0 / sizes[n] if blocks.reduction == "mean" else 1.0
-        scale[n] = c * (1.0 if weights is None else weights[n])
 
     def f(params):
-        res = blocks.residuals(params, batch)
-        return jnp.concatenate([jnp.sqrt(jnp.asarray(scale[n], res[n].dtype)) * res[n] for n in blocks.names])
+        return _scale(blocks, sizes, weights, blocks.residuals(params, batch))
 
     return f
-
-
-def _check_finite(r):
-    if not bool(jnp.all(jnp.isfinite(r))):
-        bad = int(jnp.sum(~jnp.isfinite(r)))
-        raise ValueError(
-            f"residuals: {bad} non-finite value(s) (NaN or inf) out of {r.size}; a Gauss-Newton step needs "
-            "finite residuals (check the network, the damping and the collocation points)"
-        )
 
 
 def _dense_step(f_flat, x, r, damping, space):
@@ -111,16 +142,73 @@ def _matrix_free_step(key, f_flat, x, r, damping, space, rank, rtol, maxiter):
     return d, J.matvec(d), info.iterations, info.residual_norm / jnp.linalg.norm(b)
 
 
+def _with_model(r, out):
+    """``(d, Jd, its, rel)`` plus the quadratic model's ``r.Jd`` and ``||Jd||^2``."""
+    d, Jd, its, rel = out
+    return d, its, rel, jnp.vdot(r, Jd), jnp.vdot(Jd, Jd)
+
+
 _COMPILED: dict = {}
 
 
-def _compiled_step(blocks, method, space, rank, rtol, maxiter, params, unravel):
-    """One ``jax.jit`` program per configuration: ``(key, flat, batch, weights, damping) -> (d, Jd, its, rel)``."""
+def _cached(blocks, config, build, params=()):
+    """One ``jax.jit`` program per (blocks, configuration, parameter structure); ``build()`` makes the function.
+
+    The program closes over ``blocks``, which keeps it alive while cached (so its ``id`` is not reused)."""
     leaves, treedef = jax.tree.flatten(params)
-    ck = (id(blocks), method, space, rank, rtol, maxiter, treedef, tuple((x.shape, x.dtype) for x in leaves))
+    ck = (id(blocks), config, treedef, tuple((x.shape, x.dtype) for x in leaves))
     fn = _COMPILED.get(ck)
     if fn is None:
+        fn = _COMPILED[ck] = jax.jit(build())
+        if len(_COMPILED) > 64:
+            _COMPILED.pop(next(iter(_COMPILED)))
+    return fn
 
+
+def _scaled_residuals(blocks, params, batch, weights):
+    """``(r_w, ||r_w||^2, number of non-finite entries)``: the blocks' own compiled residuals (shared with
+    every other user of ``blocks``) and a small compiled program that scales them."""
+    sizes = blocks.sizes(batch)
+
+    def build():
+        def run(res, weights):
+            r = _scale(blocks, sizes, weights, res)
+            return r, jnp.sum(r * r), jnp.sum(~jnp.isfinite(r))
+
+        return run
+
+    program = _cached(blocks, ("scaled", tuple(sorted(sizes.items()))), build)
+    return program(blocks.residuals(params, batch), weights)
+
+
+def _trial_losses(blocks, params, unravel, flat, d, batch, weights, etas):
+    """``L(flat + eta d)`` for every ``eta`` (``inf`` where not finite): for one ``eta = 1`` the compiled
+    residuals at ``flat + d``; for a grid one compiled, vmapped program (cached per configuration)."""
+    if etas.shape == (1,) and float(etas[0]) == 1.0:
+        _, loss, bad = _scaled_residuals(blocks, unravel(flat + d), batch, weights)
+        return np.array([np.inf if int(bad) or not np.isfinite(float(loss)) else float(loss)])
+
+    def build():
+        def run(flat, d, batch, weights, etas):
+            f = scaled_residual_fn(blocks, batch, weights)
+
+            def loss(eta):
+                r = f(unravel(flat + eta * d))
+                value = jnp.sum(r * r)
+                return jnp.where(jnp.isfinite(value), value, jnp.inf)
+
+            return jax.vmap(loss)(etas)
+
+        return run
+
+    program = _cached(blocks, ("trials",), build, params)
+    return np.asarray(program(flat, d, batch, weights, jnp.asarray(etas, flat.dtype)))
+
+
+def _step_program(blocks, method, space, rank, rtol, maxiter, params, unravel):
+    """``(key, flat, batch, weights, damping) -> (d, its, rel, r.Jd, ||Jd||^2)``, compiled."""
+
+    def build():
         def run(key, flat, batch, weights, damping):
             f = scaled_residual_fn(blocks, batch, weights)
 
@@ -129,13 +217,12 @@ def _compiled_step(blocks, method, space, rank, rtol, maxiter, params, unravel):
 
             r = f_flat(flat)
             if method == "dense":
-                return _dense_step(f_flat, flat, r, damping, space)
-            return _matrix_free_step(key, f_flat, flat, r, damping, space, rank, rtol, maxiter)
+                return _with_model(r, _dense_step(f_flat, flat, r, damping, space))
+            return _with_model(r, _matrix_free_step(key, f_flat, flat, r, damping, space, rank, rtol, maxiter))
 
-        fn = _COMPILED[ck] = jax.jit(run)
-        if len(_COMPILED) > 32:
-            _COMPILED.pop(next(iter(_COMPILED)))
-    return fn
+        return run
+
+    return _cached(blocks, ("step", method, space, rank, rtol, maxiter), build, params)
 
 
 def gauss_newton_step(
@@ -147,15 +234,21 @@ def gauss_newton_step(
     ``method``: ``"dense"`` (form ``J``, Cholesky, in the smaller of parameter and sample space),
     ``"params"``, ``"samples"`` (matrix-free, Nystrom-preconditioned CG) or ``"auto"`` (matrix-free,
     the smaller space). ``rank``: the preconditioner's (an int: one compiled program per
-    configuration; ``"auto"``: FTU's adaptive rank, eager). Non-finite residuals are refused
+    configuration; ``"auto"``: FTU's adaptive rank, eager). The residuals are evaluated by a
+    compiled program (cached per configuration) and non-finite residuals are refused
     (``ValueError``) before the solve.
     """
     check_choice(method, METHODS, name="method")
     damping = check_real(damping, name="damping", low=0)
+    if rank != "auto":
+        rank = check_int(rank, name="rank", minimum=1)
     flat, unravel = ravel_pytree(params)
-    f = scaled_residual_fn(blocks, batch, weights)
-    r = f(params)
-    _check_finite(r)
+    r, loss, bad = _scaled_residuals(blocks, params, batch, weights)
+    if int(bad):
+        raise ValueError(
+            f"residuals: {int(bad)} non-finite value(s) (NaN or inf) out of {r.size}; a Gauss-Newton step needs "
+            "finite residuals (check the network, the damping and the collocation points)"
+        )
     n, p = r.shape[0], flat.shape[0]
     space = "params" if p <= n else "samples"
     if method == "dense" and damping == 0 and p > n:
@@ -164,23 +257,21 @@ def gauss_newton_step(
         if damping <= 0:
             raise ValueError("damping must be > 0 for the matrix-free (preconditioned CG) steps")
         space = space if method == "auto" else method
-    if rank != "auto":
-        rank = check_int(rank, name="rank", minimum=1)
     mu = jnp.asarray(damping, flat.dtype)
     if method != "dense" and rank == "auto":  # eager: the rank is chosen from values
+        f = scaled_residual_fn(blocks, batch, weights)
 
         def f_flat(v):
             return f(unravel(v))
 
-        d, Jd, its, rel = _matrix_free_step(key, f_flat, flat, r, damping, space, rank, rtol, maxiter)
+        out = _with_model(r, _matrix_free_step(key, f_flat, flat, r, damping, space, rank, rtol, maxiter))
     else:
-        step = _compiled_step(
-            blocks, method, space, min(rank, n if space == "samples" else p), rtol, maxiter, params, unravel
-        )
-        d, Jd, its, rel = step(key, flat, batch, weights, mu)
-    loss = jnp.sum(r * r)
-    predicted = loss - jnp.sum((r + Jd) ** 2)
-    return unravel(d), StepInfo("dense" if method == "dense" else space, its, rel, predicted, loss)
+        dim = n if space == "samples" else p
+        step = _step_program(blocks, method, space, min(rank, dim), rtol, maxiter, params, unravel)
+        out = step(key, flat, batch, weights, mu)
+    d, its, rel, rjd, jd2 = out
+    info = StepInfo("dense" if method == "dense" else space, its, rel, -2.0 * rjd - jd2, loss, rjd, jd2)
+    return unravel(d), info
 
 
 def _nielsen(mu, nu, rho, accepted):
@@ -189,9 +280,186 @@ def _nielsen(mu, nu, rho, accepted):
     return mu * nu, 2.0 * nu
 
 
-def _trial_loss(blocks, batch, weights, trial):
-    r = scaled_residual_fn(blocks, batch, weights)(trial)
-    return float(jnp.sum(r * r)) if bool(jnp.all(jnp.isfinite(r))) else float("inf")
+class _Run(NamedTuple):
+    """A checked :func:`levenberg_marquardt` configuration (``config``: what a checkpoint records)."""
+
+    key: Any
+    blocks: Any
+    weighting: Any
+    steps: int
+    solver: dict
+    damping_rule: str
+    min_damping: float
+    etas: np.ndarray
+    sample_batch: Any
+    resample_every: int
+    error_fn: Any
+    log_every: int
+    time_limit: Any
+    checkpoint: Any
+    checkpoint_every: Any
+    config: dict
+
+
+class _State(NamedTuple):
+    """Everything a resumed run needs: the arrays (checkpointed as leaves) and the counters (JSON)."""
+
+    params: Any
+    wstate: Any
+    batch: Any
+    mu: float
+    nu: float
+    step: int
+    accepted: int
+    history: list
+    elapsed: float
+
+    @property
+    def weights(self):
+        return None if self.wstate is None else self.wstate.weights
+
+
+def _describe(weighting):
+    """A JSON description of a weighting (its ``config``), compared on resume."""
+    if weighting is None:
+        return None
+    return json.loads(json.dumps(getattr(weighting, "config", {}), default=lambda o: f"<{type(o).__name__}>"))
+
+
+def _lm_run(key, blocks, weighting, o):
+    """Check every option of :func:`levenberg_marquardt` before any work; ``o``: the options by name."""
+    check_jax_key(key)
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(key)
+    steps = check_int(o["steps"], name="steps", minimum=1)
+    damping = check_real(o["damping"], name="damping", low=0, low_open=True)
+    method = check_choice(o["method"], METHODS, name="method")
+    rank = o["rank"] if o["rank"] == "auto" else check_int(o["rank"], name="rank", minimum=1)
+    rtol = check_real(o["rtol"], name="rtol", low=0, low_open=True)
+    maxiter = check_optional(check_int, o["maxiter"], name="maxiter", minimum=1)
+    min_damping = check_real(o["min_damping"], name="min_damping", low=0)
+    damping_rule = check_choice(o["damping_rule"], DAMPING_RULES, name="damping_rule")
+    line_search = check_choice(
+        "none" if o["line_search"] is None else o["line_search"], LINE_SEARCHES, name="line_search"
+    )
+    grid_size = check_int(o["grid_size"], name="grid_size", minimum=2, maximum=64)
+    sample_batch = check_optional(check_callable, o["sample_batch"], name="sample_batch")
+    resample_every = check_int(o["resample_every"], name="resample_every", minimum=1)
+    error_fn = check_optional(check_callable, o["error_fn"], name="error_fn")
+    log_every = check_int(o["log_every"], name="log_every", minimum=1)
+    time_limit = check_optional(check_real, o["time_limit"], name="time_limit", low=0, low_open=True)
+    checkpoint = check_optional(check_output_path, o["checkpoint"], name="checkpoint")
+    checkpoint_every = check_optional(check_int, o["checkpoint_every"], name="checkpoint_every", minimum=1)
+    if checkpoint_every is not None and checkpoint is None:
+        raise ValueError("checkpoint_every needs checkpoint= (the file to write)")
+    if o["resume"] is not None and not os.path.isfile(os.fspath(o["resume"])):
+        raise FileNotFoundError(f"resume: checkpoint {os.fspath(o['resume'])!r} does not exist")
+    etas = 0.5 ** np.arange(grid_size if line_search == "grid" else 1, dtype=np.float64)
+    config = {
+        "key": np.asarray(jax.random.key_data(key)).ravel().tolist(),
+        "blocks": list(blocks.names),
+        "weighting": _describe(weighting),
+        **{"method": method, "rank": rank, "rtol": rtol, "maxiter": maxiter, "damping": damping},
+        **{"min_damping": min_damping, "damping_rule": damping_rule, "line_search": line_search},
+        "grid_size": grid_size if line_search == "grid" else None,
+        "resample_every": resample_every if sample_batch is not None else None,
+    }
+    solver = {"method": method, "rank": rank, "rtol": rtol, "maxiter": maxiter}
+    return _Run(
+        key, blocks, weighting, steps, solver, damping_rule, min_damping, etas, sample_batch, resample_every,
+        error_fn, log_every, time_limit, checkpoint, checkpoint_every, config,
+    )  # fmt: skip
+
+
+def _versions():
+    return {"jax": jax.__version__, "numpy": np.__version__, "sketchtrace": st.__version__}
+
+
+def _save(run, state):
+    manifest = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": _FORMAT_VERSION,
+        "versions": _versions(),
+        "config": run.config,
+        "state": {k: getattr(state, k) for k in ("mu", "nu", "step", "accepted", "elapsed")},
+        "history": state.history,
+    }
+    write_tree(run.checkpoint, {"params": state.params, "weighting": state.wstate, "batch": state.batch}, manifest)
+
+
+def _start(run, params, batch, resume):
+    """The fresh state (weighting initialised) or the one read from ``resume`` (checked against this run)."""
+    k0 = jax.random.fold_in(run.key, 0)
+    if resume is None:
+        wstate = None if run.weighting is None else run.weighting.init(k0, params, batch)
+        return _State(params, wstate, batch, run.config["damping"], 2.0, 0, 0, [], 0.0)
+    wlike = None if run.weighting is None else jax.eval_shape(run.weighting.init, k0, params, batch)
+    like = jax.eval_shape(lambda t: t, {"params": params, "weighting": wlike, "batch": batch})
+    path = os.fspath(resume)
+    manifest, tree = read_tree(path, like, format=CHECKPOINT_FORMAT)
+    if manifest.get("format_version") != _FORMAT_VERSION:
+        raise ValueError(
+            f"resume: {path!r} has format_version {manifest.get('format_version')!r}, not {_FORMAT_VERSION}"
+        )
+    saved = manifest.get("config", {})
+    for name in sorted(set(saved) | set(run.config)):
+        if saved.get(name) != run.config.get(name):
+            raise ValueError(
+                f"resume: {path!r} was written by another run: {name} is {saved.get(name)!r} there but "
+                f"{run.config.get(name)!r} here (resume with the same key and options, or start a new run)"
+            )
+    if manifest.get("versions") != _versions():
+        warnings.warn(
+            f"resume: {path!r} was written with library versions {manifest.get('versions')}, not {_versions()}; "
+            "the resumed run may not be bit-identical to an uninterrupted one",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    s = manifest["state"]
+    wstate = tree["weighting"]
+    return _State(tree["params"], wstate, tree["batch"], s["mu"], s["nu"], s["step"], s["accepted"], manifest["history"], s["elapsed"])  # fmt: skip
+
+
+def _iterate(run, state, clock):
+    """One trial step: solve, line search (or ``eta = 1``), gain ratio, accept, resample, weights, damping."""
+    t = state.step + 1
+    ks, kw, kb = jax.random.split(jax.random.fold_in(run.key, t), 3)
+    d, info = gauss_newton_step(
+        ks, run.blocks, state.params, state.batch, damping=state.mu, weights=state.weights, **run.solver
+    )
+    flat, unravel = ravel_pytree(state.params)
+    dflat = ravel_pytree(d)[0]
+    losses = _trial_losses(run.blocks, state.params, unravel, flat, dflat, state.batch, state.weights, run.etas)
+    i = int(np.argmin(losses))  # the first minimum: the largest of tied step sizes
+    eta, new_loss, loss0 = float(run.etas[i]), float(losses[i]), float(info.loss)
+    pred = -(2.0 * eta * float(info.r_dot_jd) + eta * eta * float(info.jd_norm2))
+    rho = (loss0 - new_loss) / pred if pred > 0 else -1.0
+    accepted = rho > 0
+    params, wstate, batch, count, resampled = state.params, state.wstate, state.batch, state.accepted, False
+    if accepted:
+        params, count = unravel(flat + jnp.asarray(eta, flat.dtype) * dflat), count + 1
+        if run.sample_batch is not None and count % run.resample_every == 0:
+            batch, resampled = run.sample_batch(kb), True
+        if run.weighting is not None:
+            wstate = run.weighting.update(kw, wstate, state.params, params, batch)[1]
+    mu, nu = state.mu, state.nu
+    if run.damping_rule == "nielsen":
+        mu, nu = _nielsen(mu, nu, rho, accepted)
+        mu = max(mu, run.min_damping)
+    elapsed = clock[1] + time.perf_counter() - clock[0]
+    rec = {
+        "step": t,
+        "loss": new_loss if accepted else loss0,
+        "damping": mu,
+        "accepted": bool(accepted),
+        "rho": rho,
+        "step_size": eta,
+        "cg_iterations": int(info.iterations),
+        "method": info.method,
+        "resampled": resampled,
+        "time": elapsed,
+    }
+    return _State(params, wstate, batch, mu, nu, t, count, state.history, elapsed), rec
 
 
 def levenberg_marquardt(
@@ -208,57 +476,69 @@ def levenberg_marquardt(
     rtol=1e-8,
     maxiter=None,
     min_damping=1e-12,
+    damping_rule="nielsen",
+    line_search=None,
+    grid_size=31,
+    sample_batch=None,
+    resample_every=1,
     error_fn=None,
     log_every=1,
     time_limit=None,
+    checkpoint=None,
+    checkpoint_every=None,
+    resume=None,
 ):
-    """Levenberg-Marquardt on a fixed collocation ``batch`` with gain-ratio damping.
+    """Levenberg-Marquardt on the weighted residuals with gain-ratio damping (Gauss-Newton steps).
 
-    ``steps`` trial steps (accepted or not); ``damping`` is the initial ``mu``; ``weighting`` an
-    :func:`pinn_adapters.ntk_weighting` (``None``: unit weights) refreshed after accepted steps;
-    ``error_fn(params) -> float`` (e.g. ``problem.relative_l2``) is logged every ``log_every`` steps;
-    ``time_limit`` (seconds) stops early. Returns :class:`LMResult`.
+    ``steps``: total trial steps, accepted or not (when resuming: counting those already done);
+    ``damping``: the initial ``mu``, kept (``damping_rule="fixed"``) or adapted by Nielsen's rule
+    (``"nielsen"``, floored at ``min_damping``); ``method``, ``rank``, ``rtol``, ``maxiter``: as in
+    :func:`gauss_newton_step`. ``line_search``: ``None`` (the full step ``eta = 1``) or ``"grid"``
+    (the best ``eta`` of ``{2^-k : k < grid_size}``, all evaluated in one compiled vmapped call);
+    a step is accepted only when the loss goes down (gain ratio ``rho > 0``).
+    ``weighting``: an :func:`pinn_adapters.ntk_weighting` (``None``: unit weights), refreshed after
+    accepted steps. ``sample_batch(key) -> batch``: new collocation points after every
+    ``resample_every``-th accepted step (``None``: the fixed ``batch``). ``error_fn(params) -> float``
+    (e.g. ``problem.relative_l2``) is logged every ``log_every`` steps; ``time_limit`` (seconds,
+    this call) stops early. ``checkpoint``: a file written atomically (``.npz`` arrays plus JSON, no
+    pickle) every ``checkpoint_every`` steps and at the end; ``resume``: such a file, continued
+    bit-identically to an uninterrupted run (same key and options, checked). Every argument is
+    checked before any work. Returns :class:`LMResult`.
     """
-    steps = check_int(steps, name="steps", minimum=1)
-    mu = check_real(damping, name="damping", low=0, low_open=True)
-    min_damping = check_real(min_damping, name="min_damping", low=0)
-    log_every = check_int(log_every, name="log_every", minimum=1)
-    check_choice(method, METHODS, name="method")
-    key, k0 = jax.random.split(key)
-    weights, wstate = (None, None) if weighting is None else (None, weighting.init(k0, params, batch))
-    if wstate is not None:
-        weights = wstate.weights
-    nu, history, t0 = 2.0, [], time.perf_counter()
-    for step in range(steps):
-        key, ks, kw = jax.random.split(key, 3)
-        d, info = gauss_newton_step(
-            ks, blocks, params, batch, damping=mu, weights=weights, method=method, rank=rank, rtol=rtol, maxiter=maxiter
-        )
-        trial = jax.tree.map(lambda a, b: a + b, params, d)
-        new_loss = _trial_loss(blocks, batch, weights, trial)
-        pred = float(info.predicted)
-        rho = (float(info.loss) - new_loss) / pred if pred > 0 else -1.0
-        accepted = rho > 0
-        if accepted:
-            prev, params = params, trial
-            if weighting is not None:
-                weights, wstate = weighting.update(kw, wstate, prev, params, batch)
-        mu, nu = _nielsen(mu, nu, rho, accepted)
-        mu = max(mu, min_damping)
-        rec = {
-            "step": step + 1,
-            "loss": new_loss if accepted else float(info.loss),
-            "damping": mu,
-            "accepted": bool(accepted),
-            "rho": rho,
-            "cg_iterations": int(info.iterations),
-            "method": info.method,
-            "time": time.perf_counter() - t0,
-        }
-        out_of_time = time_limit is not None and rec["time"] > time_limit
-        if error_fn is not None and ((step + 1) % log_every == 0 or step + 1 == steps or out_of_time):
-            rec["relative_l2"] = float(error_fn(params))
-        history.append(rec)
+    options = dict(locals())
+    run = _lm_run(key, blocks, weighting, options)
+    state = _start(run, params, batch, resume)
+    clock = (time.perf_counter(), state.elapsed)
+    while state.step < run.steps:
+        state, rec = _iterate(run, state, clock)
+        t = state.step
+        out_of_time = run.time_limit is not None and time.perf_counter() - clock[0] > run.time_limit
+        if run.error_fn is not None and (t % run.log_every == 0 or t == run.steps or out_of_time):
+            rec["relative_l2"] = float(run.error_fn(state.params))
+        state.history.append(rec)
+        every = run.checkpoint_every
+        if run.checkpoint is not None and (t == run.steps or out_of_time or (every and t % every == 0)):
+            _save(run, state)
         if out_of_time:
             break
-    return LMResult(params, weights, history)
+    return LMResult(state.params, state.weights, state.history)
+
+
+def energy_natural_gradient(
+    key, blocks, params, batch, *, steps, damping=1e-8, grid_size=31, damping_rule="fixed", **options
+):
+    """Energy natural gradient descent (ENGD, Mueller and Zeinhofer 2023) on the weighted residuals.
+
+    For a residual least-squares loss the energy Gramian is the Gauss-Newton matrix ``J^T J``, so
+    this is :func:`levenberg_marquardt` with ``line_search="grid"`` (ENGD's logarithmic grid
+    ``eta in {1, 1/2, ..., 2^-(grid_size-1)}``, 31 points by default) and a small fixed damping
+    (``damping_rule="fixed"``; the matrix-free solves need ``mu > 0``). ``method="samples"`` is the
+    sample-space (Woodbury) form of Guzman-Cordero et al. 2025. Every other option as in
+    :func:`levenberg_marquardt`. No energy inner product other than the residuals' squared norm.
+    """
+    if "line_search" in options:
+        raise TypeError("energy_natural_gradient always uses line_search='grid' (use levenberg_marquardt otherwise)")
+    return levenberg_marquardt(
+        key, blocks, params, batch, steps=steps, damping=damping, grid_size=grid_size,
+        damping_rule=damping_rule, line_search="grid", **options,
+    )  # fmt: skip

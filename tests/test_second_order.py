@@ -101,3 +101,169 @@ def test_bad_arguments_refused():
         so.gauss_newton_step(jax.random.key(0), blocks, params, batch, damping=0.0, method="params")
     with pytest.raises(ValueError, match="steps"):
         so.levenberg_marquardt(jax.random.key(0), blocks, params, batch, steps=0)
+
+
+# ----------------------------------------------------------------------------- line search (ENGD)
+
+
+def test_line_search_takes_the_full_step_on_linear_least_squares():
+    """Linear residuals: L(eta) = ||r + eta J d||^2 is smallest at eta = 1 for the Gauss-Newton step, so the grid
+    picks eta = 1 and one step lands on the least-squares solution (for LM and for energy_natural_gradient)."""
+    blocks, batch, X, y = _linear(seed=3)
+    ref = np.linalg.lstsq(X, y, rcond=None)[0]
+    for fn in (so.levenberg_marquardt, so.energy_natural_gradient):
+        kw = {"line_search": "grid", "damping": 1e-12} if fn is so.levenberg_marquardt else {}
+        res = fn(jax.random.key(0), blocks, {"w": jnp.zeros(6)}, batch, steps=1, method="dense", grid_size=8, **kw)
+        (h,) = res.history
+        assert h["accepted"] and h["step_size"] == 1.0
+        np.testing.assert_allclose(np.asarray(res.params["w"]), ref, rtol=1e-8)
+        np.testing.assert_allclose(h["loss"], np.sum((X @ ref - y) ** 2), rtol=1e-10)
+
+
+def test_line_search_picks_the_best_grid_point_and_never_increases_the_loss():
+    """Rosenbrock from (-1.2, 1) with a tiny fixed damping (ENGD): the full Gauss-Newton step overshoots, so the
+    grid takes eta < 1; the chosen eta is the argmin of the trial losses recomputed here one by one, accepted
+    losses never increase, and the iteration reaches the minimum (1, 1)."""
+    blocks, batch = _rosenbrock()
+    x0 = jnp.array([-1.2, 1.0])
+    res = so.energy_natural_gradient(jax.random.key(0), blocks, x0, batch, steps=40, damping=1e-10, method="dense")
+    h = res.history
+    d, info = so.gauss_newton_step(None, blocks, x0, batch, damping=1e-10, method="dense")
+    f = so.scaled_residual_fn(blocks, batch, None)
+    etas = 0.5 ** np.arange(31)
+    trial = [float(jnp.sum(f(x0 + e * d) ** 2)) for e in etas]
+    assert h[0]["step_size"] == etas[int(np.argmin(trial))] < 1
+    np.testing.assert_allclose(h[0]["loss"], min(trial), rtol=1e-12)
+    np.testing.assert_allclose(-2 * info.r_dot_jd - info.jd_norm2, info.predicted, rtol=1e-12)
+    losses = [float(info.loss)] + [r["loss"] for r in h]
+    assert all(b <= a for a, b in zip(losses, losses[1:]))
+    assert all(r["accepted"] == (r["rho"] > 0) for r in h)
+    assert all(r["damping"] == 1e-10 for r in h)  # fixed damping
+    np.testing.assert_allclose(np.asarray(res.params), [1.0, 1.0], atol=1e-8)
+    # with Nielsen damping and the grid, LM also never increases the loss
+    lm = so.levenberg_marquardt(
+        jax.random.key(0), blocks, x0, batch, steps=30, damping=1e-6, method="dense", line_search="grid", grid_size=4
+    )
+    losses = [float(info.loss)] + [r["loss"] for r in lm.history]
+    assert all(b <= a for a, b in zip(losses, losses[1:]))
+    assert {r["step_size"] for r in lm.history} <= {1.0, 0.5, 0.25, 0.125}
+
+
+# ----------------------------------------------------------------------------- resampling
+
+
+def test_resampling_trains_on_the_new_batch():
+    """Linear least squares with a new system every accepted step: a (barely damped) Gauss-Newton step solves the
+    current batch exactly, so after 3 steps the parameters solve the batch drawn after step 2 (and differ from
+    the solution of the first batch); with resample_every=2 only every second accepted step draws one."""
+    blocks, batch, X, y = _linear(seed=4)
+    drawn = []
+
+    def sample_batch(key):
+        pts = jax.random.normal(key, (30, 7))
+        drawn.append(np.asarray(pts))
+        return {"a": pts}
+
+    res = so.levenberg_marquardt(
+        jax.random.key(1), blocks, {"w": jnp.zeros(6)}, batch, steps=3, damping=1e-12, method="dense",
+        sample_batch=sample_batch,
+    )  # fmt: skip
+    assert [r["resampled"] for r in res.history] == [True] * 3 and len(drawn) == 3
+    assert not np.allclose(drawn[0], drawn[1])
+    last = drawn[1]
+    np.testing.assert_allclose(np.asarray(res.params["w"]), np.linalg.lstsq(last[:, :6], last[:, 6], rcond=None)[0])
+    assert not np.allclose(np.asarray(res.params["w"]), np.linalg.lstsq(X, y, rcond=None)[0], atol=1e-3)
+    # every second accepted step, on a nonlinear problem (several accepted steps)
+    blocks, sample, params = _two_blocks()
+    drawn.clear()
+    res = so.levenberg_marquardt(
+        jax.random.key(1), blocks, params, sample(jax.random.key(2)), steps=8, damping=1e-2, method="dense",
+        sample_batch=lambda k: drawn.append(k) or sample(k), resample_every=2,
+    )  # fmt: skip
+    count, expected = 0, []
+    for r in res.history:
+        count += r["accepted"]
+        expected.append(r["accepted"] and count % 2 == 0)
+    assert [r["resampled"] for r in res.history] == expected and len(drawn) == count // 2 >= 2
+
+
+# ----------------------------------------------------------------------------- checkpointing
+
+
+def _two_blocks():
+    """A small nonlinear two-block problem (for NTK weights) with a batch sampler."""
+    blocks = pa.ResidualBlocks(
+        {
+            "fit": lambda prm, pts: jnp.tanh(pts[:, :3] @ prm["w"]) * prm["a"] - pts[:, 3],
+            "reg": lambda prm, pts: pts[:, 0] * (prm["w"][0] - 0.5 * prm["a"]),
+        },
+        reduction="mean",
+    )
+
+    def sample_batch(key):
+        k1, k2 = jax.random.split(key)
+        return {"fit": jax.random.normal(k1, (12, 4)), "reg": jax.random.uniform(k2, (4, 1)) + 0.5}
+
+    params = {"w": jnp.array([0.3, -0.2, 0.1]), "a": jnp.array(0.5)}
+    return blocks, sample_batch, params
+
+
+def test_checkpoint_resume_is_bit_identical(tmp_path):
+    """Matrix-free LM with NTK weights, the grid line search and resampling: 3 steps, a checkpoint, 3 more
+    resumed steps give bit for bit the parameters, weights and history (but time) of 6 uninterrupted steps."""
+    blocks, sample_batch, params = _two_blocks()
+    batch = sample_batch(jax.random.key(9))
+    opts = dict(
+        damping=1e-2, method="params", rank=2, line_search="grid", grid_size=6, sample_batch=sample_batch,
+        weighting=pa.ntk_weighting(blocks, estimator="exact"),
+    )  # fmt: skip
+    full = so.levenberg_marquardt(jax.random.key(0), blocks, params, batch, steps=6, **opts)
+    path = tmp_path / "lm.npz"
+    so.levenberg_marquardt(jax.random.key(0), blocks, params, batch, steps=3, checkpoint=path, **opts)
+    assert not [p for p in tmp_path.iterdir() if p.name != "lm.npz"]  # no temporary file left
+    resumed = so.levenberg_marquardt(
+        jax.random.key(0), blocks, params, batch, steps=6, resume=path, checkpoint=path, checkpoint_every=1, **opts
+    )
+    assert sum(r["accepted"] for r in full.history) >= 3 and any(r["resampled"] for r in full.history[3:])
+    for a, b in zip(jax.tree.leaves((full.params, full.weights)), jax.tree.leaves((resumed.params, resumed.weights))):
+        assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    strip = [[{k: v for k, v in r.items() if k != "time"} for r in res.history] for res in (full, resumed)]
+    assert strip[0] == strip[1]
+    # another run's checkpoint is refused, naming the field
+    with pytest.raises(ValueError, match="damping_rule"):
+        so.levenberg_marquardt(
+            jax.random.key(0), blocks, params, batch, steps=6, resume=path, **{**opts, "damping_rule": "fixed"}
+        )
+    with pytest.raises(ValueError, match="key"):
+        so.levenberg_marquardt(jax.random.key(1), blocks, params, batch, steps=6, resume=path, **opts)
+    (tmp_path / "bad.npz").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable"):
+        so.levenberg_marquardt(jax.random.key(0), blocks, params, batch, steps=6, resume=tmp_path / "bad.npz", **opts)
+
+
+def test_bad_driver_arguments_refused_before_any_work(tmp_path):
+    def boom(prm, pts):
+        raise AssertionError("work was done before the arguments were checked")
+
+    blocks = pa.ResidualBlocks({"a": boom}, reduction="sum")
+    args = (jax.random.key(0), blocks, {"w": jnp.zeros(2)}, {"a": jnp.ones((3, 2))})
+    cases = [
+        ({"line_search": "armijo"}, ValueError, "line_search"),
+        ({"line_search": "grid", "grid_size": 1}, ValueError, "grid_size"),
+        ({"line_search": "grid", "grid_size": 65}, ValueError, "grid_size"),
+        ({"grid_size": 2.5}, TypeError, "grid_size"),
+        ({"damping_rule": "marquardt"}, ValueError, "damping_rule"),
+        ({"sample_batch": 3}, TypeError, "sample_batch"),
+        ({"sample_batch": lambda k: None, "resample_every": 0}, ValueError, "resample_every"),
+        ({"checkpoint": tmp_path / "missing" / "lm.npz"}, FileNotFoundError, "checkpoint"),
+        ({"checkpoint": tmp_path}, ValueError, "checkpoint"),
+        ({"checkpoint_every": 2}, ValueError, "checkpoint_every"),
+        ({"resume": tmp_path / "none.npz"}, FileNotFoundError, "resume"),
+    ]
+    (tmp_path / "file").write_text("x")
+    cases.append(({"checkpoint": tmp_path / "file" / "lm.npz"}, ValueError, "checkpoint"))
+    for kw, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            so.levenberg_marquardt(*args, steps=2, **kw)
+    with pytest.raises(TypeError, match="line_search"):
+        so.energy_natural_gradient(*args, steps=2, line_search=None)
