@@ -1,7 +1,7 @@
 """Gauss-Newton / Levenberg-Marquardt (and ENGD) training of a PINN on its weighted residuals.
 
 The loss ``L(theta) = sum_b w_b reduce_b(r_b^2)`` is ``||r_w||^2`` for the scaled residuals
-``r_w = (sqrt(w_b c_b) r_b)_b`` (``c_b = 1/n_b`` for a ``"mean"`` block, ``1`` for ``"sum"``), so a
+``r_w = (sqrt(w_b c_b) r_b)_b`` (``c_b = 1/rows_b`` for a ``"mean"`` block, ``1`` for ``"sum"``), so a
 damped Gauss-Newton (Levenberg-Marquardt) step solves, with ``J = d r_w / d theta``,
 
 * **parameter space** ``(J^T J + mu I) d = -J^T r_w`` (``p x p``), or
@@ -97,22 +97,24 @@ class LMResult(NamedTuple):
     history: list
 
 
-def _scale(blocks, sizes, weights, res):
-    """``r_w``: the blocks' residuals ``res`` scaled by ``sqrt(w_b c_b)`` and concatenated."""
+def _scale(blocks, weights, res):
+    """``r_w``: the blocks' flattened residuals ``res`` scaled by ``sqrt(w_b c_b)`` and concatenated
+    (``c_b = 1 / rows_b`` for ``"mean"``: the reduction of :meth:`ResidualBlocks.losses`)."""
     out = []
     for n in blocks.names:
-        c = 1.0 / sizes[n] if blocks.reduction == "mean" else 1.0
+        c = 1.0 / res[n].shape[0] if blocks.reduction == "mean" else 1.0
         w = c * (1.0 if weights is None else weights[n])
         out.append(jnp.sqrt(jnp.asarray(w, res[n].dtype)) * res[n])
     return jnp.concatenate(out)
 
 
 def scaled_residual_fn(blocks, batch, weights):
-    """``f(params) -> r_w``: the scaled residuals as one vector (blocks in ``blocks.names`` order)."""
-    sizes = blocks.sizes(batch)
+    """``f(params) -> r_w``: the scaled residuals as one vector (blocks in ``blocks.names`` order), with
+    ``||r_w||^2 = sum_b w_b reduce_b(r_b^2)``, the loss of :meth:`ResidualBlocks.loss`."""
+    blocks.sizes(batch)  # checks the batch's blocks before any work
 
     def f(params):
-        return _scale(blocks, sizes, weights, blocks.residuals(params, batch))
+        return _scale(blocks, weights, blocks.residuals(params, batch))
 
     return f
 
@@ -168,16 +170,15 @@ def _cached(blocks, config, build, params=()):
 def _scaled_residuals(blocks, params, batch, weights):
     """``(r_w, ||r_w||^2, number of non-finite entries)``: the blocks' own compiled residuals (shared with
     every other user of ``blocks``) and a small compiled program that scales them."""
-    sizes = blocks.sizes(batch)
 
     def build():
         def run(res, weights):
-            r = _scale(blocks, sizes, weights, res)
+            r = _scale(blocks, weights, res)
             return r, jnp.sum(r * r), jnp.sum(~jnp.isfinite(r))
 
         return run
 
-    program = _cached(blocks, ("scaled", tuple(sorted(sizes.items()))), build)
+    program = _cached(blocks, ("scaled",), build)
     return program(blocks.residuals(params, batch), weights)
 
 

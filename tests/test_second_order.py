@@ -53,6 +53,22 @@ def test_weights_scale_rows():
     np.testing.assert_allclose(np.asarray(d["w"]), ref, rtol=1e-9)
 
 
+def test_loss_is_the_blocks_weighted_loss_for_vector_residuals():
+    """||r_w||^2 is ResidualBlocks.loss (mean over every residual row of a block with two outputs per point),
+    so LM minimises the loss the first-order trainer reports."""
+    blocks = pa.ResidualBlocks(
+        {
+            "v": lambda prm, pts: jnp.stack([pts[:, 0] * prm["w"], pts[:, 1] - prm["w"]], axis=1),
+            "s": lambda prm, pts: pts[:, 0] - prm["w"],
+        },
+        reduction="mean",
+    )
+    batch = {"v": jnp.arange(10.0).reshape(5, 2), "s": jnp.full((3, 1), 2.0)}
+    params, weights = {"w": jnp.array(0.3)}, {"v": 2.0, "s": 0.5}
+    _, info = so.gauss_newton_step(None, blocks, params, batch, damping=1.0, weights=weights, method="dense")
+    np.testing.assert_allclose(float(info.loss), float(blocks.loss(params, batch, weights)), rtol=1e-13)
+
+
 def _rosenbrock():
     blocks = pa.ResidualBlocks(
         {"r": lambda prm, pts: jnp.stack([10 * (prm[1] - prm[0] ** 2), 1 - prm[0]]) * pts}, reduction="sum"
