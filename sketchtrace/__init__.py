@@ -35,6 +35,8 @@ from .estimators import (
     xnystrace,
     xtrace,
 )
+from .estimators._dynamic import predictor_corrector_step
+from .estimators._matfun import QuadratureWarning
 from .operators import (
     DenseOperator,
     FiniteDifferenceGram,
@@ -58,6 +60,7 @@ __all__ = [
     "predictor_corrector",
     "moving_average",
     "optimal_gamma",
+    "predictor_corrector_step",
     "DynamicState",
     "finite_difference_jvp",
     "FiniteDifferenceGram",
@@ -89,6 +92,7 @@ __all__ = [
     "trace_function",
     "logdet",
     "trace_inverse",
+    "QuadratureWarning",
     "make_mesh",
     "probe_rows",
     "sample_like",

@@ -126,6 +126,17 @@ def test_predictor_corrector_sem_modes_cover(num_probes, sem):
         assert not normal.passed and normal.coverage < 0.8, normal.describe()
 
 
+@pytest.mark.parametrize(("num_probes", "sem", "dof"), [(2, "replicas", 1), (8, "replicas", 7), (2, "recursion", None)])
+def test_estimates_state_their_dof(num_probes, sem, dof):
+    """The dof the coverage tests widen with is the one the Estimate reports (and it still unpacks in 3)."""
+    At = _drift()
+    pc = st.predictor_corrector(num_probes=num_probes, gamma=0.1, sem=sem)
+    est, _ = pc.update(jax.random.key(1), pc.init(jax.random.key(0), At(0)), At(0), At(1))
+    value, se, spent = est
+    assert est.dof == dof and spent == 2 * num_probes
+    assert st.logdet(jax.random.key(2), A, num_matvecs=80, lanczos_steps=10).dof == 7  # 8 probes
+
+
 def test_trials_needed_is_sized():
     n = coverage_trials_needed()
     assert 100 < n < 2000

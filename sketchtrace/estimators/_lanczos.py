@@ -7,6 +7,8 @@ their derivative (for the JAX gradient rule) and the domain they need.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import numpy as np
 
 #: name -> (f, f', domain) with domain "pos" (Ritz values must be > 0), "nonneg" (>= 0) or "any".
@@ -95,11 +97,48 @@ def f_prime(xp, f, fprime, theta):
     return jax.jvp(f, (theta,), (xp.ones_like(theta),))[1]
 
 
-def slq_forward(bk, spec, num_steps, reorthogonalize):
-    """``forward(matmat, Z, adjoint) -> (values, U)`` for :meth:`Backend.with_adjoint`.
+class Rules(NamedTuple):
+    """Per-probe Gauss rules of one Lanczos run: ``s`` nodes (the estimate) and its leading ``s // 2``.
 
-    ``values_i = ||z_i||^2 e1^T f(T_i) e1``; with ``adjoint``, ``u_i = ||z_i|| V_i f'(T_i) e1``
-    (an approximation of ``f'(A) z_i`` from the same Krylov space), else ``U = None``.
+    Returned as the "values" of :meth:`Backend.with_adjoint`: indexing with anything but an
+    integer indexes ``s``, so a gradient rule that scales rows by the cotangent of the values
+    (``ct[:, None] * U``) uses the ``s``-node rule's cotangent; the half rule is a diagnostic
+    and carries no gradient.
+    """
+
+    s: Any
+    half: Any
+
+    def __getitem__(self, idx):
+        if isinstance(idx, int):
+            return tuple.__getitem__(self, idx)
+        return self.s[idx]
+
+
+def gauss_rule(xp, spec, bk, alpha, beta, norms):
+    """``||z||^2 e1^T f(T) e1`` per probe, with the Ritz data ``(theta, vecs, first)``."""
+    theta, vecs = ritz(xp, alpha, beta, norms)
+    fvals = apply_f(bk, spec, theta)
+    first = vecs[:, 0, :]
+    return norms**2 * xp.sum(first * first * fvals, axis=1), (theta, vecs, first)
+
+
+def half_rule(bk, spec, alpha, beta, norms):
+    """The Gauss rule of the leading ``s // 2`` block of the same tridiagonals (``nan`` when ``s == 1``)."""
+    xp = bk.xp
+    h = alpha.shape[1] // 2
+    if h == 0:
+        return xp.full(norms.shape, xp.nan, dtype=alpha.dtype)
+    return gauss_rule(xp, spec, bk, alpha[:, :h], beta[:, :h], norms)[0]
+
+
+def slq_forward(bk, spec, num_steps, reorthogonalize):
+    """``forward(matmat, Z, adjoint) -> (Rules, U)`` for :meth:`Backend.with_adjoint`.
+
+    ``values_i = ||z_i||^2 e1^T f(T_i) e1`` (and the same rule on the leading half of
+    ``T_i``, for the quadrature-error estimate); with ``adjoint``,
+    ``u_i = ||z_i|| V_i f'(T_i) e1`` (an approximation of ``f'(A) z_i`` from the same
+    Krylov space), else ``U = None``.
     """
     xp = bk.xp
     _, f, fprime, _ = spec
@@ -108,13 +147,11 @@ def slq_forward(bk, spec, num_steps, reorthogonalize):
         alpha, beta, basis, norms = bk.lanczos(
             matmat, Z, num_steps, reorthogonalize=reorthogonalize, keep_basis=adjoint
         )
-        theta, vecs = ritz(xp, alpha, beta, norms)
-        fvals = apply_f(bk, spec, theta)
-        first = vecs[:, 0, :]
-        values = norms**2 * xp.sum(first * first * fvals, axis=1)
+        values, (theta, vecs, first) = gauss_rule(xp, spec, bk, alpha, beta, norms)
+        rules = Rules(values, half_rule(bk, spec, alpha, beta, norms))
         if not adjoint:
-            return values, None
+            return rules, None
         coef = xp.einsum("kij,kj->ki", vecs, first * f_prime(xp, f, fprime, theta))
-        return values, norms[:, None] * xp.einsum("ks,ksn->kn", coef, basis)
+        return rules, norms[:, None] * xp.einsum("ks,ksn->kn", coef, basis)
 
     return forward

@@ -8,10 +8,14 @@ gradients) and on the numba backend.
 from __future__ import annotations
 
 import functools
+import math
+import warnings
+
+import numpy as np
 
 from .._estimate import Estimate
 from ..validation import check_choice, check_num_matvecs
-from ._common import check_allow_exact, setup, summarize
+from ._common import check_allow_exact, setup
 from ._lanczos import FUNCTIONS, apply_f, slq_forward
 
 METHODS = ("slq", "deflated")
@@ -19,6 +23,19 @@ METHODS = ("slq", "deflated")
 #: Deflated method: block Krylov depth (blocks of size b) and how many leading blocks are deflated.
 DEFLATION_DEPTH = 4
 DEFLATED_BLOCKS = 2
+
+#: lanczos_steps="auto": first steps, pilot probes per round, and the target quadrature error / sem.
+AUTO_START = 8
+AUTO_PILOT = 4
+AUTO_FRACTION = 0.5
+
+
+class QuadratureWarning(UserWarning):
+    """A matrix-function estimate whose Lanczos quadrature error may exceed its standard error.
+
+    ``sem`` measures the probe-to-probe spread only; the quadrature bias comes on top. Raise
+    ``lanczos_steps`` (or pass ``lanczos_steps="auto"``), and read ``Estimate.quadrature_error``.
+    """
 
 
 def function_spec(bk, f):
@@ -43,7 +60,15 @@ def declared_symmetric(op):
 
 
 def check_steps(lanczos_steps, num_matvecs, n):
-    """Lanczos steps per probe (capped at ``n``, where the Krylov space is complete)."""
+    """Lanczos steps per probe (capped at ``n``, where the Krylov space is complete), or ``"auto"``."""
+    if isinstance(lanczos_steps, str):
+        check_choice(lanczos_steps, ("auto",), name="lanczos_steps")
+        if num_matvecs < 2 * AUTO_PILOT:
+            raise ValueError(
+                f"num_matvecs={num_matvecs} is too small for lanczos_steps='auto': it needs at least "
+                f"{2 * AUTO_PILOT} (pilot rounds of {AUTO_PILOT} probes); give an int lanczos_steps"
+            )
+        return "auto"
     steps = check_num_matvecs(lanczos_steps, name="lanczos_steps")
     if num_matvecs < steps:
         raise ValueError(
@@ -53,8 +78,40 @@ def check_steps(lanczos_steps, num_matvecs, n):
     return min(steps, n)
 
 
+def quadrature_error(xp, rules, steps, n):
+    """``|mean_i (Q_s(z_i) - Q_{s/2}(z_i))|``: the change from the half rule (0 when ``s >= n``, inf when ``s == 1``).
+
+    It estimates the error of the ``s/2``-node rule on these probes; the ``s``-node rule's error
+    is smaller for functions whose quadrature converges monotonically (``1/x``, ``log``), so the
+    estimate is conservative there.
+    """
+    if steps >= n:
+        return xp.zeros((), rules.s.dtype)
+    err = xp.abs(xp.mean(rules.s - rules.half))
+    return xp.where(xp.isnan(err), math.inf, err)
+
+
+def warn_quadrature(bk, est, steps, fname):
+    """``QuadratureWarning`` when the (concrete) quadrature-error estimate exceeds the sem."""
+    q, sem = est.quadrature_error, est.sem
+    if not (bk.is_concrete(q) and bk.is_concrete(sem)):
+        return
+    q, sem = float(q), float(sem)
+    if q <= sem:
+        return
+    what = (
+        "one Lanczos step gives no quadrature error estimate (quadrature_error=inf)"
+        if steps == 1
+        else f"the Lanczos quadrature error estimate {q:.3g} (change between {steps // 2} and {steps} steps on "
+        f"the same probes) exceeds the standard error {sem:.3g}, which does not include it"
+    )
+    warnings.warn(
+        QuadratureWarning(f"f={fname!r}: {what}; raise lanczos_steps or use lanczos_steps='auto'"), stacklevel=4
+    )
+
+
 def _slq(bk, key, op, n, spec, m, steps, sampler, reorth, chunk_size):
-    """Per-probe SLQ values ``(g,)`` of ``g = m // steps`` probes."""
+    """Per-probe Gauss rules (:class:`Rules`, ``(g,)`` each) of ``g = m // steps`` probes."""
     g = m // steps
     Z = bk.probes(key, g, n, bk.probe_dtype(op), sampler)
     matmat = functools.partial(bk.matmat, op, chunk_size=chunk_size)
@@ -86,7 +143,7 @@ def block_krylov(bk, op, Omega, depth, chunk_size):
 
 
 def _deflated(bk, key, op, n, spec, m, steps, sampler, reorth, chunk_size):
-    """Krylov-aware deflation: ``(low, residual values, spent)``."""
+    """Krylov-aware deflation: ``(low, residual rules, spent)``."""
     xp = bk.xp
     b = min(max(1, (m // 2) // DEFLATION_DEPTH), max(1, n // (2 * DEFLATION_DEPTH)))
     g = (m - b * DEFLATION_DEPTH) // steps
@@ -227,19 +284,98 @@ def trace_function(
     steps = check_steps(lanczos_steps, m, n)
     if declared_symmetric(op) is False:
         raise ValueError("op declares symmetric=False: trace_function (Lanczos quadrature) needs a symmetric operator")
+    check_method(method, f, steps)
     spec = function_spec(bk, f)
     if check_allow_exact(allow_exact) and m >= n:
         value = exact_trace_function(bk, op, n, spec, chunk_size)
-        return Estimate(value, bk.xp.zeros((), value.dtype), n)
-    if method == "deflated":
-        low, values, spent = _deflated(
-            bk, key, op, n, spec, m, steps, sampler, reorth=reorthogonalize, chunk_size=chunk_size
-        )
+        zero = bk.xp.zeros((), value.dtype)
+        return Estimate(value, zero, n, quadrature_error=zero)
+    args = (bk, key, op, n, spec, m, steps, sampler, reorthogonalize, chunk_size)
+    capped = False
+    if steps == "auto":
+        rules, spent, steps, capped = _auto(*args)
+        low = 0.0
+    elif method == "deflated":
+        low, rules, spent = _deflated(*args)
     else:
         low = 0.0
-        values, spent = _slq(bk, key, op, n, spec, m, steps, sampler, reorthogonalize, chunk_size)
-    mean, sem = summarize(bk.xp, values[:, None], exact=False)
-    return Estimate(low + mean[0], sem[0], spent)
+        rules, spent = _slq(*args)
+    est = summarize_rules(bk.xp, low, rules, spent, steps, n)
+    if capped and float(est.quadrature_error) > AUTO_FRACTION * float(est.sem):
+        warnings.warn(
+            QuadratureWarning(
+                f"lanczos_steps='auto' stopped at {steps} steps: num_matvecs={m} cannot pay for a round at "
+                f"{2 * steps} steps, and the quadrature error estimate {float(est.quadrature_error):.3g} exceeds "
+                f"{AUTO_FRACTION} x the standard error {float(est.sem):.3g}; raise num_matvecs"
+            ),
+            stacklevel=3,
+        )
+    else:
+        warn_quadrature(bk, est, steps, spec[0])
+    return est
+
+
+def check_method(method, f, steps):
+    """Refuse the combinations that mislead: deflation of ``1/x``, ``"auto"`` with deflation."""
+    if method != "deflated":
+        return
+    if isinstance(f, str) and f == "inv":
+        raise ValueError(
+            "method='deflated' with f='inv' is refused: it deflates the top of the spectrum (a block Krylov "
+            f"space of depth {DEFLATION_DEPTH} finds the largest eigenvalues), where 1/x is smallest; the mass "
+            "of tr(A^-1) sits at the small eigenvalues, so half the budget buys nothing (measured biased and "
+            "slower than plain SLQ); use method='slq'"
+        )
+    if steps == "auto":
+        raise ValueError("lanczos_steps='auto' is for method='slq'; give method='deflated' an int lanczos_steps")
+
+
+def summarize_rules(xp, low, rules, spent, steps, n):
+    """The Estimate of ``low + mean(rules.s)``: sem, dof (probes - 1) and the quadrature-error estimate."""
+    g = rules.s.shape[0]
+    value = low + xp.mean(rules.s)
+    sem = xp.std(rules.s, correction=1) / math.sqrt(g) if g > 1 else xp.full((), math.inf, dtype=rules.s.dtype)
+    return Estimate(value, sem, spent, dof=g - 1, quadrature_error=quadrature_error(xp, rules, steps, n))
+
+
+def _concat(xp, a, b):
+    return type(a)(*(xp.concatenate([x, y]) for x, y in zip(a, b)))
+
+
+def _auto(bk, key, op, n, spec, m, _steps, sampler, reorth, chunk_size):
+    """``lanczos_steps="auto"``: pilot rounds of doubling steps, then the rest of the budget at the chosen steps.
+
+    Round ``r`` runs ``AUTO_PILOT`` probes with ``s`` steps and stops when the quadrature-error
+    estimate (plus two of its standard errors over the pilot) is at most ``AUTO_FRACTION`` times the sem predicted for the whole budget at ``s``
+    steps, when ``s`` reaches ``n``, or when the budget cannot pay for the next round. The last
+    pilot's probes join the final estimate; every matvec spent counts in ``num_matvecs``.
+    Returns ``(rules, spent, steps, capped)``, ``capped`` when the budget stopped the search.
+    """
+    xp = bk.xp
+    k_pilot, k_final = bk.split(key, 2)
+    s, spent, rnd = min(AUTO_START, n, m // (2 * AUTO_PILOT)), 0, 0
+    while True:
+        k_round = bk.split(k_pilot, rnd + 1)[rnd]
+        rules, cost = _slq(bk, k_round, op, n, spec, AUTO_PILOT * s, s, sampler, reorth, chunk_size)
+        spent, rnd = spent + cost, rnd + 1
+        if not (bk.is_concrete(rules.s) and bk.is_concrete(rules.half)):
+            raise ValueError(
+                "lanczos_steps='auto' chooses the steps from computed values, which are not available under "
+                "jax.jit/vmap/grad tracing; call eagerly, or give an int lanczos_steps"
+            )
+        g_total = AUTO_PILOT + (m - spent) // s
+        sem = float(np.std(np.asarray(rules.s), ddof=1)) / math.sqrt(g_total)
+        d = np.asarray(rules.s - rules.half)  # the pilot's error estimate, plus two of its standard errors
+        noise = 2.0 * float(np.std(d, ddof=1)) / math.sqrt(d.size) if s < n and d.size > 1 else 0.0
+        small = float(quadrature_error(xp, rules, s, n)) + noise <= AUTO_FRACTION * sem
+        if small or s >= n or spent + AUTO_PILOT * 2 * s > m:
+            break
+        s = min(2 * s, n)
+    rest = (m - spent) // s
+    if rest > 0:
+        more, cost = _slq(bk, k_final, op, n, spec, rest * s, s, sampler, reorth, chunk_size)
+        rules, spent = _concat(xp, rules, more), spent + cost
+    return rules, spent, s, not small and s < n
 
 
 def logdet(key, op, *, num_matvecs, lanczos_steps, **kwargs):
