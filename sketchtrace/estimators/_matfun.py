@@ -212,7 +212,12 @@ def trace_function(
     probes are used and ``Estimate.num_matvecs`` reports the products spent. At a fixed
     ``s`` the estimate is an unbiased estimate of the ``s``-point quadrature, whose bias
     relative to ``tr f(A)`` vanishes as ``s`` grows; ``sem`` is the probe-to-probe
-    standard error (it does not include the quadrature error).
+    standard error (it does not include the quadrature error). ``quadrature_error``
+    estimates that bias for free: the change between the Gauss rules of the leading
+    ``s/2`` block and of the whole tridiagonal of each probe, averaged over the probes
+    (the ``s/2``-node rule's error, conservative for the ``s``-node rule once it
+    converges). An eager call warns with :class:`QuadratureWarning` when it exceeds
+    ``sem``.
 
     ``method="deflated"`` (Krylov-aware deflation, Chen and Hallman 2023): half of the
     budget builds a block Krylov space ``[Ω, AΩ, A²Ω, A³Ω]`` from ``b`` random vectors
@@ -238,9 +243,17 @@ def trace_function(
         lie inside the spectrum), as does a callable returning NaN or inf.
     num_matvecs : int
         Total budget (static), at least ``lanczos_steps``.
-    lanczos_steps : int
-        Lanczos steps (quadrature nodes) per probe; capped at the dimension.
+    lanczos_steps : int or "auto"
+        Lanczos steps (quadrature nodes) per probe; capped at the dimension. ``"auto"``:
+        pilot rounds of ``AUTO_PILOT = 4`` probes at 8, 16, 32, ... steps until the
+        quadrature error (plus two of its standard errors over the pilot) is at most
+        ``AUTO_FRACTION = 0.5`` times the sem the budget gives at that step count, then
+        the rest of the budget at those steps (pilots included in ``num_matvecs``, which
+        stays within the budget); warns when the budget stops the doubling first. Eager
+        calls and ``method="slq"`` only; needs ``num_matvecs >= 8``.
     method : {"slq", "deflated"}
+        ``"deflated"`` with ``f="inv"`` is refused: the deflated block Krylov space holds
+        the largest eigenvalues, where ``1/x`` is smallest (measured biased and slower).
     reorthogonalize : bool
         Full reorthogonalisation of every Lanczos vector against all previous ones
         (``O(s n)`` memory and ``O(s^2 n)`` work per probe). Off by default: plain
@@ -258,7 +271,10 @@ def trace_function(
     Returns
     -------
     Estimate
-        ``value``, ``sem`` (``inf`` with one probe, 0 when exact), ``num_matvecs`` (spent).
+        ``value``, ``sem`` (``inf`` with one probe, 0 when exact), ``num_matvecs`` (spent);
+        attributes ``dof`` (probes - 1; ``None`` when exact) and ``quadrature_error`` (0 when
+        exact or ``lanczos_steps >= n``, ``inf`` for one step; for ``"deflated"`` the SLQ
+        part's only).
 
     Gradients (JAX): ``jax.grad`` through ``value`` differentiates with respect to the
     arrays the operator is built from (matrix entries, kernel parameters closed over by
