@@ -1,7 +1,8 @@
 """Pure-Python sizes shared by the JAX and torch weightings (no JAX, no torch).
 
 ``sample_size`` is the one subset-size rule of pc's ``subsample``: a count, a fraction
-(rounded up), ``"auto"`` (``max(ceil(10 %), 64)`` points) or ``None`` (all points).
+(rounded up), ``"auto"`` (``max(ceil(10 %), 64)`` points) or ``None`` (all points);
+``subsample_scale`` the one scale of a subset's quadratic forms (``n / m``).
 """
 
 from __future__ import annotations
@@ -22,4 +23,9 @@ def sample_size(spec, n: int) -> int:
     return min(int(spec), n)
 
 
-__all__ = ["AUTO_FRACTION", "AUTO_MIN_POINTS", "sample_size"]
+def subsample_scale(n: int, m: int) -> float:
+    """Scale of a block's subsampled quadratic form: ``n / m`` (uniform subset of ``m`` of ``n`` points)."""
+    return n / m
+
+
+__all__ = ["AUTO_FRACTION", "AUTO_MIN_POINTS", "sample_size", "subsample_scale"]

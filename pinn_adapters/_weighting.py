@@ -37,7 +37,7 @@ from sketchtrace.validation import (
 from ._blocks import ResidualBlocks
 from ._gradnorm import gradnorm_strategy
 from ._ntk import ntk_traces, ntk_weights, residual_rows
-from ._sizes import sample_size  # one subset-size rule for JAX and torch
+from ._sizes import sample_size, subsample_scale  # one subset rule for JAX and torch
 
 ESTIMATORS = ("pc", "exact", "hutchinson", "moving_average", "gradnorm", "none")
 FD_SCHEMES = ("jvp", "forward", "central")
@@ -155,7 +155,8 @@ def ntk_weighting(
         ``"pc"``: the predictor-corrector of Hirsch and Pichi: the same ``num_probes``
         probes ``v`` on ``params_prev`` and ``params``,
         ``T <- (1 - gamma) (T - q(params_prev)) + q(params)`` with
-        ``q(p) = ||J_b(p) v||^2``, unbiased at every step when the first estimate is.
+        ``q(p) = ||J_b(p) v||^2``, unbiased at every step when the first estimate is
+        (the recursion is :func:`sketchtrace.predictor_corrector_step`, shared with the torch side).
         ``"exact"``: chunked per-point gradients (``chunk_size``). ``"hutchinson"``:
         ``num_probes`` fresh probes every refresh. ``"moving_average"``: sketchtrace's
         :func:`~sketchtrace.moving_average` of fresh estimates with ``beta = gamma``
@@ -638,7 +639,7 @@ def _pc_strategy(blocks, cfg, mesh):
             residuals=residuals,
             residuals_prev=residuals_prev,
         )
-        T = (1.0 - gamma) * (inner.estimate - x) + y
+        T, _ = st.predictor_corrector_step(inner.estimate, x, y, gamma)  # the core's recursion
         value = T.mean(axis=0)
         return {n: value[i] for i, n in enumerate(names)}, PCState(T.astype(inner.estimate.dtype), anchor, anchor_res)
 
@@ -660,11 +661,6 @@ _STRATEGIES = {
 
 
 # ----------------------------------------------------------------------------- pc quadratic forms
-
-
-def subsample_scale(n: int, m: int) -> float:
-    """Scale of a block's subsampled quadratic form: ``n / m`` (uniform subset of ``m`` of ``n`` points)."""
-    return n / m
 
 
 def _subsample(key, blocks, batch, spec):

@@ -9,7 +9,8 @@ block's points per refresh (``subsample="auto"``: ``max(ceil(10 %), 64)`` points
 forward differences of the residuals at all parameter points in one ``torch.func.vmap``-ed
 call where the residuals allow it (one call per parameter point otherwise: one loss
 evaluation per parameter point, whatever the number of blocks), and the residuals the
-training step computed reused when passed in.
+training step computed reused when passed in. The recursion itself is sketchtrace's
+``predictor_corrector_step``, the one the JAX weighting and ``st.predictor_corrector`` use.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from sketchtrace.backends import backend_for_key
 from sketchtrace.operators import torch_gram
 from sketchtrace.validation import check_choice, check_num_matvecs
 
-from .._sizes import sample_size
+from .._sizes import sample_size, subsample_scale  # one subset rule for JAX and torch
 from ._ntk import JVPS, _check_blocks, _check_generator, _FlatParams, jacobian_operator
 
 ESTIMATORS = ("pc", "exact", "hutchinson", "gradnorm", "none")
@@ -213,17 +214,27 @@ class TorchNTKWeighting:
                 idx[n] = None
             else:
                 idx[n] = torch.randperm(size, generator=generator, device=generator.device)[:m].to(batch[n].device)
-            scale.append(size / m)
+            scale.append(subsample_scale(size, m))
         return idx, scale
 
     def _pc_step(self, generator, T, params_prev, params, batch, residuals, residuals_prev):
-        """``T <- (1 - gamma) (T - q(params_prev)) + q(params)`` with shared subset and probes."""
+        """``T <- (1 - gamma) (T - q(params_prev)) + q(params)``: sketchtrace's ``predictor_corrector_step``."""
+        x, y, rows = self._pc_quad_forms(generator, params_prev, params, batch, residuals, residuals_prev, T.dtype)
+        new, _ = st.predictor_corrector_step(T, 0.0 if x is None else x, y, self.config["gamma"])
+        return new, rows
+
+    def _pc_quad_forms(self, generator, params_prev, params, batch, residuals, residuals_prev, dtype):
+        """``x = q(params_prev)`` (``None`` when ``gamma == 1``), ``y = q(params)``, each ``(R, B)``, and the rows.
+
+        One subset of each block's points and one probe set serve both parameter points;
+        ``q_b = (n_b / m_b) ||J_b v||^2`` on the subset.
+        """
         _check_generator(generator, "ntk_weighting(estimator='pc')")
         cfg, names = self.config, self.blocks.names
         idx, scale = self._subsample(generator, batch)
         sub = {n: batch[n] if idx[n] is None else batch[n][idx[n]] for n in names}
         if cfg["jvp"] not in ("forward", "central"):  # exact JVPs: through the Jacobian operator
-            return self._pc_operator(generator, T, params_prev, params, batch, sub, scale)
+            return self._pc_operator(generator, params_prev, params, sub, scale, dtype)
         fp_new, fp_old = _FlatParams(params), _FlatParams(params_prev)
         bk = backend_for_key(generator)
         V = bk.probes(generator, cfg["num_probes"], fp_new.flat.shape[0], fp_new.flat.dtype, cfg["pc_sampler"])
@@ -257,25 +268,24 @@ class TorchNTKWeighting:
                 else:
                     jv = (parts[(tag, "plus")] - parts[(tag, "minus")]) / (2 * h)
                 q[tag].append(jv.square().sum(1) * scale[i])
-        y = torch.stack(q["new"], dim=1).to(T.dtype)
-        if not damped:
-            return y, rows
-        x = torch.stack(q["old"], dim=1).to(T.dtype)
-        return (1.0 - cfg["gamma"]) * (T - x) + y, rows
+        y = torch.stack(q["new"], dim=1).to(dtype)
+        x = torch.stack(q["old"], dim=1).to(dtype) if damped else None
+        return x, y, rows
 
-    def _pc_operator(self, generator, T, params_prev, params, batch, sub, scale):
+    def _pc_operator(self, generator, params_prev, params, sub, scale, dtype):
+        """:meth:`_pc_quad_forms` with exact JVPs, through the Jacobian's Gram operator on the subset."""
         cfg = self.config
         bk = backend_for_key(generator)
-        sc = torch.tensor(scale, dtype=T.dtype)
+        sc = torch.tensor(scale, dtype=dtype)
         J_new = torch_gram(jacobian_operator(self.blocks, params, sub, jvp=cfg["jvp"], h=cfg["h"]), side="input")
         V = bk.probes(generator, cfg["num_probes"], J_new.probe_dim, J_new.dtype, cfg["pc_sampler"])
-        y = bk.quad_forms_of(J_new, V).to(T.dtype) * sc
+        y = bk.quad_forms_of(J_new, V).to(dtype) * sc
         rows = {n: round((b - a) * s) for (n, a, b), s in zip(J_new.blocks, scale)}
         if cfg["gamma"] == 1.0:
-            return y, rows
+            return None, y, rows
         J_old = torch_gram(jacobian_operator(self.blocks, params_prev, sub, jvp=cfg["jvp"], h=cfg["h"]), side="input")
-        x = bk.quad_forms_of(J_old, V).to(T.dtype) * sc
-        return (1.0 - cfg["gamma"]) * (T - x) + y, rows
+        x = bk.quad_forms_of(J_old, V).to(dtype) * sc
+        return x, y, rows
 
     def _step(self, flat):
         if self.config["h"] is not None:
