@@ -154,7 +154,11 @@ def test_deflation_of_inverse_refused():
 
 def test_bad_lanczos_steps():
     rng = np.random.default_rng(0)
-    with pytest.raises(ValueError, match="lanczos_steps must be one of"):
+    with pytest.raises(ValueError, match=r"lanczos_steps must be one of \['auto'\]; got 'fast'"):
         st.logdet(rng, A, num_matvecs=100, lanczos_steps="fast")
     with pytest.raises(ValueError, match="too small for lanczos_steps='auto'"):
         st.logdet(rng, A, num_matvecs=5, lanczos_steps="auto")
+    with pytest.raises(ValueError, match="lanczos_steps must be >= 1"):  # the shared validator for ints
+        st.logdet(rng, A, num_matvecs=100, lanczos_steps=0)
+    with pytest.raises(TypeError, match="lanczos_steps"):
+        st.logdet(rng, A, num_matvecs=100, lanczos_steps=2.5)

@@ -62,7 +62,7 @@ def declared_symmetric(op):
 def check_steps(lanczos_steps, num_matvecs, n):
     """Lanczos steps per probe (capped at ``n``, where the Krylov space is complete), or ``"auto"``."""
     if isinstance(lanczos_steps, str):
-        check_choice(lanczos_steps, ("auto",), name="lanczos_steps")
+        check_choice(lanczos_steps, ("auto",), name="lanczos_steps")  # else a positive int (below)
         if num_matvecs < 2 * AUTO_PILOT:
             raise ValueError(
                 f"num_matvecs={num_matvecs} is too small for lanczos_steps='auto': it needs at least "
