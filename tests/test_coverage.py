@@ -144,3 +144,15 @@ def test_trials_needed_is_sized():
         coverage_trials_needed(overconfident=0.95)
     with pytest.raises(ValueError, match="trials"):
         check_coverage(ESTIMATORS["hutchinson"], TRUTH, 0)
+
+
+def test_hutchinson_and_hutchpp_state_their_degrees_of_freedom():
+    A = np.diag(np.linspace(1.0, 2.0, 50))
+    h = st.hutchinson(jax.random.key(0), A, num_matvecs=6)
+    assert h.dof == 5
+    assert st.hutchinson(jax.random.key(0), A, num_matvecs=50).dof is None  # exact: sem 0
+    assert st.hutchinson(np.random.default_rng(0), A, num_matvecs=6, backend="numba").dof == 5
+    batch = jax.jit(jax.vmap(lambda k: st.hutchinson(k, A, num_matvecs=6)))(jax.random.split(jax.random.key(1), 3))
+    assert batch.dof == 5 and batch.value.shape == (3,)
+    pp = st.hutchpp(jax.random.key(0), A, num_matvecs=12)
+    assert pp.dof is not None and pp.dof >= 1

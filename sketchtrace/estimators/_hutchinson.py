@@ -67,7 +67,8 @@ def hutchinson(
     Estimate
         ``value`` (the trace estimate, the sum over blocks for a block operator),
         ``sem`` (sample standard deviation over probes / sqrt(m); ``inf`` for one
-        probe; 0 when exact) and ``num_matvecs`` (matvecs spent).
+        probe; 0 when exact), ``num_matvecs`` (matvecs spent) and ``dof`` (``probes - 1``,
+        for a Student-t interval; ``None`` when exact).
 
     References
     ----------
@@ -88,4 +89,5 @@ def hutchinson(
         allow_exact=allow_exact,
     )
     value, sem = summarize(bk.xp, bk.xp.sum(Q, axis=1, keepdims=True), exact=exact)
-    return Estimate(value[0], sem[0], spent)
+    dof = None if exact or Q.shape[0] < 2 else Q.shape[0] - 1  # sem: spread of independent probes
+    return Estimate(value[0], sem[0], spent, dof=dof)

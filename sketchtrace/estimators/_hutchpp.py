@@ -113,7 +113,8 @@ def hutchpp(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, back
     Returns
     -------
     Estimate
-        ``value`` (sum over blocks), ``sem``, ``num_matvecs`` (spent).
+        ``value`` (sum over blocks), ``sem``, ``num_matvecs`` (spent) and ``dof`` (residual
+        probes - 1, for a Student-t interval).
 
     References
     ----------
@@ -124,7 +125,8 @@ def hutchpp(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, back
     if R is None:
         return Estimate(low.sum(), bk.xp.zeros((), low.dtype), spent)
     mean, sem = summarize(bk.xp, R.sum(axis=1, keepdims=True), exact=False)
-    return Estimate(low.sum() + mean[0], sem[0], spent)
+    dof = R.shape[0] - 1 if R.shape[0] > 1 else None  # sem: spread of the independent residual probes
+    return Estimate(low.sum() + mean[0], sem[0], spent, dof=dof)
 
 
 def hutchpp_blocks(
