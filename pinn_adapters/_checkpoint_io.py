@@ -21,33 +21,50 @@ import numpy as np
 _MANIFEST = "__manifest__"
 
 
-def _leaf_table(tree) -> list:
+def leaf_table(tree) -> list:
+    """``[[path, shape, dtype], ...]`` of a pytree's leaves (arrays or ShapeDtypeStructs)."""
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     return [[jax.tree_util.keystr(p), list(np.shape(x)), str(np.dtype(x.dtype))] for p, x in flat]
 
 
-def write_tree(path, tree, manifest: dict) -> None:
-    """Write ``tree``'s leaves and ``manifest`` (JSON-able, plus a leaf table) atomically to ``path``."""
+def _umask() -> int:
+    """The process umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, write) -> None:
+    """Call ``write(f)`` on a temporary file next to ``path``, fsync it, then ``os.replace`` it over ``path``."""
     path = os.fspath(path)
-    leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
-    arrays = {f"leaf_{i:05d}": a for i, a in enumerate(leaves)}
-    text = json.dumps(dict(manifest, leaves=_leaf_table(tree)))
-    arrays[_MANIFEST] = np.frombuffer(text.encode("utf-8"), np.uint8)
     parent = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it 0600
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    with contextlib.suppress(OSError):  # make the rename itself durable (POSIX)
+        dfd = os.open(parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def write_tree(path, tree, manifest: dict) -> None:
+    """Write ``tree``'s leaves and ``manifest`` (JSON-able, plus a leaf table) atomically to ``path``."""
+    leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+    arrays = {f"leaf_{i:05d}": a for i, a in enumerate(leaves)}
+    text = json.dumps(dict(manifest, leaves=leaf_table(tree)))
+    arrays[_MANIFEST] = np.frombuffer(text.encode("utf-8"), np.uint8)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def read_tree(path, like, *, format: str) -> tuple[dict, object]:  # noqa: A002 - the manifest field's name
@@ -68,7 +85,7 @@ def read_tree(path, like, *, format: str) -> tuple[dict, object]:  # noqa: A002 
             f"resume: {path!r} is not a readable {format} file (truncated, corrupt or another format: "
             f"{type(exc).__name__}: {exc})"
         ) from None
-    want = _leaf_table(like)
+    want = leaf_table(like)
     if len(want) != len(leaves):
         raise ValueError(f"resume: {path!r} holds {len(leaves)} arrays, this run's state has {len(want)}")
     for got, exp, arr in zip(manifest["leaves"], want, leaves):

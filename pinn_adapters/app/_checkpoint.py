@@ -18,13 +18,14 @@ import contextlib
 import json
 import os
 import platform
-import tempfile
 import warnings
 
 import jax
 import numpy as np
 
 from sketchtrace.validation import check_output_path
+
+from .._checkpoint_io import atomic_write, leaf_table  # the generic pieces, shared with second_order
 
 FORMAT = "pinn_adapters.checkpoint"
 FORMAT_VERSION = 1
@@ -67,46 +68,9 @@ def versions() -> dict:
     return out
 
 
-def leaf_table(tree) -> list:
-    """``[[path, shape, dtype], ...]`` of a pytree's leaves (arrays or ShapeDtypeStructs)."""
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return [[jax.tree_util.keystr(p), list(np.shape(x)), str(np.dtype(x.dtype))] for p, x in flat]
-
-
 def check_writable(path, *, what="checkpoint"):
     """Refuse (before any work) an output file whose directory is missing or not writable."""
     return check_output_path(path, name=what)
-
-
-def _umask() -> int:
-    """The process umask (read by setting it and restoring it at once)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path, write):
-    """Call ``write(f)`` on a temporary file next to ``path``, fsync it, then ``os.replace`` it over ``path``."""
-    path = os.fspath(path)
-    parent = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable (POSIX)
-        dfd = os.open(parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
 
 def write_text_atomic(path, text: str) -> None:
