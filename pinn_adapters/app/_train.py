@@ -649,9 +649,7 @@ def train(
     M. Hirsch, F. Pichi, arXiv:2511.15530 (2025) (diagnostics: running averages of
     ``||R||^2`` and ``||grad L||^2``).
     """
-    # the arguments are checked before the trainer compiles anything
-    steps = _check_int("steps", steps, 0)
-    trainer = Trainer(
+    trainer = Trainer(  # compiles nothing until it trains; its train() checks the arguments first
         problem, weighting=weighting, optimizer=optimizer, resample=resample, reuse_residuals=reuse_residuals
     )
     return trainer.train(
