@@ -26,6 +26,9 @@ def __dir__():
     return sorted(set(globals()) | set(_APP_NAMES))
 
 
+#: the same function under the spelling of jaxpi's paper (``estimator="grad_norm"`` is accepted too)
+grad_norm_weighting = gradnorm_weighting
+
 __all__ = [
     "ResidualBlocks",
     "MixedBlock",
@@ -33,6 +36,7 @@ __all__ = [
     "ntk_weights",
     "ntk_weighting",
     "gradnorm_weighting",
+    "grad_norm_weighting",
     "NTKWeighting",
     "WeightingState",
     "train",

@@ -37,7 +37,7 @@ from sketchtrace.validation import (
 from ._blocks import ResidualBlocks
 from ._gradnorm import gradnorm_strategy
 from ._ntk import ntk_traces, ntk_weights, residual_rows
-from ._sizes import sample_size, subsample_scale  # one subset rule for JAX and torch
+from ._sizes import canonical_estimator, sample_size, subsample_scale  # one rule for JAX and torch
 
 ESTIMATORS = ("pc", "exact", "hutchinson", "moving_average", "gradnorm", "none")
 FD_SCHEMES = ("jvp", "forward", "central")
@@ -292,6 +292,7 @@ def _configure(blocks, **cfg) -> dict:
     """Check every argument before any work; return the static configuration."""
     if not isinstance(blocks, ResidualBlocks):
         raise TypeError(f"blocks must be a pinn_adapters.ResidualBlocks; got {type(blocks).__name__}")
+    cfg["estimator"] = canonical_estimator(cfg["estimator"])
     est = check_choice(cfg["estimator"], ESTIMATORS, name="estimator")
     check_choice(cfg["fd"], FD_SCHEMES, name="fd")
     check_choice(cfg["init_method"], ("exact", "hutchinson"), name="init_method")

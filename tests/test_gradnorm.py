@@ -98,3 +98,16 @@ def test_refresh_with_non_positive_trace_is_rejected(setup):
     assert int(new.rejected) == 1
     for n in prob.blocks.names:
         assert float(weights[n]) == before[n] > 0
+
+
+def test_grad_norm_spelling_is_the_same_weighting(setup):
+    prob, params, batch = setup
+    assert pa.grad_norm_weighting is pa.gradnorm_weighting
+    a = pa.ntk_weighting(prob.blocks, estimator="grad_norm")
+    b = pa.ntk_weighting(prob.blocks, estimator="gradnorm")
+    assert a.config == b.config  # one canonical name in the configuration and the state's spec
+    wa = a.init(jax.random.key(0), params, batch).weights
+    wb = b.init(jax.random.key(0), params, batch).weights
+    assert all(float(wa[n]) == float(wb[n]) for n in prob.blocks.names)
+    with pytest.raises(ValueError, match="estimator"):
+        pa.ntk_weighting(prob.blocks, estimator="grad-norm")

@@ -485,6 +485,10 @@ def test_gradnorm_weights_against_a_hand_computation():
         np.testing.assert_allclose(float(weights[n]), 0.9 + 0.1 * lam[n], rtol=1e-10)
     with pytest.raises(ValueError, match="rule"):
         pt.ntk_weighting(blocks, estimator="gradnorm", rule="jaxpi")
+    alias = pt.ntk_weighting(blocks, estimator="grad_norm", every=2, ema=0.9).init(None, p, BATCH)
+    for n in lam:  # the "grad_norm" spelling is the same weighting
+        np.testing.assert_allclose(float(alias.weights[n]), lam[n], rtol=1e-10)
+    assert pt.grad_norm_weighting is pt.gradnorm_weighting
 
 
 def test_torch_weighting_does_not_import_jax_weighting():

@@ -116,7 +116,8 @@ def render() -> str:
             where = seen.get(identity(obj))
             if where is not None and not isinstance(obj, (str, int, float, tuple, dict)):
                 public, path = where
-                again.append(f"[`{public}`][{path}]")  # a link: strict mode checks it
+                alias = "" if public.rsplit(".", 1)[-1] == name else f" (as `{mod_name}.{name}`)"
+                again.append(f"[`{public}`][{path}]{alias}")  # a link: strict mode checks it
                 continue
             path = target(mod, name)
             seen.setdefault(identity(obj), (f"{mod_name}.{name}", path))

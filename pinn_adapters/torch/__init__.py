@@ -22,6 +22,9 @@ from ._weighting import (
     ntk_weights,
 )
 
+#: the same function under the spelling of jaxpi's paper (``estimator="grad_norm"`` is accepted too)
+grad_norm_weighting = gradnorm_weighting
+
 __all__ = [
     "TorchNTKWeighting",
     "TorchResidualBlocks",
@@ -29,6 +32,7 @@ __all__ = [
     "block_grad_norms",
     "exact_traces",
     "gradnorm_weighting",
+    "grad_norm_weighting",
     "jacobian_operator",
     "module_params",
     "ntk_traces",

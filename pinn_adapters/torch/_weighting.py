@@ -27,7 +27,7 @@ from sketchtrace.backends import backend_for_key
 from sketchtrace.operators import torch_gram
 from sketchtrace.validation import check_choice, check_num_matvecs
 
-from .._sizes import sample_size, subsample_scale  # one subset rule for JAX and torch
+from .._sizes import canonical_estimator, sample_size, subsample_scale  # one rule for JAX and torch
 from ._ntk import JVPS, _check_blocks, _check_generator, _FlatParams, jacobian_operator
 
 ESTIMATORS = ("pc", "exact", "hutchinson", "gradnorm", "none")
@@ -393,7 +393,7 @@ def ntk_weighting(
     Every argument is checked here, before any work.
     """
     _check_blocks(blocks)
-    est = check_choice(estimator, ESTIMATORS, name="estimator")
+    est = check_choice(canonical_estimator(estimator), ESTIMATORS, name="estimator")
     check_choice(jvp, JVPS, name="jvp")
     check_choice(init_method, ("exact", "hutchinson"), name="init_method")
     check_choice(rule, RULES, name="rule")
