@@ -320,3 +320,18 @@ def test_unbiased_detects_one_percent(fn, m, sampler, trials):
     rep = assert_unbiased_powered(vals, np.trace(A))
     assert rep.relative_detectable_bias(np.trace(A)) <= 0.01
     assert_catches_scale(vals, np.trace(A))
+
+
+def test_sketch_states_are_typed_pytrees():
+    from sketchtrace.backends import get_backend
+    from sketchtrace.estimators._xtrace import NysSketch, XSketch, nys_state, xsketch
+
+    A, _ = _matrix(n=30, decay=0.8)
+    bk, op = get_backend(jax.random.key(0), A, None)
+    Om = bk.probes(jax.random.key(1), 4, 30, jnp.float64, "sphere")
+    s = xsketch(bk, op, Om, None)
+    s2 = xsketch(bk, op, Om, None, prev=s)
+    assert isinstance(s2, XSketch) and s2.Q.shape == (30, 8) and s2.R.shape == (8, 8)
+    assert len(jax.tree_util.tree_leaves(s2)) == 5 and s["Om"] is s.Om  # old dict spelling still reads
+    y = nys_state(bk, op, Om, None)
+    assert isinstance(y, NysSketch) and y._fields == ("Om", "Y") and y.Y.shape == (30, 4)

@@ -308,7 +308,7 @@ def _adaptive_loop(bk, op, key, p: _Plan):
         )
         bk.check_finite("op", t)
         if p.method == "xnystrace" and p.check_psd and k == 0:
-            _check_psd(bk, state["Om"], state["Y"], default_psd_rtol(bk, state["Y"].dtype, None))
+            _check_psd(bk, state.Om, state.Y, default_psd_rtol(bk, state.Y.dtype, None))
         spent += p.per * (k_next - k)
         k = k_next
         value, sem = (v[0] for v in summarize(bk.xp, t[:, None], exact=False))

@@ -14,6 +14,7 @@ JAX: jit-able and vmap-able over keys.
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 from .._estimate import Estimate
 from ..validation import check_choice
@@ -68,10 +69,40 @@ def _normalize_cols(xp, M):
 # ----------------------------------------------------------------------------- sketch state
 
 
+def _getitem(self, i):
+    """``state["Om"]``: the old dict spelling of a field (kept for one release); ints and slices index the tuple."""
+    return getattr(self, i) if isinstance(i, str) else tuple.__getitem__(self, i)
+
+
+class XSketch(NamedTuple):
+    """XTrace/XDiag sketch state (a pytree): columns ``(n, k)`` unless stated.
+
+    ``Om`` test vectors, ``Y = A Om``, ``Q R = Y`` (thin QR, ``R`` is ``(k, k)``),
+    ``Z = A Q`` (XDiag: ``A^T Q``).
+    """
+
+    Om: Any
+    Y: Any
+    Q: Any
+    R: Any
+    Z: Any
+
+    __getitem__ = _getitem
+
+
+class NysSketch(NamedTuple):
+    """XNysTrace/Nystrom sketch state (a pytree): test vectors ``Om`` and ``Y = A Om``, both ``(n, k)``."""
+
+    Om: Any
+    Y: Any
+
+    __getitem__ = _getitem
+
+
 def xsketch(bk, op, Om, chunk_size, prev=None):
     """Sketch state for test vectors ``Om`` (rows), optionally extending ``prev``.
 
-    Returns a dict with ``Om`` and ``Y = A Om`` (columns, ``(n, k)``), the QR
+    Returns an :class:`XSketch` with ``Om`` and ``Y = A Om`` (columns, ``(n, k)``), the QR
     factors ``Q, R`` of ``Y`` and ``Z = A Q``. Extending re-uses the previous
     products: ``Q`` grows by block Gram-Schmidt (two passes), so only the new
     test vectors and the new basis columns are multiplied by ``A``. Cost:
@@ -83,8 +114,8 @@ def xsketch(bk, op, Om, chunk_size, prev=None):
     if prev is None:
         Q, R = xp.linalg.qr(Ynew)
         Z = bk.matmat(op, Q.T, chunk_size).T
-        return {"Om": Om.T, "Y": Ynew, "Q": Q, "R": R, "Z": Z}
-    Q0, R0 = prev["Q"], prev["R"]
+        return XSketch(Om.T, Ynew, Q, R, Z)
+    Q0, R0 = prev.Q, prev.R
     C1 = Q0.T @ Ynew
     Wn = Ynew - Q0 @ C1
     C2 = Q0.T @ Wn
@@ -94,13 +125,13 @@ def xsketch(bk, op, Om, chunk_size, prev=None):
     top = xp.concatenate([R0, C1 + C2], axis=1)
     bot = xp.concatenate([xp.zeros((k2, k0), R0.dtype), R2], axis=1)
     Z2 = bk.matmat(op, Q2.T, chunk_size).T
-    return {
-        "Om": xp.concatenate([prev["Om"], Om.T], axis=1),
-        "Y": xp.concatenate([prev["Y"], Ynew], axis=1),
-        "Q": xp.concatenate([Q0, Q2], axis=1),
-        "R": xp.concatenate([top, bot], axis=0),
-        "Z": xp.concatenate([prev["Z"], Z2], axis=1),
-    }
+    return XSketch(
+        Om=xp.concatenate([prev.Om, Om.T], axis=1),
+        Y=xp.concatenate([prev.Y, Ynew], axis=1),
+        Q=xp.concatenate([Q0, Q2], axis=1),
+        R=xp.concatenate([top, bot], axis=0),
+        Z=xp.concatenate([prev.Z, Z2], axis=1),
+    )
 
 
 def xtrace_samples(xp, st, n, improved):
@@ -115,7 +146,7 @@ def xtrace_samples(xp, st, n, improved):
     ``u_i`` is then a uniform vector of radius ``sqrt(n - k + 1)`` on the
     complement of the leave-one-out range.
     """
-    Om, Y, Q, R, Z = st["Om"], st["Y"], st["Q"], st["R"], st["Z"]
+    Om, Y, Q, R, Z = st if isinstance(st, tuple) else XSketch(**st)  # an XSketch, or a dict of its fields
     k = Om.shape[1]
     H = Q.T @ Z
     W = Q.T @ Om
@@ -211,13 +242,13 @@ def xtrace(
 
 
 def nys_state(bk, op, Om, chunk_size, prev=None):
-    """``{"Om": (n, k), "Y": (n, k)}`` with ``Y = A Om``; extending re-uses ``prev``."""
+    """:class:`NysSketch` ``(Om, Y)``, both ``(n, k)``, with ``Y = A Om``; extending re-uses ``prev``."""
     xp = bk.xp
     Ynew = bk.matmat(op, Om, chunk_size).T
     bk.check_finite("op", Ynew)
     if prev is None:
-        return {"Om": Om.T, "Y": Ynew}
-    return {"Om": xp.concatenate([prev["Om"], Om.T], axis=1), "Y": xp.concatenate([prev["Y"], Ynew], axis=1)}
+        return NysSketch(Om.T, Ynew)
+    return NysSketch(xp.concatenate([prev.Om, Om.T], axis=1), xp.concatenate([prev.Y, Ynew], axis=1))
 
 
 def psd_violation(xp, Om, Y):
@@ -279,7 +310,7 @@ def xnystrace_samples(xp, st, n, improved):
     tiny shift), an eigendecomposition of ``H`` with eigenvalues floored at
     ``k eps lambda_max`` is used instead (``H^{-1} = F F^T``).
     """
-    Om, Y = st["Om"], st["Y"]
+    Om, Y = st.Om, st.Y
     k = Om.shape[1]
     dt = Y.dtype
     eps = xp.finfo(dt).eps
@@ -397,7 +428,7 @@ def xnystrace(
     Om = bk.probes(key, m, n, bk.probe_dtype(op), sampler)
     st = nys_state(bk, op, Om, chunk_size)
     if check_psd:
-        _check_psd(bk, st["Om"], st["Y"], default_psd_rtol(bk, st["Y"].dtype, psd_rtol))
+        _check_psd(bk, st.Om, st.Y, default_psd_rtol(bk, st.Y.dtype, psd_rtol))
     t = xnystrace_samples(bk.xp, st, n, improved)
     bk.check_finite("op", t)
     value, sem = summarize(bk.xp, t[:, None], exact=False)
@@ -423,7 +454,7 @@ def xdiag_samples(xp, st):
     (``Q^T A = Z^T`` by symmetry) and
     ``(I - P_(i)) Y_i = Y_i - Q R_i + (s_i^T R_i) Q s_i``. Each ``d_i`` is unbiased.
     """
-    Om, Y, Q, R, Z = st["Om"], st["Y"], st["Q"], st["R"], st["Z"]
+    Om, Y, Q, R, Z = st if isinstance(st, tuple) else XSketch(**st)  # an XSketch, or a dict of its fields
     S = _normalize_cols(xp, _guarded_inv_t(xp, R))
     QS, ZS = Q @ S, Z @ S
     base = xp.sum(Q * Z, axis=1)  # diag(Q Z^T)
