@@ -1,33 +1,63 @@
 """pinn_adapters: NTK loss weights for physics-informed networks, built on sketchtrace.
 
-Host libraries (Flax, Equinox, jinns, optax, tqdm) are imported lazily, inside the
-functions that need them; importing this package needs only JAX and sketchtrace.
+Every name is loaded on first use (PEP 562 module ``__getattr__``): ``import pinn_adapters``
+imports nothing but this file, so the torch side (:mod:`pinn_adapters.torch`) runs without JAX
+and the training app is not imported with the weightings. The JAX names need JAX (the ``pinn``
+extra); host libraries (Flax, Equinox, jinns, optax, tqdm) are imported inside the functions
+that need them.
 """
 
-from . import causal, nets, optim, problems, second_order
-from ._blocks import MixedBlock, ResidualBlocks
-from ._ntk import ntk_traces, ntk_weights
-from ._weighting import NTKWeighting, WeightingState, gradnorm_weighting, ntk_weighting
+import importlib
 
-#: The training application's names, loaded on first use (``import pinn_adapters`` does not import
-#: the app, its optimizers, checkpoints or plots).
+#: public name -> the module that defines it (relative to this package), loaded on first use
+_JAX_NAMES = {
+    "ResidualBlocks": "._blocks",
+    "MixedBlock": "._blocks",
+    "ntk_traces": "._ntk",
+    "ntk_weights": "._ntk",
+    "ntk_weighting": "._weighting",
+    "gradnorm_weighting": "._weighting",
+    "grad_norm_weighting": "._weighting",
+    "NTKWeighting": "._weighting",
+    "WeightingState": "._weighting",
+}
+
+#: The training application's names (``import pinn_adapters`` does not import the app, its
+#: optimizers, checkpoints or plots).
 _APP_NAMES = ("NonFiniteError", "TrainResult", "TrainState", "Trainer", "load_checkpoint", "save_checkpoint", "train")
+
+#: subpackages and modules reachable as attributes (``pa.nets``, ``pa.problems``, ...)
+_SUBMODULES = ("causal", "nets", "optim", "problems", "second_order")
+
+_EXTRA = "pip install 'sketchtrace[pinn]'"
 
 
 def __getattr__(name):
-    if name in _APP_NAMES:
-        from . import app
-
-        return getattr(app, name)
+    if name in _JAX_NAMES or name in _APP_NAMES or name in _SUBMODULES:
+        where = _JAX_NAMES.get(name, ".app" if name in _APP_NAMES else f".{name}")
+        try:
+            module = importlib.import_module(where, __name__)
+        except ImportError as exc:
+            if _jax_importable():
+                raise
+            raise ImportError(
+                f"pinn_adapters.{name} needs JAX ({_EXTRA}); the torch side is pinn_adapters.torch"
+            ) from exc
+        return module if name in _SUBMODULES else getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def _jax_importable() -> bool:
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def __dir__():
-    return sorted(set(globals()) | set(_APP_NAMES))
+    return sorted(set(globals()) | set(_JAX_NAMES) | set(_APP_NAMES) | set(_SUBMODULES))
 
-
-#: the same function under the spelling of jaxpi's paper (``estimator="grad_norm"`` is accepted too)
-grad_norm_weighting = gradnorm_weighting
 
 __all__ = [
     "ResidualBlocks",

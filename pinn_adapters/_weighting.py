@@ -285,6 +285,10 @@ def gradnorm_weighting(blocks: ResidualBlocks, *, every=1000, momentum=0.9, cap=
     return ntk_weighting(blocks, estimator="gradnorm", every=every, ema=momentum, cap=cap, eps=eps)
 
 
+#: the same function under the spelling of jaxpi's paper (``estimator="grad_norm"`` is accepted too)
+grad_norm_weighting = gradnorm_weighting
+
+
 # ----------------------------------------------------------------------------- configuration
 
 
