@@ -5,6 +5,7 @@ shown to catch a deliberately biased estimator), agreement in distribution with 
 numba backends, exact paths, reproducibility and clear errors.
 """
 
+import math
 import subprocess
 import sys
 
@@ -183,6 +184,44 @@ def test_reproducible_and_chunk_invariant(At):
         b = st.hutchinson(gen(5), At, num_matvecs=7, sampler=sampler, chunk_size=2)
         assert float(a.value) == float(b.value)
     assert float(st.xtrace(gen(5), At, num_matvecs=8).value) == float(st.xtrace(gen(5), At, num_matvecs=8).value)
+
+
+def _whole_ops_draw(g, num, dim, dtype, sampler):
+    """The probe draw as whole-tensor ops (the formulas of the torch backend's module docstring)."""
+    if sampler == "rademacher":
+        return torch.randint(0, 2, (num, dim), generator=g, dtype=torch.int8).to(dtype).mul_(-2).add_(1)
+    u = torch.rand((num, 2, dim), generator=g, dtype=torch.float64)
+    V = torch.sqrt(-2.0 * torch.log1p(-u[:, 0])) * torch.cos(2.0 * math.pi * u[:, 1])
+    if sampler == "sphere":
+        V = V * (math.sqrt(dim) / torch.linalg.vector_norm(V, dim=1, keepdim=True))
+    return V.to(dtype)
+
+
+@pytest.mark.parametrize("shape", [(64, 3000), (1000, 1000), (5, 40000), (3, 10)])
+def test_inline_draw_and_quad_forms_are_bitwise_the_whole_ops(shape):
+    """Probes and quadratic forms computed in row blocks (inline, no intra-op threads) equal the
+    whole-tensor ops bit for bit, at two threads (where torch would split the whole ops)."""
+    from sketchtrace.backends._torch import draw
+    from sketchtrace.operators._torch import serial_rows, torch_block_sums
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        k, n = shape
+        for sampler in ("rademacher", "gaussian", "sphere"):
+            for dtype in (torch.float32, torch.float64):
+                ours = draw(gen(3), k, n, dtype, sampler)
+                assert torch.equal(ours, _whole_ops_draw(gen(3), k, n, dtype, sampler)), (shape, sampler, dtype)
+        m = min(n, 600)
+        A = torch.randn(m, m, dtype=torch.float64, generator=gen(1))
+        op = as_torch_operator(A, blocks={"a": m // 3, "b": m - m // 3})
+        V = torch.randn(k, m, dtype=torch.float64, generator=gen(2))
+        assert torch.equal(op.quad_forms(V), torch_block_sums(V * op.matmat(V), op.blocks))
+        calls = []
+        serial_rows(lambda t: calls.append(t.shape[0]) or t.sum(dim=1), torch.zeros(64, 3000))
+        assert len(calls) == 7 and max(calls) * 3000 < 32768  # row blocks below torch's parallel grain
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_adaptive_trace_and_xdiag(At):

@@ -33,7 +33,7 @@ import array_api_compat.torch as _compat
 import numpy as np
 
 from .._samplers import SAMPLERS
-from ..operators._torch import TorchTensorOperator, as_torch_operator
+from ..operators._torch import TorchTensorOperator, as_torch_operator, serial_rows
 from ._krylov import breakdown_tol, lanczos_step, start_rows
 
 _SAMPLER_NAMES = {fn: name for name, fn in SAMPLERS.items()}
@@ -135,19 +135,24 @@ def draw(gen, num, dim, dtype, sampler):
     dev = gen.device
     if sampler == "rademacher":
         bits = torch.randint(0, 2, (num, dim), generator=gen, device=dev, dtype=torch.int8)
-        return bits.to(dtype).mul_(-2).add_(1)  # in the float dtype: int8 arithmetic is slow on CPU
+        return serial_rows(lambda b: b.to(dtype).mul_(-2).add_(1), bits)  # float arithmetic: int8's is slow on CPU
     if sampler in ("gaussian", "sphere"):
         u = torch.rand((num, 2, dim), generator=gen, device=dev, dtype=torch.float64)  # probe by probe
-        V = torch.sqrt(-2.0 * torch.log1p(-u[:, 0])) * torch.cos(2.0 * math.pi * u[:, 1])
-        if sampler == "sphere":
-            V = V * (math.sqrt(dim) / torch.linalg.vector_norm(V, dim=1, keepdim=True))
-        return V.to(dtype)
+        return serial_rows(functools.partial(_box_muller, dtype=dtype, sphere=sampler == "sphere"), u, width=2 * dim)
     V = sampler(gen, (num, dim), dtype)
     if not isinstance(V, torch.Tensor) or tuple(V.shape) != (num, dim):
         got = tuple(V.shape) if isinstance(V, torch.Tensor) else type(V).__name__
         raise ValueError(
             f"sampler returned {got}; expected a torch tensor of shape {(num, dim)} (sampler(gen, shape, dtype))"
         )
+    return V.to(dtype)
+
+
+def _box_muller(u, dtype, sphere):
+    """Gaussian (or sphere) rows from ``u``, ``(k, 2, n)`` uniforms in float64; see the module docstring."""
+    V = torch.sqrt(-2.0 * torch.log1p(-u[:, 0])) * torch.cos(2.0 * math.pi * u[:, 1])
+    if sphere:
+        V = V * (math.sqrt(V.shape[1]) / torch.linalg.vector_norm(V, dim=1, keepdim=True))
     return V.to(dtype)
 
 
@@ -279,10 +284,17 @@ class TorchBackend:
 
     @staticmethod
     def check_finite(name, x):
-        if not bool(torch.all(torch.isfinite(torch.as_tensor(x)))):
+        x = torch.as_tensor(x)
+        x = x.reshape(1) if x.ndim == 0 else x
+        if not bool(serial_rows(_finite_rows, x).all()):
             raise FloatingPointError(
                 f"{name}: the operator produced non-finite values (NaN or inf); check the operator"
             )
+
+
+def _finite_rows(t):
+    """``(k,)``: whether each leading row of ``t`` is finite."""
+    return torch.isfinite(t).flatten(1).all(dim=1) if t.ndim > 1 else torch.isfinite(t)
 
 
 def _diagonal_by_block(op):

@@ -41,6 +41,45 @@ from ._linear import (
 
 _LAYOUTS = (torch.strided, torch.sparse_coo, torch.sparse_csr)
 
+#: ATen's parallel grain (``at::internal::GRAIN_SIZE``): an elementwise op or reduction over fewer
+#: elements runs on the calling thread.
+_GRAIN = 32768
+
+#: Above this many elements the intra-op threads pay for their wake-up: ops run whole.
+_SERIAL_MAX = 1 << 21
+
+
+def serial_rows(fn, *xs, width=None):
+    """``fn(*xs)``, computed over blocks of leading rows small enough for torch to run each op inline.
+
+    On CPU, torch spreads every op over more than ``_GRAIN`` elements across its intra-op threads;
+    waking them costs microseconds on an idle machine and milliseconds on a loaded one (a niced
+    process whose second core is busy), which for the probe draw and the quadratic forms' products
+    and row sums (a few small ops next to one large product) was most of the estimator's overhead.
+    ``fn`` must act row by row (elementwise ops, reductions over the trailing dimensions) and return
+    a tensor with one leading row per input row; ``width`` is the largest number of elements per
+    row of any intermediate (default: a row of ``xs[0]``). The result is bitwise the same as
+    ``fn(*xs)``: elementwise ops do not depend on the split, and torch reduces each row of a
+    multi-row reduction serially. Runs ``fn`` whole off CPU, with one thread, for rows of
+    ``_GRAIN`` elements or more and above ``_SERIAL_MAX`` elements.
+    """
+    x = xs[0]
+    k = x.shape[0] if x.ndim else 0
+    width = width if width is not None else (x[0].numel() if k else 0)
+    total = k * width
+    if x.device.type != "cpu" or not 0 < width < _GRAIN or not _GRAIN <= total <= _SERIAL_MAX:
+        return fn(*xs)
+    if torch.get_num_threads() == 1:
+        return fn(*xs)
+    step = (_GRAIN - 1) // width
+    out = None
+    for lo in range(0, k, step):
+        part = fn(*(t[lo : lo + step] for t in xs))
+        if out is None:
+            out = part.new_empty((k, *part.shape[1:]))  # no fill: torch.empty launches no parallel op
+        out[lo : lo + part.shape[0]].copy_(part)
+    return out
+
 
 @block_sums.register(torch.Tensor)
 def torch_block_sums(W, blocks):
@@ -60,6 +99,11 @@ def _restrict_columns_torch(V, start, stop):
 @concat_columns.register(torch.Tensor)
 def _concat_columns_torch(first, cols):
     return torch.cat(cols, dim=-1)
+
+
+def _row_quad_forms(V, W, blocks):
+    """``(k, B)`` block sums of ``V * W`` (the products' row sums, computed inline: :func:`serial_rows`)."""
+    return serial_rows(lambda v, w: torch_block_sums(v * w, blocks), V, W)
 
 
 def check_torch_dtype(dtype, *, name="dtype") -> torch.dtype:
@@ -84,7 +128,7 @@ class TorchOperator(LinearOperator):
         return new
 
     def quad_forms(self, V):
-        return torch_block_sums(V * self.matmat(V), self.blocks)
+        return _row_quad_forms(V, self.matmat(V), self.blocks)
 
     def __matmul__(self, v):
         return self.matvec(v) if v.ndim == 1 else self.matmat(v.T).T
@@ -381,7 +425,7 @@ class _TorchView(TorchOperator):
 
     def quad_forms(self, V):
         if type(self.op).quad_forms is LinearOperator.quad_forms and "matmat" in self.op.products:
-            return torch_block_sums(V * self.matmat(V), self.blocks)  # the default, on checked products
+            return _row_quad_forms(V, self.matmat(V), self.blocks)  # the default, on checked products
         return self._checked(self.op.quad_forms(V), "quad_forms")
 
 
