@@ -103,6 +103,16 @@ class _Namespace:
     def finfo(self, dtype):
         return _compat.finfo(to_torch_dtype(dtype))
 
+    @staticmethod
+    def cholesky_or_nan(H):
+        """Lower Cholesky factor of ``H``, NaNs where it fails (JAX's behaviour; torch would raise).
+
+        ``torch.linalg.cholesky_ex`` reports failure in ``info`` instead of raising
+        ``torch.linalg.LinAlgError``, without a host synchronisation (on a GPU too).
+        """
+        L, info = torch.linalg.cholesky_ex(H)
+        return torch.where((info == 0)[..., None, None], L, torch.full_like(L, float("nan")))
+
     float32, float64, int32, int64 = torch.float32, torch.float64, torch.int32, torch.int64
 
 

@@ -284,9 +284,16 @@ def _check_psd(bk, Om, Y, psd_rtol):
 
 
 def _cholesky_or_nan(xp, H):
-    """Lower Cholesky factor, or NaNs where it fails (NumPy raises, JAX returns NaN)."""
+    """Lower Cholesky factor, or NaNs where it fails (JAX returns NaN; NumPy raises ``LinAlgError``).
+
+    A namespace whose Cholesky raises its own error provides ``cholesky_or_nan`` (the torch
+    backend's: ``torch.linalg.cholesky_ex``, no exception and no host synchronisation).
+    """
     import numpy as np
 
+    own = getattr(xp, "cholesky_or_nan", None)
+    if own is not None:
+        return own(H)
     try:
         return xp.linalg.cholesky(H)
     except np.linalg.LinAlgError:
