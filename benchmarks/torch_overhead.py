@@ -7,7 +7,9 @@ the probes, applying the operator, the per-probe quadratic forms and the reducti
 timed against the bare products with ``k`` pre-drawn probes: ``V @ A.T`` for a dense
 matrix, ``vmap(jvp)`` of an MLP's residuals for the Jacobian operator (Hutchinson on
 ``J^T J`` uses one JVP per probe). Calls alternate, medians are compared (target <= 1.1).
-Also: pc NTK weights against one training step of PINA's Poisson example.
+The dense case runs at torch's default thread count and at one thread, interleaved in one
+loop, with Hutchinson's parts (the probe draw, the quadratic forms' row sums) timed beside it.
+Also: pc NTK weights against one training step of PINA's Poisson example (``--no-pina`` skips it).
 """
 
 from __future__ import annotations
@@ -24,33 +26,73 @@ import sketchtrace as st
 from sketchtrace.operators import as_torch_operator, module_jacobian, torch_gram
 
 
-def interleaved(contenders, repeats, warmup=2):
-    """Median seconds per contender (contenders alternate every repeat)."""
-    for fn in contenders.values():
-        for _ in range(warmup):
-            fn()
+def interleaved(contenders, repeats, warmup=2, threads=None):
+    """Median seconds per contender (contenders alternate every repeat, in reversed order every other one).
+
+    ``threads``: ``{name: torch thread count}`` (``None``: the default). Contenders are grouped by
+    thread count; each repeat sets each group's count (``torch.set_num_threads``) and makes one untimed
+    call of the group's first contender before timing the group, so that no contender pays for the
+    switch (waking or parking the intra-op threads). The default count is restored at the end.
+    """
+    default = torch.get_num_threads()
+    threads = threads or {}
+    groups = {}
+    for name in contenders:
+        groups.setdefault(threads.get(name) or default, []).append(name)
     times = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+    try:
+        for rep in range(warmup + repeats):
+            for count, names in groups.items():
+                torch.set_num_threads(count)
+                contenders[names[0]]()  # untimed: the first call after a switch
+                for name in names if rep % 2 else names[::-1]:
+                    t0 = time.perf_counter()
+                    contenders[name]()
+                    if rep >= warmup:
+                        times[name].append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(default)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def dense_case(n, k, repeats):
+def _whole_ops_hutchinson(A, k):
+    """Hutchinson's arithmetic as whole-tensor torch ops (the torch backend before issue 27's fix)."""
+    g = torch.Generator().manual_seed(1)
+    V = torch.randint(0, 2, (k, A.shape[0]), generator=g, dtype=torch.int8).to(A.dtype).mul_(-2).add_(1)
+    Q = (V * (V @ A.T)).sum(dim=-1, keepdim=True)
+    return Q.mean(), Q.std() / k**0.5
+
+
+def dense_case(n, k, repeats, thread_counts=(None, 1)):
+    """``{threads: {contender: median s}}``: Hutchinson, the bare products and Hutchinson's parts.
+
+    Every contender runs at every thread count (``None``: torch's default), all interleaved in one
+    loop. The parts: the probe draw alone and the quadratic forms' row sums ``sum(V * W)``.
+    """
+    from sketchtrace.backends._torch import draw
+    from sketchtrace.operators._torch import _row_quad_forms
+
     g = torch.Generator().manual_seed(0)
     A = torch.randn(n, n, dtype=torch.float64, generator=g)
     op = as_torch_operator(A)
     V = (1 - 2 * torch.randint(0, 2, (k, n), generator=g)).to(torch.float64)
-    med = interleaved(
-        {
-            "hutchinson": lambda: st.hutchinson(torch.Generator().manual_seed(1), op, num_matvecs=k),
-            "bare": lambda: V @ A.T,
-        },
-        repeats,
-    )
-    return med["hutchinson"], med["bare"]
+    W = V @ A.T
+    parts = {
+        "bare": lambda: V @ A.T,
+        "hutchinson": lambda: st.hutchinson(torch.Generator().manual_seed(1), op, num_matvecs=k),
+        "probe draw": lambda: draw(torch.Generator().manual_seed(1), k, n, torch.float64, "rademacher"),
+        "row sums (ours)": lambda: _row_quad_forms(V, W, None),
+        "row sums (one torch op)": lambda: (V * W).sum(dim=-1, keepdim=True),
+        "whole-op hutchinson": lambda: _whole_ops_hutchinson(A, k),
+    }
+    contenders, threads = {}, {}
+    for t in thread_counts:
+        for name, fn in parts.items():
+            contenders[(t, name)] = fn
+            threads[(t, name)] = t
+    med = interleaved(contenders, repeats, threads=threads)
+    default = torch.get_num_threads()
+    return {t or default: {name: med[(t, name)] for name in parts} for t in thread_counts}
 
 
 def jvp_case(width, points, k, repeats):
@@ -140,27 +182,36 @@ def pina_case(repeats):
     return med, t_plain, n_pts
 
 
-def run(quick=False, repeats=None):
+def run(quick=False, repeats=None, pina=True):
     repeats = repeats or (5 if quick else 21)
     n, k = (400, 16) if quick else (3000, 64)
     width, points = (32, 64) if quick else (256, 512)
-    th, tb = dense_case(n, k, repeats)
+    load0 = os.getloadavg()[0]
+    dense = dense_case(n, k, repeats)
     jh, jb, shape = jvp_case(width, points, k, repeats)
+    load1 = os.getloadavg()[0]
     lines = [
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, float64, {repeats} interleaved repeats (medians)",
-        (
-            f"dense {n} x {n}, {k} Rademacher probes: hutchinson {th * 1e3:.2f} ms, bare V @ A.T {tb * 1e3:.2f} ms, "
-            f"ratio {th / tb:.3f} (target <= 1.1)"
-        ),
-        (
-            f"torch.func JVP operator J^T J, J {shape[0]} x {shape[1]}, {k} probes: hutchinson {jh * 1e3:.2f} ms, "
-            f"bare vmap(jvp) {jb * 1e3:.2f} ms, ratio {jh / jb:.3f} (target <= 1.1)"
-        ),
+        f"torch {torch.__version__}, default {torch.get_num_threads()} threads, float64, {repeats} interleaved "
+        f"repeats (medians), load average {load0:.1f} -> {load1:.1f}",
     ]
-    rows = [
-        ("torch Hutchinson / bare matvecs, dense", th / tb, "hutch_bare"),
-        ("torch Hutchinson / bare JVPs, torch.func Jacobian", jh / jb, "hutch_bare"),
-    ]
+    rows = []
+    for threads, med in dense.items():
+        th, tb = med["hutchinson"], med["bare"]
+        lines.append(
+            f"dense {n} x {n}, {k} Rademacher probes, {threads} thread(s): hutchinson {th * 1e3:.2f} ms, bare "
+            f"V @ A.T {tb * 1e3:.2f} ms, ratio {th / tb:.3f} (target <= 1.1); parts: probe draw "
+            f"{med['probe draw'] * 1e3:.2f} ms, row sums {med['row sums (ours)'] * 1e3:.2f} ms (as one torch op: "
+            f"{med['row sums (one torch op)'] * 1e3:.2f} ms); the same arithmetic as whole torch ops (before): "
+            f"{med['whole-op hutchinson'] * 1e3:.2f} ms, ratio {med['whole-op hutchinson'] / tb:.3f}"
+        )
+        rows.append((f"torch Hutchinson / bare matvecs, dense, {threads} thread(s)", th / tb, "hutch_bare"))
+    lines.append(
+        f"torch.func JVP operator J^T J, J {shape[0]} x {shape[1]}, {k} probes: hutchinson {jh * 1e3:.2f} ms, "
+        f"bare vmap(jvp) {jb * 1e3:.2f} ms, ratio {jh / jb:.3f} (target <= 1.1)"
+    )
+    rows.append(("torch Hutchinson / bare JVPs, torch.func Jacobian", jh / jb, "hutch_bare"))
+    if not pina:
+        return lines, rows
     try:
         med, ts, npts = pina_case(max(3, repeats // 3))
         for name, tp in med.items():
@@ -179,10 +230,11 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    ap.add_argument("--no-pina", action="store_true", help="skip the PINA pc-weights case")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    lines, _ = run(args.quick, args.repeats)
+    lines, _ = run(args.quick, args.repeats, pina=not args.no_pina)
     print("\n".join(lines))
 
 
