@@ -65,9 +65,8 @@ def serial_rows(fn, *xs, width=None):
     """
     x = xs[0]
     k = x.shape[0] if x.ndim else 0
-    width = width if width is not None else (x[0].numel() if k else 0)
-    total = k * width
-    if x.device.type != "cpu" or not 0 < width < _GRAIN or not _GRAIN <= total <= _SERIAL_MAX:
+    width = width if width is not None else math.prod(x.shape[1:])
+    if not 0 < width < _GRAIN or not _GRAIN <= k * width <= _SERIAL_MAX or x.device.type != "cpu":
         return fn(*xs)
     if torch.get_num_threads() == 1:
         return fn(*xs)
