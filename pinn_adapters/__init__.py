@@ -10,7 +10,7 @@ that need them.
 import importlib
 
 #: public name -> the module that defines it (relative to this package), loaded on first use
-_JAX_NAMES = {
+_NAMES = {
     "ResidualBlocks": "._blocks",
     "MixedBlock": "._blocks",
     "ntk_traces": "._ntk",
@@ -20,6 +20,7 @@ _JAX_NAMES = {
     "grad_norm_weighting": "._weighting",
     "NTKWeighting": "._weighting",
     "WeightingState": "._weighting",
+    "Weighting": "._weighting_api",  # pure Python: also the torch side's
 }
 
 #: The training application's names (``import pinn_adapters`` does not import the app, its
@@ -33,8 +34,8 @@ _EXTRA = "pip install 'sketchtrace[pinn]'"
 
 
 def __getattr__(name):
-    if name in _JAX_NAMES or name in _APP_NAMES or name in _SUBMODULES:
-        where = _JAX_NAMES.get(name, ".app" if name in _APP_NAMES else f".{name}")
+    if name in _NAMES or name in _APP_NAMES or name in _SUBMODULES:
+        where = _NAMES.get(name, ".app" if name in _APP_NAMES else f".{name}")
         try:
             module = importlib.import_module(where, __name__)
         except ImportError as exc:
@@ -56,7 +57,7 @@ def _jax_importable() -> bool:
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_JAX_NAMES) | set(_APP_NAMES) | set(_SUBMODULES))
+    return sorted(set(globals()) | set(_NAMES) | set(_APP_NAMES) | set(_SUBMODULES))
 
 
 __all__ = [
@@ -68,6 +69,7 @@ __all__ = [
     "gradnorm_weighting",
     "grad_norm_weighting",
     "NTKWeighting",
+    "Weighting",
     "WeightingState",
     "train",
     "Trainer",

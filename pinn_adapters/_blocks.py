@@ -144,6 +144,9 @@ class ResidualBlocks:
             raise TypeError(f"pointwise must be True, False or 'auto'; got {pointwise!r}")
         self.pointwise = pointwise
         self._pointwise_found: dict[str, bool] = {}
+        # the blocks' compiled functions, made here and held by this object (jax.jit compiles on first call)
+        self._residuals_jit = jax.jit(self._residuals)
+        self._norms_jit = jax.jit(self._point_grad_sq_norms, static_argnames=("chunk_size", "modes"))
 
     # ------------------------------------------------------------------ basics
     @property
@@ -202,15 +205,12 @@ class ResidualBlocks:
     def residuals(self, params, batch) -> dict:
         """All blocks' flattened residuals: dict name -> ``(rows_b,)``.
 
-        Compiled once per :class:`ResidualBlocks` (``jax.jit``; inside another
-        transformation it is simply inlined).
+        Compiled once per :class:`ResidualBlocks` (the ``jax.jit`` made at construction; inside
+        another transformation it is simply inlined).
         """
         batch = self.coerce_batch(batch)
         self._check_batch(batch)
-        fn = self.__dict__.get("_residuals_jit")
-        if fn is None:
-            fn = self.__dict__["_residuals_jit"] = jax.jit(self._residuals)
-        return fn(params, {n: batch[n] for n in self.names})
+        return self._residuals_jit(params, {n: batch[n] for n in self.names})
 
     def _residuals(self, params, batch):
         return {n: self.block_residuals(n, params, batch[n]) for n in self.names}
@@ -266,12 +266,7 @@ class ResidualBlocks:
             raise ValueError(f"chunk_size must be a positive integer; got {chunk_size}")
         batch = {n: batch[n] for n in self.names}
         modes = self.pointwise_modes(params, batch)
-        fn = self.__dict__.get("_norms_jit")
-        if fn is None:
-            fn = self.__dict__["_norms_jit"] = jax.jit(
-                self._point_grad_sq_norms, static_argnames=("chunk_size", "modes")
-            )
-        return fn(params, batch, chunk_size=chunk_size, modes=modes)
+        return self._norms_jit(params, batch, chunk_size=chunk_size, modes=modes)
 
     # ------------------------------------------------------------------ pointwise detection
     def pointwise_modes(self, params, batch) -> tuple[bool, ...]:

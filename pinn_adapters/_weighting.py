@@ -38,6 +38,7 @@ from ._blocks import ResidualBlocks
 from ._gradnorm import gradnorm_strategy
 from ._ntk import ntk_traces, ntk_weights, residual_rows
 from ._sizes import canonical_estimator, sample_size, subsample_scale  # one rule for JAX and torch
+from ._weighting_api import Weighting
 
 ESTIMATORS = ("pc", "exact", "hutchinson", "moving_average", "gradnorm", "none")
 FD_SCHEMES = ("jvp", "forward", "central")
@@ -96,13 +97,33 @@ class PCState(NamedTuple):
     anchor_residuals: Any
 
 
-class NTKWeighting(NamedTuple):
-    """An ``init`` / ``update`` pair (like an optax ``GradientTransformation``)."""
+class NTKWeighting(Weighting):
+    """The JAX side's :class:`~pinn_adapters.Weighting`: jit-able ``init`` / ``update`` over a state pytree.
 
-    init: Callable
-    update: Callable
-    blocks: ResidualBlocks
-    config: dict
+    Made by :func:`ntk_weighting` and :func:`gradnorm_weighting` (the configuration is checked
+    there and closed over; the state holds arrays only).
+
+    Parameters
+    ----------
+    init, update : callable
+        ``init(key, params, batch) -> WeightingState`` and
+        ``update(key, state, params_prev, params, batch, *, residuals=None, residuals_prev=None)
+        -> (weights, WeightingState)``.
+    blocks : ResidualBlocks
+    config : dict
+        The static configuration.
+    """
+
+    def __init__(self, init: Callable, update: Callable, blocks: ResidualBlocks, config: dict):
+        self._init, self._update, self.blocks, self.config = init, update, blocks, config
+
+    def init(self, key, params, batch) -> WeightingState:
+        """The first :class:`WeightingState` (see :class:`~pinn_adapters.Weighting`)."""
+        return self._init(key, params, batch)
+
+    def update(self, key, state, params_prev, params, batch, *, residuals=None, residuals_prev=None):
+        """``(weights, state)`` for the step from ``params_prev`` to ``params`` (see :class:`~pinn_adapters.Weighting`)."""
+        return self._update(key, state, params_prev, params, batch, residuals=residuals, residuals_prev=residuals_prev)
 
 
 class _Strategy(NamedTuple):

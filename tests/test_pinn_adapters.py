@@ -142,6 +142,35 @@ def test_jinns_traces_and_weights(mlp, points, reference):
     assert float(loss.loss_weights.dyn_loss) == 1.0  # the original loss is unchanged
     value, _ = new_loss.evaluate(params, batch)  # jinns uses the new weights
     assert np.isfinite(float(value))
+    weigher = adapters.JinnsNTKWeights(method="exact")  # the same, as an object holding the compiled function
+    assert float(weigher(None, loss, params, batch)[1]["dyn_loss"]) == float(w["dyn_loss"])
+    weigher(None, new_loss, params, batch)  # the loss it returned (array weights): compiled once more
+    moved = jax.tree.map(lambda a: a * 1.01, params)
+    assert _count_compiles(lambda: weigher(None, new_loss, moved, batch)) == 0  # new parameters: no recompilation
+    assert _count_compiles(lambda: adapters.jinns_ntk_weights(None, new_loss, params, batch)) == 0
+    assert not hasattr(adapters._jinns, "_JITTED")  # no module-level cache
+
+
+_COMPILING = []
+
+
+def _count_compiles(fn):
+    """Backend compilations while ``fn`` runs (JAX's monitoring events)."""
+    if not _COMPILING:
+        from jax import monitoring
+
+        def listen(event, duration, **kw):
+            if "backend_compile" in event and _COMPILING[0]:
+                _COMPILING[1] += 1
+
+        monitoring.register_event_duration_secs_listener(listen)
+        _COMPILING.extend([False, 0])
+    _COMPILING[0], _COMPILING[1] = True, 0
+    try:
+        jax.block_until_ready(fn())
+    finally:
+        _COMPILING[0] = False
+    return _COMPILING[1]
 
 
 # ---------------------------------------------------------------------------- jaxpi-style model

@@ -300,3 +300,74 @@ def test_pointwise_detection_accepts_pointwise_blocks(setup):
     blocks, params, batch, truth = setup
     assert pa.ResidualBlocks(blocks.fns, pointwise="auto").pointwise_modes(params, batch) == (True, True)
     assert blocks.check_pointwise(params, batch) == {"bc": True, "res": True}
+
+
+# ---------------------------------------------------------------------------- one weighting shape, JAX and torch
+
+
+def _jax_side(setup):
+    blocks, params, batch, truth = setup
+    p1 = jax.tree.map(lambda a: a + 0.01, params)
+    return pa, blocks, params, p1, batch, lambda: jax.random.key(5), truth
+
+
+def _torch_side():
+    torch = pytest.importorskip("torch")
+    import pinn_adapters.torch as pt
+
+    torch.manual_seed(0)
+    net_t = torch.nn.Sequential(torch.nn.Linear(1, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1)).double()
+    fns = {"pde": lambda m, x: (m(x) - torch.sin(x)).reshape(-1), "bc": lambda m, x: m(x).reshape(-1)}
+    blocks = pt.TorchResidualBlocks(net_t, fns)
+    batch = {
+        "pde": torch.linspace(0, 1, 9, dtype=torch.float64)[:, None],
+        "bc": torch.zeros((2, 1), dtype=torch.float64),
+    }
+    p0 = blocks.params()
+    p1 = {k: v + 0.01 for k, v in p0.items()}
+    truth = {}
+    for n, fn in fns.items():  # ||J_b||_F^2 from the full Jacobian
+        jac = torch.autograd.functional.jacobian(
+            lambda *ps, fn=fn, n=n: blocks.block_residuals(n, dict(zip(p0, ps)), batch[n]), tuple(p0.values())
+        )
+        truth[n] = float(sum(j.square().sum() for j in jac))
+    return pt, blocks, p0, p1, batch, lambda: torch.Generator().manual_seed(5), truth
+
+
+@pytest.mark.parametrize("side", ["jax", "torch"])
+@pytest.mark.parametrize("estimator", ["exact", "pc", "gradnorm"])
+def test_one_weighting_shape_on_both_sides(setup, side, estimator):
+    """Both sides return a pa.Weighting: init(key, params, batch); update(key, state, prev, params, batch)."""
+    lib, blocks, p0, p1, batch, key, truth = _jax_side(setup) if side == "jax" else _torch_side()
+    w = lib.ntk_weighting(blocks, estimator=estimator, normalize="sum")
+    assert isinstance(w, pa.Weighting) and w.estimator == estimator and w.blocks is blocks
+    assert repr(w).endswith(f"(estimator={estimator!r}, blocks={list(blocks.names)})")
+    state = w.init(key(), p0, batch)
+    assert set(state.weights) == set(blocks.names)
+    weights, state = w.update(key(), state, p0, p1, batch, residuals=None, residuals_prev=None)
+    assert set(weights) == set(blocks.names) and all(float(v) > 0 for v in weights.values())
+    assert int(state.count) == 1
+    if estimator in ("exact", "pc"):  # pc starts from exact traces: the first weights are sum_j T_j / T_b
+        first = w.init(key(), p0, batch).weights
+        total = sum(truth.values())
+        for n in blocks.names:
+            assert float(first[n]) == pytest.approx(total / truth[n], rel=1e-5), n
+    with pytest.warns(DeprecationWarning, match="no longer a tuple"):
+        init_fn, update_fn, b, cfg = w  # the former NamedTuple's unpacking, for one release
+    assert b is blocks and cfg is w.config and init_fn == w.init and update_fn == w.update
+
+
+def test_weighting_base_refuses_direct_use():
+    with pytest.raises(NotImplementedError):
+        pa.Weighting().init(None, None, None)
+
+
+def test_blocks_hold_their_compiled_functions(setup):
+    """ResidualBlocks makes its jitted functions at construction; calls write nothing onto the object."""
+    blocks, params, batch, _ = setup
+    fresh = make_blocks()
+    before = dict(vars(fresh))
+    fresh.residuals(params, batch)
+    fresh.point_grad_sq_norms(params, batch, chunk_size=4)
+    assert set(vars(fresh)) == set(before)  # no attribute added on first use
+    assert all(vars(fresh)[k] is v for k, v in before.items() if k != "_pointwise_found")

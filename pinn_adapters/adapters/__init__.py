@@ -4,7 +4,7 @@ Each adapter imports its host library only when called, never at package import.
 
 * :func:`from_equinox` -- an Equinox module (its inexact array leaves are the parameters);
 * :func:`from_linen` and :func:`from_nnx` -- Flax models;
-* :func:`from_jinns` and :func:`jinns_ntk_weights` -- a jinns loss (per-sample residual terms
+* :func:`from_jinns` and :func:`jinns_ntk_weights` (:class:`JinnsNTKWeights` as an object) -- a jinns loss (per-sample residual terms
   in, NTK weights written into its ``loss_weights``); :func:`jinns_train` -- a jinns training
   loop with NTK weights refreshed inside one compiled run (:func:`jinns_weights_fn`,
   :func:`jinns_loss_with_weights` are its traceable pieces);
@@ -26,6 +26,7 @@ from ._jaxpi import (
     jaxpi_weights,
 )
 from ._jinns import (
+    JinnsNTKWeights,
     JinnsTrainResult,
     from_jinns,
     jinns_loss_with_weights,
@@ -37,6 +38,7 @@ from ._jinns import (
 __all__ = [
     "JaxpiState",
     "JaxpiWeighting",
+    "JinnsNTKWeights",
     "JinnsTrainResult",
     "causal_ntk",
     "compute_diag_ntk",

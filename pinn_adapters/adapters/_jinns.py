@@ -202,14 +202,15 @@ def jinns_ntk_weights(
     or jaxpi's per-sample-mean rule (``rule="jaxpi"``); traces from
     :func:`pinn_adapters.ntk_traces` with ``method`` (``"exact"``, ``"hutchinson"``, ...).
     A term whose weight is a tuple (several dynamic losses) gets the block weight in
-    every entry.
+    every entry. The same as ``JinnsNTKWeights(method=..., ...)(key, loss, params, batch)``.
 
     The computation is compiled (``equinox.filter_jit``; ``method``, ``num_matvecs``,
     ``rule``, ``cap``, ``chunk_size`` and ``terms`` are static): the first call with a
-    given loss structure and batch shape compiles, later calls (new parameters, new
-    batches, the loss returned by the previous call) reuse it. Exact traces of a PINN's
-    terms take per-point gradients (jinns evaluates every term sample by sample), about
-    one gradient step's cost; :func:`jinns_train` refreshes the weights inside its own
+    given configuration, loss structure and batch shape compiles, later calls (new
+    parameters, new batches, the loss returned by the previous call) reuse it (JAX's
+    compilation cache of the one module function; nothing is stored here). Exact traces of
+    a PINN's terms take per-point gradients (jinns evaluates every term sample by sample),
+    about one gradient step's cost; :func:`jinns_train` refreshes the weights inside its own
     compiled training loop.
 
     Returns
@@ -218,28 +219,47 @@ def jinns_ntk_weights(
         ``new_loss`` is ``loss`` with its ``loss_weights`` replaced (an Equinox
         ``tree_at``; ``loss`` itself is unchanged); ``weights`` is the dict used.
     """
-    _check_loss(loss, params)
-    global _JITTED
-    if _JITTED is None:
+    weigher = JinnsNTKWeights(
+        method=method, num_matvecs=num_matvecs, rule=rule, cap=cap, chunk_size=chunk_size, terms=terms
+    )
+    return weigher(key, loss, params, batch)
+
+
+class JinnsNTKWeights:
+    """A jinns NTK-weight configuration and its compiled function (:func:`jinns_ntk_weights` as an object).
+
+    ``weigher = JinnsNTKWeights(method="exact")``; ``new_loss, weights = weigher(key, loss,
+    params, batch)``. The object holds the ``equinox.filter_jit`` of the computation with
+    the configuration static, the way :class:`pinn_adapters.Trainer` holds a training step:
+    one compilation per loss structure and batch shape, reused by every call.
+
+    Parameters
+    ----------
+    method, num_matvecs, rule, cap, chunk_size, terms
+        As for :func:`jinns_ntk_weights`.
+    """
+
+    def __init__(self, *, method="exact", num_matvecs=None, rule="wang2022", cap=None, chunk_size=256, terms=None):
         import equinox as eqx
 
-        _JITTED = eqx.filter_jit(_jinns_ntk_weights)
-    terms = None if terms is None else tuple(terms)
-    return _JITTED(
-        key,
-        loss,
-        params,
-        batch,
-        method=method,
-        num_matvecs=num_matvecs,
-        rule=rule,
-        cap=cap,
-        chunk_size=chunk_size,
-        terms=terms,
-    )
+        terms = None if terms is None else tuple(terms)
+        self.config = {
+            "method": method,
+            "num_matvecs": num_matvecs,
+            "rule": rule,
+            "cap": cap,
+            "chunk_size": chunk_size,
+            "terms": terms,
+        }
+        self._compiled = eqx.filter_jit(_jinns_ntk_weights)
 
+    def __repr__(self):
+        return "JinnsNTKWeights(" + ", ".join(f"{k}={v!r}" for k, v in self.config.items()) + ")"
 
-_JITTED = None
+    def __call__(self, key, loss, params, batch):
+        """``(new_loss, weights)``: ``loss`` with the NTK weights at ``params`` on ``batch``."""
+        _check_loss(loss, params)
+        return self._compiled(key, loss, params, batch, **self.config)
 
 
 def _jinns_ntk_weights(key, loss, params, batch, *, method, num_matvecs, rule, cap, chunk_size, terms):

@@ -11,6 +11,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without torch
     raise ImportError("pinn_adapters.torch needs PyTorch: pip install 'sketchtrace[torch]'") from exc
 
+from .._weighting_api import Weighting
 from ._blocks import TorchResidualBlocks, module_params
 from ._ntk import exact_traces, jacobian_operator, ntk_traces
 from ._weighting import (
@@ -29,6 +30,7 @@ __all__ = [
     "TorchNTKWeighting",
     "TorchResidualBlocks",
     "TorchWeightingState",
+    "Weighting",
     "block_grad_norms",
     "exact_traces",
     "gradnorm_weighting",

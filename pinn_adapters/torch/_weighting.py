@@ -28,6 +28,7 @@ from sketchtrace.operators import torch_gram
 from sketchtrace.validation import check_choice, check_num_matvecs
 
 from .._sizes import canonical_estimator, sample_size, subsample_scale  # one rule for JAX and torch
+from .._weighting_api import Weighting
 from ._ntk import JVPS, _check_blocks, _check_generator, _FlatParams, jacobian_operator
 
 ESTIMATORS = ("pc", "exact", "hutchinson", "gradnorm", "none")
@@ -96,15 +97,19 @@ def block_grad_norms(blocks, params, batch) -> dict:
     return out
 
 
-class TorchNTKWeighting:
-    """Loss weights refreshed along training (see :func:`ntk_weighting`)."""
+class TorchNTKWeighting(Weighting):
+    """The torch side's :class:`~pinn_adapters.Weighting` (made by :func:`ntk_weighting`).
+
+    Parameters
+    ----------
+    blocks : TorchResidualBlocks
+    cfg : dict
+        The configuration checked by :func:`ntk_weighting` (kept as ``config``).
+    """
 
     def __init__(self, blocks, cfg):
         self.blocks, self.config = blocks, cfg
         self._vmap_ok = None  # whether the residuals can be vmapped over parameter points
-
-    def __repr__(self):
-        return f"TorchNTKWeighting(estimator={self.config['estimator']!r}, blocks={self.blocks.names})"
 
     def init(self, generator, params, batch) -> TorchWeightingState:
         """First weights (pc starts from exact traces, or ``init_matvecs`` Hutchinson probes)."""
