@@ -91,6 +91,8 @@ class CausalBlock(MixedBlock):
         ``(1 / M) sum_k w_k L_k`` exactly for any points (default False: unbiased
         for uniformly random times).
 
+    Notes
+    -----
     ``weights(params, points)`` gives the current ``(M,)`` weights (for logging, e.g. their
     minimum: near 1 once the whole interval is resolved) and ``losses(params, points)``
     the chunk losses.

@@ -231,6 +231,8 @@ def soap(
     precondition_1d : bool
         Rotate 1-D parameters too (a full ``d x d`` factor); default Adam for them.
 
+    Notes
+    -----
     The first call initialises the eigenbases and returns a zero update; memory per
     ``m x n`` parameter: ``m^2 + n^2`` floats for each of the factors and the bases.
     """

@@ -59,15 +59,8 @@ SECTIONS = (
 
 #: Docstrings whose prose after a section griffe's numpy parser reads as items (it warns, and
 #: strict mode fails): rendered without the parser's warnings until a "Notes" header is added in
-#: the owning module (by definition path).
-UNPARSED = frozenset(
-    {
-        "sketchtrace.operators._torch.TorchJacobianOperator",
-        "pinn_adapters.causal.CausalBlock",
-        "pinn_adapters.optim.soap",
-        "pinn_adapters.torch._weighting.ntk_weighting",
-    }
-)
+#: the owning module (by definition path). Empty: every public docstring parses.
+UNPARSED: frozenset[str] = frozenset()
 
 #: Names a module loads on first use (module ``__getattr__``), by the tuple that lists them.
 LAZY_LISTS = ("_TORCH_NAMES", "_APP_NAMES")

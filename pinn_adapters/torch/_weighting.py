@@ -355,7 +355,9 @@ def ntk_weighting(
 
     ``state = w.init(generator, params, batch)``;
     ``weights, state = w.update(generator, state, params_prev, params, batch, residuals=None,
-    residuals_prev=None)`` (the parameters before and after the optimizer step).
+    residuals_prev=None)`` (the parameters before and after the optimizer step): the
+    :class:`~pinn_adapters.Weighting` shape of :func:`pinn_adapters.ntk_weighting`, with a
+    ``torch.Generator`` as the randomness and a dict of tensors as the parameters.
 
     Parameters
     ----------
@@ -395,6 +397,13 @@ def ntk_weighting(
         weights at ``init`` and the first refresh at the first ``update`` (then every
         ``every``-th), smoothed from one by ``ema``: jaxpi's schedule.
 
+    Returns
+    -------
+    TorchNTKWeighting
+        A :class:`~pinn_adapters.Weighting`, the JAX side's object shape.
+
+    Notes
+    -----
     Every argument is checked here, before any work.
     """
     _check_blocks(blocks)

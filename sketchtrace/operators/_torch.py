@@ -306,9 +306,14 @@ class TorchJacobianOperator(TorchOperator):
         are the output blocks: e.g. the residual blocks of a PINN).
     x : tensor or dict of tensors
         The linearisation point (e.g. a module's parameters).
-    *args :
+    *args : tuple
         Held fixed (not differentiated).
+    blocks : mapping, optional
+        Named output row blocks, ``name -> size`` or ``name -> (start, stop)`` (default:
+        the keys of a dict output, in order).
 
+    Notes
+    -----
     ``matmat`` maps ``(k, n)`` rows to ``(k, m)`` with ``vmap`` of ``torch.func.jvp``
     (forward mode); ``rmatmat`` uses the ``torch.func.vjp`` taken once here.
     ``value`` holds ``f(x, *args)``. Use :func:`module_jacobian` for the Jacobian
