@@ -29,9 +29,10 @@ from ._xtrace import (
     default_psd_rtol,
     nys_state,
     resolve_test_vectors,
-    xnystrace_samples,
+    x_mean_sem,
+    xnystrace_loo,
     xsketch,
-    xtrace_samples,
+    xtrace_loo,
 )
 
 METHODS = ("auto", "hutchinson", "xtrace", "xnystrace")
@@ -67,18 +68,18 @@ def resolve_method(method, op):
 
 
 def _round(bk, op, rk, prev, *, new, dt, sampler, chunk_size, n, improved, method):
-    """One round: ``new`` fresh vectors; returns ``(state, samples)``."""
+    """One round: ``new`` fresh vectors; returns ``(state, (samples, D))`` (``D``: the X-family's pair deltas)."""
     xp = bk.xp
     if method == "hutchinson":
         Qn = bk.quad_forms(rk, op, new, sampler, chunk_size).sum(axis=1)
         samples = Qn if prev is None else xp.concatenate([prev, Qn])
-        return samples, samples
+        return samples, (samples, None)
     Om = bk.probes(rk, new, n, dt, sampler)
     if method == "xtrace":
         state = xsketch(bk, op, Om, chunk_size, prev=prev)
-        return state, xtrace_samples(xp, state, n, improved)
+        return state, xtrace_loo(xp, state, n, improved)
     state = nys_state(bk, op, Om, chunk_size, prev=prev)
-    return state, xnystrace_samples(xp, state, n, improved)
+    return state, xnystrace_loo(xp, state, n, improved)
 
 
 # Each round is compiled once per (operator, round size) where the backend compiles:
@@ -293,7 +294,7 @@ def _adaptive_loop(bk, op, key, p: _Plan):
             exact = exact_estimate(bk, op, p.chunk_size, p.n)
             return Estimate(exact.value, exact.sem, spent + p.n)
         key, rk = bk.split(key, 2)
-        state, t = _run_round(
+        state, (t, D) = _run_round(
             bk,
             op,
             rk,
@@ -311,7 +312,7 @@ def _adaptive_loop(bk, op, key, p: _Plan):
             _check_psd(bk, state.Om, state.Y, default_psd_rtol(bk, state.Y.dtype, None))
         spent += p.per * (k_next - k)
         k = k_next
-        value, sem = (v[0] for v in summarize(bk.xp, t[:, None], exact=False))
+        value, sem = (v[0] for v in summarize(bk.xp, t[:, None], exact=False)) if D is None else x_mean_sem(bk.xp, t, D)
         half, tol = _half_width(bk, value, sem, k, p)
         if half <= tol:
             return Estimate(value, sem, spent)
