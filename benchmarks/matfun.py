@@ -192,9 +192,20 @@ def scipy_lanczos_logdet(C, probes, steps, rng):
 
 
 def numba_rows(n, probes, steps, repeats):
-    """Median seconds of ``st.logdet`` (numba backend) and the SciPy loop, interleaved; and their values."""
+    """Median seconds of ``st.logdet`` (numba backend) and the SciPy loop, interleaved; and their values.
+
+    Two kernel-only rows (no quadrature) show where the time went: the fused CSR recurrence
+    ``st.logdet`` runs (``lanczos_csr``: one pass over the matrix and one over the vectors per
+    step) and the previous path (``lanczos_numba``: the backend's block product, then separate
+    dot, update and scaling kernels); their values are the sum of the run's ``alpha``.
+    """
+    from sketchtrace.backends._numba import NumbaBackend
+    from sketchtrace.backends._numba_lanczos import lanczos_csr, lanczos_numba
+
     C = sparse_spd(n)
     op = st.as_operator(C)
+    prepared = NumbaBackend.prepare(op)
+    Z = NumbaBackend.probes(np.random.default_rng(1), probes, n, np.float64)
     fns = {
         "numba st.logdet": lambda: float(
             st.logdet(
@@ -202,6 +213,12 @@ def numba_rows(n, probes, steps, repeats):
             ).value
         ),
         "scipy block Lanczos loop": lambda: scipy_lanczos_logdet(C, probes, steps, np.random.default_rng(1)),
+        "kernel: fused CSR recurrence (lanczos_csr)": lambda: float(
+            lanczos_csr(C.indptr, C.indices, C.data, Z, steps)[0].sum()
+        ),
+        "kernel: block products + vector kernels (previous)": lambda: float(
+            lanczos_numba(lambda V: NumbaBackend.matmat(prepared, V), Z, steps)[0].sum()
+        ),
     }
     values = {name: fn() for name, fn in fns.items()}  # warm-up (numba compilation)
     times = {name: [] for name in fns}

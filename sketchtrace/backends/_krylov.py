@@ -40,14 +40,17 @@ def lanczos_step(xp, W, q, q_prev, beta_prev, basis, tol):
     """One Lanczos step on all runs: ``(alpha, beta, q_next)`` from ``W = A q``.
 
     ``basis`` (``(k, s, n)``, zero rows where not yet filled) or ``None``: with a basis
-    the new direction is orthogonalised against every stored vector twice (classical
-    Gram-Schmidt, "twice is enough").
+    the new direction, after the three-term recurrence, is orthogonalised against every
+    stored vector in one blocked classical Gram-Schmidt pass (one product with the basis
+    for the coefficients, one for the correction). The three-term recurrence is the first
+    Gram-Schmidt pass restricted to ``q`` and ``q_prev``, which carry all but rounding-sized
+    components, so the full pass is the "second" one of "twice is enough": it removes the
+    lost orthogonality, and a third pass would change ``O(eps)`` components only.
     """
     alpha = xp.sum(q * W, axis=1)
     W = W - alpha[:, None] * q - beta_prev[:, None] * q_prev
     if basis is not None:
-        for _ in range(2):
-            W = W - xp.einsum("ks,ksn->kn", xp.einsum("ksn,kn->ks", basis, W), basis)
+        W = W - xp.einsum("ks,ksn->kn", xp.einsum("ksn,kn->ks", basis, W), basis)
     beta = xp.sqrt(xp.sum(W * W, axis=1))
     alive = beta > tol * (xp.abs(alpha) + beta_prev + beta)
     beta = xp.where(alive, beta, 0.0)

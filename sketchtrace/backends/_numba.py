@@ -58,7 +58,7 @@ from ..operators import (
 )
 from ..validation import check_csr, check_matvec_output, probe_matvec, scipy_raw_matvec
 from . import _numba_kernels as K
-from ._numba_lanczos import lanczos_numba
+from ._numba_lanczos import lanczos_csr, lanczos_numba
 
 _SAMPLER_NAMES = {fn: name for name, fn in SAMPLERS.items()}
 
@@ -534,6 +534,16 @@ def _reduce(partials, owner, op) -> np.ndarray:
     return out
 
 
+def _csr_behind(matmat):
+    """The prepared square CSR operator when ``matmat`` is ``partial(NumbaBackend.matmat, op, ...)``, else None."""
+    if not (isinstance(matmat, functools.partial) and matmat.func is NumbaBackend.matmat and len(matmat.args) == 1):
+        return None
+    op = matmat.args[0]
+    if not isinstance(op, NumbaOperator) or op.kind != "csr" or op.shape[0] != op.shape[1]:
+        return None
+    return op
+
+
 def _chunks(num, chunk_size):
     step = num if chunk_size is None else max(1, min(chunk_size, num))
     for lo in range(0, num, step):
@@ -573,8 +583,15 @@ class NumbaBackend:
     def jit(fn, static_argnames=()):
         return fn
 
-    #: Batched Lanczos: block products plus fused row-parallel updates (see ``_numba_lanczos``).
-    lanczos = staticmethod(lanczos_numba)
+    @staticmethod
+    def lanczos(matmat, Z, num_steps, *, reorthogonalize=False, keep_basis=False):
+        """Batched Lanczos (see ``_numba_lanczos``): for the backend's own product of a square CSR
+        operator, the fused recurrence (one pass over the matrix and one over the vectors per step);
+        otherwise block products plus fused row-parallel updates."""
+        op = _csr_behind(matmat)
+        if op is not None and not (reorthogonalize or keep_basis) and op.dtype == Z.dtype:
+            return lanczos_csr(*op.data, Z, num_steps)
+        return lanczos_numba(matmat, Z, num_steps, reorthogonalize=reorthogonalize, keep_basis=keep_basis)
 
     #: The dispatch tables (``functools.singledispatch`` on the operator's type; see
     #: ``docs/architecture.md``): preparation, transpose and exact diagonal.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from . import _numba_kernels as K
 from ._krylov import breakdown_tol, lanczos_numpy
 from ._numba_kernels import CHUNK_ROWS, SERIAL_WORK
 
@@ -84,4 +85,135 @@ def lanczos_numba(matmat, Z, num_steps, *, reorthogonalize=False, keep_basis=Fal
         _scale(WT, np.where(alive, 1.0 / np.where(alive, b, 1.0), 0.0).astype(dt))
         alpha[:, j], beta[:, j] = a, b
         QpT, QT, b_prev = QT, WT, b
+    return alpha, beta, None, norms
+
+
+# ----------------------------------------------------------------------------- fused CSR recurrence
+# For a CSR operator the whole step runs in two parallel passes over fixed row bands,
+# with no allocation and no separate dot, update or scaling pass:
+#
+# 1. product: ``W = A R_j``, column tile after column tile (every band's terms of one tile,
+#    then the next tile), so the random reads of ``R_j`` come from a cache-sized slice; with
+#    the last tile, per row while it is in cache, ``W *= s_j`` (``A q_j`` with ``q_j = s_j R_j``)
+#    and the partial sums of ``alpha_j = q_j . W``;
+# 2. update: ``W -= alpha_j q_j + beta_{j-1} q_{j-1}`` with the partial sums of ``|W|^2``.
+#
+# The vectors are kept unscaled (``R_j``, with ``q_j = s_j R_j``, ``s_j = 1 / beta_{j-1}``),
+# so normalising costs no pass over them. Bands are fixed (``BAND_ROWS``), each writes its
+# own rows and its own partial sums, and the partials are reduced serially: the results do
+# not depend on the thread count. With sorted column indices each row's sum runs in the
+# row's own order (tile after tile), as in the plain product.
+
+#: Rows per work item (band) of the fused recurrence (fixed, not from the threads).
+BAND_ROWS = 4 * CHUNK_ROWS
+
+
+def _product_item(b, t, splits, indices, data, R, s, W, apart):
+    """Band ``b``'s terms of column tile ``t``; after the last tile the scaling and the ``alpha`` partials."""
+    n, k = R.shape
+    r0, r1 = b * BAND_ROWS, min(n, (b + 1) * BAND_ROWS)
+    last = t == splits.shape[0] - 2
+    acc = np.zeros(k, W.dtype)
+    row = np.empty(k, W.dtype)  # the row's sums, local (no aliasing with R: kept in registers)
+    for i in range(r0, r1):
+        for p in range(k):
+            row[p] = 0.0 if t == 0 else W[i, p]
+        for jj in range(splits[t, i], splits[t + 1, i]):
+            a = data[jj]
+            col = indices[jj]
+            for p in range(k):
+                row[p] += a * R[col, p]
+        if last:
+            for p in range(k):
+                w = row[p] * s[p]
+                W[i, p] = w
+                acc[p] += (s[p] * R[i, p]) * w
+        else:
+            for p in range(k):
+                W[i, p] = row[p]
+    if last:
+        for p in range(k):
+            apart[b, p] = acc[p]
+
+
+def _update_item(b, W, R, s, Rp, sp, alpha, beta_prev, bpart):
+    n, k = R.shape
+    acc = np.zeros(k, W.dtype)
+    for i in range(b * BAND_ROWS, min(n, (b + 1) * BAND_ROWS)):
+        for p in range(k):
+            w = W[i, p] - alpha[p] * (s[p] * R[i, p]) - beta_prev[p] * (sp[p] * Rp[i, p])
+            W[i, p] = w
+            acc[p] += w * w
+    for p in range(k):
+        bpart[b, p] = acc[p]
+
+
+def _product_par(splits, indices, data, R, s, W, apart):
+    for t in range(splits.shape[0] - 1):
+        for b in prange(apart.shape[0]):
+            _product_item(b, t, splits, indices, data, R, s, W, apart)
+
+
+def _product_ser(splits, indices, data, R, s, W, apart):
+    for t in range(splits.shape[0] - 1):
+        for b in range(apart.shape[0]):
+            _product_item(b, t, splits, indices, data, R, s, W, apart)
+
+
+def _update_par(W, R, s, Rp, sp, alpha, beta_prev, bpart):
+    for b in prange(bpart.shape[0]):
+        _update_item(b, W, R, s, Rp, sp, alpha, beta_prev, bpart)
+
+
+def _update_ser(W, R, s, Rp, sp, alpha, beta_prev, bpart):
+    for b in range(bpart.shape[0]):
+        _update_item(b, W, R, s, Rp, sp, alpha, beta_prev, bpart)
+
+
+_SJIT = njit(nogil=True, cache=True)
+_product_item, _update_item = _SJIT(_product_item), _SJIT(_update_item)
+_product_par, _update_par = _PJIT(_product_par), _PJIT(_update_par)
+_product_ser, _update_ser = _SJIT(_product_ser), _SJIT(_update_ser)
+
+
+def csr_tiles(indptr, indices, num_cols, k, itemsize):
+    """``splits`` (``(T + 1, m)``, see :func:`._numba_kernels.tile_splits`) for ``k`` probes: column tiles
+    of about ``TILE_BYTES`` of the probe block when the indices are sorted, else one tile (the rows)."""
+    m = indptr.size - 1
+    width = max(CHUNK_ROWS, K.TILE_BYTES // max(1, k * itemsize))
+    splits = None
+    if num_cols > width:
+        splits = K.tile_splits(indptr, indices, num_cols, width, K.row_chunks(m, None)[0])
+    return np.stack([indptr[:-1], indptr[1:]]) if splits is None else splits
+
+
+def lanczos_csr(indptr, indices, data, Z, num_steps):
+    """Lanczos on a square CSR matrix, all probes in one fused pass per step: ``(alpha, beta, None, norms)``.
+
+    Same contract as :func:`sketchtrace.backends._krylov.lanczos_numpy` without a basis; the
+    values agree with it to rounding (the products are scaled after the sum, see above).
+    """
+    k, n = Z.shape
+    dt = Z.dtype
+    splits = csr_tiles(indptr, indices, n, k, dt.itemsize)
+    nb = -(-n // BAND_ROWS)
+    parallel = data.size * k >= SERIAL_WORK
+    product, update = (_product_par, _update_par) if parallel else (_product_ser, _update_ser)
+    R, Rp, W = np.ascontiguousarray(Z.T), np.zeros((n, k), dt), np.empty((n, k), dt)
+    norms = np.sqrt(np.einsum("ip,ip->p", R, R))
+    s, sp = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0).astype(dt), np.zeros(k, dt)
+    apart, bpart = np.empty((nb, k), dt), np.empty((nb, k), dt)
+    alpha, beta = np.zeros((k, num_steps), dt), np.zeros((k, num_steps), dt)
+    b_prev = np.zeros(k, dt)
+    tol = breakdown_tol(dt, n)
+    for j in range(num_steps):
+        product(splits, indices, data, R, s, W, apart)
+        a = apart.sum(axis=0)
+        update(W, R, s, Rp, sp, a, b_prev, bpart)
+        b = np.sqrt(bpart.sum(axis=0))
+        alive = b > tol * (np.abs(a) + b_prev + b)
+        b = np.where(alive, b, 0.0).astype(dt)
+        alpha[:, j], beta[:, j] = a, b
+        Rp, R, W = R, W, Rp
+        sp, s, b_prev = s, np.where(alive, 1.0 / np.where(alive, b, 1.0), 0.0).astype(dt), b
     return alpha, beta, None, norms
