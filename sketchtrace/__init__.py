@@ -16,6 +16,7 @@ from ._samplers import (
 from .estimators import (
     DynamicState,
     Nystrom,
+    SketchOptions,
     SolveInfo,
     block_traces,
     diagonal,
@@ -76,6 +77,7 @@ __all__ = [
     "GramOperator",
     "as_operator",
     "gram",
+    "SketchOptions",
     "hutchinson",
     "block_traces",
     "hutchpp",

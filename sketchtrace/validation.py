@@ -492,3 +492,15 @@ def option_choice(choices):
 
     parse.__name__ = "choice"
     return parse
+
+
+def check_sampler(value, *, name: str = "sampler", allow_none: bool = True):
+    """A probe distribution's name (a string), a callable sampler, or ``None`` (the estimator's default).
+
+    Only the kind is checked here; each estimator checks the name against the distributions it
+    offers (XTrace's ``"improved"`` is not Hutchinson's).
+    """
+    if (value is None and allow_none) or isinstance(value, str) or callable(value):
+        return value
+    want = "a sampler name (str), a callable" + (" or None" if allow_none else "")
+    raise TypeError(f"{name} must be {want}; got {_got(value)}")

@@ -2,6 +2,7 @@
 
 from ._adaptive import trace
 from ._blocks import block_traces
+from ._common import SketchOptions
 from ._diagonal import diagonal
 from ._dynamic import DynamicState, moving_average, optimal_gamma, predictor_corrector
 from ._hutchinson import hutchinson
@@ -13,6 +14,7 @@ from ._xtrace import xnystrace, xtrace
 __all__ = [
     "DynamicState",
     "Nystrom",
+    "SketchOptions",
     "SolveInfo",
     "block_traces",
     "diagonal",

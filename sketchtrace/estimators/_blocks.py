@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from ._common import per_block, require_blocks, summarize
+from ._common import per_block, require_blocks, sketch_options, summarize
 from ._hutchinson import hutchinson_samples
 from ._hutchpp import hutchpp_blocks
 
 
+@sketch_options
 def block_traces(
     key,
     op,
@@ -18,6 +19,7 @@ def block_traces(
     backend=None,
     mesh=None,
     allow_exact=True,
+    options=None,
 ):
     """Per-block traces of a block operator, all from the same probes.
 
@@ -27,7 +29,8 @@ def block_traces(
     For a Gram operator ``J J^T`` block ``b``'s trace is ``||J_b||_F^2``.
     ``method="hutchpp"``: Hutch++ per block from a shared sketch (see
     :func:`sketchtrace.hutchpp`; each block's estimate is unbiased).
-    ``mesh``: split the probes across devices; ``allow_exact``: see :func:`hutchinson`.
+    ``sampler``, ``chunk_size``, ``backend``, ``mesh``, ``allow_exact``: see :class:`SketchOptions`
+    (or give them together as ``options=``).
     """
     kw = dict(
         num_matvecs=num_matvecs,

@@ -215,3 +215,35 @@ def eager_compiled(fn):
 
     wrapper.cache_clear = lambda: (cache.clear(), seen_code.clear(), eager_only.clear())
     return wrapper
+
+
+class BackendCompiled:
+    """An estimator helper compiled by each backend's own ``jit``, held by this object.
+
+    The one way the estimators keep compiled functions besides :func:`eager_compiled` (which
+    compiles whole eager calls): ``fn`` is compiled once per ``(backend, extra static
+    arguments)`` with ``bk.jit`` (``jax.jit`` on JAX, the identity on numba and torch) and kept
+    here, not in a module-level ``functools.cache``; ``jax.jit``'s own cache then holds one
+    program per static configuration and shape. The key set is small by construction (a
+    handful of backends times a few variants) and bounded by :data:`CACHE_SIZE` all the same.
+    """
+
+    def __init__(self, fn, static_argnames=()):
+        self.fn, self.static_argnames = fn, tuple(static_argnames)
+        self._compiled: collections.OrderedDict = collections.OrderedDict()
+        functools.update_wrapper(self, fn)
+
+    def get(self, bk, extra_static=()):
+        """``fn`` compiled by ``bk`` with ``extra_static`` static beside :attr:`static_argnames`."""
+        ckey = (bk, tuple(extra_static))
+        compiled = self._compiled.get(ckey)
+        if compiled is None:
+            compiled = self._compiled[ckey] = bk.jit(self.fn, static_argnames=self.static_argnames + ckey[1])
+            if len(self._compiled) > CACHE_SIZE:
+                self._compiled.popitem(last=False)
+        else:
+            self._compiled.move_to_end(ckey)
+        return compiled
+
+    def cache_clear(self):
+        self._compiled.clear()

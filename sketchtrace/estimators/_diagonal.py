@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .._estimate import Estimate
 from ..validation import check_choice
-from ._common import check_minimum, setup, summarize, use_exact
+from ._common import check_minimum, setup, sketch_options, summarize, use_exact
 from ._xtrace import xdiag_samples, xsketch
 
 
@@ -63,6 +63,7 @@ def _split_blocks(op, est):
     return {name: Estimate(est.value[a:b], est.sem[a:b], est.num_matvecs) for name, a, b in op.blocks}
 
 
+@sketch_options
 def diagonal(
     key,
     op,
@@ -75,6 +76,7 @@ def diagonal(
     backend=None,
     mesh=None,
     allow_exact=True,
+    options=None,
 ):
     """Randomized estimate of ``diag(op)`` with a per-entry standard error.
 
@@ -107,14 +109,14 @@ def diagonal(
         (the diagonal of ``A_bb``), from the same probes. Needs blocks over the
         operator's rows (dense/sparse/function operators with ``blocks=``, Jacobian
         Gram operators on the output side ``J J^T``).
-    chunk_size : int, optional
-    backend : {"jax", "numba"}, optional
-    mesh : jax.sharding.Mesh, optional
-        Shard the probe rows across the mesh's devices (see :func:`sketchtrace.make_mesh`).
+    chunk_size, backend, mesh : optional
+        See :class:`SketchOptions`.
     allow_exact : bool
         ``True`` (default): a budget that reaches the dimension computes the exact
         diagonal from the standard basis. ``False``: Hutchinson keeps sampling; XDiag
         refuses such a budget.
+    options : SketchOptions, optional
+        The five options above as one object (instead of the keywords).
 
     Returns
     -------

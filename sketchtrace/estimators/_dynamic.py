@@ -22,7 +22,6 @@ forms.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import warnings
 from typing import Any, NamedTuple
@@ -35,6 +34,7 @@ from .._samplers import SAMPLERS
 from ..backends import backend_for_key, namespace_of
 from ..operators import LinearOperator
 from ..validation import check_choice, check_chunk_size, check_num_matvecs, check_probability
+from ._compiled import BackendCompiled
 
 _SEM_METHODS = ("auto", "replicas", "recursion")
 AUTO_GAMMA_MIN = 1e-4
@@ -417,7 +417,7 @@ class DynamicTraceEstimator:
         else:
             x = xp.zeros_like(y)
         # one compiled kernel for the recursion where the backend compiles (eager calls stay cheap)
-        new_state, value, sem = _compiled_step(bk)(self, state, x, y, xp)
+        new_state, value, sem = _COMPILED_STEP.get(bk)(self, state, x, y, xp)
         new_state = new_state._replace(signature=state.signature)
         spent = _spent(self)
         return self._report_values(value, sem, nxt.names, spent), new_state
@@ -471,9 +471,8 @@ def _step_and_report(self, state, x, y, xp):
     return new_state, value, sem
 
 
-@functools.cache
-def _compiled_step(bk):
-    return bk.jit(_step_and_report, static_argnames=("self", "xp"))
+# compiled once per backend and held by this object (the estimators' one compile-cache mechanism)
+_COMPILED_STEP = BackendCompiled(_step_and_report, static_argnames=("self", "xp"))
 
 
 def _step(self, state, x, y, xp):

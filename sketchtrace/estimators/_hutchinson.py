@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from .._estimate import Estimate
 from ..backends import get_backend
-from ..validation import check_chunk_size, check_num_matvecs, check_square
-from ._common import summarize, use_exact
+from ..validation import check_num_matvecs, check_square
+from ._common import sketch_options, summarize, use_exact
 from ._compiled import eager_compiled
 
 
 def hutchinson_samples(key, op, *, num_matvecs, sampler, chunk_size, backend, mesh=None, allow_exact=True):
-    """Per-probe, per-block quadratic forms: ``(bk, op, Q, exact, spent)``."""
+    """Per-probe, per-block quadratic forms: ``(bk, op, Q, exact, spent)`` (options checked by the caller's
+    :func:`sketch_options`)."""
     num_matvecs = check_num_matvecs(num_matvecs)
-    chunk_size = check_chunk_size(chunk_size)
     bk, op = get_backend(key, op, backend, mesh)
     check_square(op)
     n = op.probe_dim
@@ -26,9 +26,19 @@ def hutchinson_samples(key, op, *, num_matvecs, sampler, chunk_size, backend, me
     return bk, op, Q, exact, spent
 
 
+@sketch_options
 @eager_compiled
 def hutchinson(
-    key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, backend=None, mesh=None, allow_exact=True
+    key,
+    op,
+    *,
+    num_matvecs,
+    sampler="rademacher",
+    chunk_size=None,
+    backend=None,
+    mesh=None,
+    allow_exact=True,
+    options=None,
 ):
     """Girard-Hutchinson estimate of ``tr(op)``.
 
@@ -48,19 +58,15 @@ def hutchinson(
         Number of probes (matvecs), a static Python integer >= 1.
     sampler : {"rademacher", "gaussian", "sphere"} or callable
         Probe distribution (see :mod:`sketchtrace` samplers).
-    chunk_size : int, optional
-        Process the probes this many at a time (peak memory ``chunk_size * n``
-        instead of ``num_matvecs * n``). The result does not depend on it: probe
-        ``i`` is always drawn from the ``i``-th split of ``key``.
-    backend : {"jax", "numba"}, optional
-        Force a backend.
-    mesh : jax.sharding.Mesh, optional
-        Split the probes across the mesh's devices (JAX backend; see
-        :func:`sketchtrace.make_mesh`). Same probes, same result up to summation order.
+    chunk_size, backend, mesh : optional
+        See :class:`SketchOptions` (probe ``i`` is always drawn from the ``i``-th split of
+        ``key``, so ``chunk_size`` and ``mesh`` do not change the result).
     allow_exact : bool
         ``True`` (default): a budget that reaches the probe dimension computes the
         exact answer from the standard basis (``n`` matvecs, ``sem = 0``). ``False``:
         keep sampling (any number of probes, as many as asked).
+    options : SketchOptions, optional
+        The five options above as one object (instead of the keywords, not beside them).
 
     Returns
     -------

@@ -15,6 +15,7 @@ from ._common import (
     per_block,
     require_blocks,
     setup,
+    sketch_options,
     summarize,
     use_exact,
 )
@@ -72,7 +73,19 @@ def _hutchpp_run(key, op, num_matvecs, sampler, chunk_size, backend, mesh=None, 
     return bk, op, low, R, m
 
 
-def hutchpp(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, backend=None, mesh=None, allow_exact=True):
+@sketch_options
+def hutchpp(
+    key,
+    op,
+    *,
+    num_matvecs,
+    sampler="rademacher",
+    chunk_size=None,
+    backend=None,
+    mesh=None,
+    allow_exact=True,
+    options=None,
+):
     """Hutch++ estimate of ``tr(op)``: exact trace of a sketched range plus Hutchinson.
 
     With ``k = ceil(m/3)`` (at most ``(m-1)//2``) and ``g = m - 2k``:
@@ -99,16 +112,14 @@ def hutchpp(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, back
         Total budget (static, >= 3 unless it reaches the dimension).
     sampler : {"rademacher", "gaussian", "sphere"}
         Distribution of the sketch and Hutchinson probes.
-    chunk_size : int, optional
-        Apply the operator to at most this many vectors at a time.
-    backend : {"jax", "numba"}, optional
-    mesh : jax.sharding.Mesh, optional
-        Shard the sketch and probe rows across the mesh's devices (the small dense
-        algebra runs replicated); same result up to summation order.
+    chunk_size, backend, mesh : optional
+        See :class:`SketchOptions` (with ``mesh`` the small dense algebra runs replicated).
     allow_exact : bool
         ``True`` (default): a budget that reaches the dimension computes the exact
         trace from the standard basis. ``False``: such a budget is refused (the
         sketch would span the whole space).
+    options : SketchOptions, optional
+        The five options above as one object (instead of the keywords).
 
     Returns
     -------
@@ -129,8 +140,18 @@ def hutchpp(key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, back
     return Estimate(low.sum() + mean[0], sem[0], spent, dof=dof)
 
 
+@sketch_options
 def hutchpp_blocks(
-    key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, backend=None, mesh=None, allow_exact=True
+    key,
+    op,
+    *,
+    num_matvecs,
+    sampler="rademacher",
+    chunk_size=None,
+    backend=None,
+    mesh=None,
+    allow_exact=True,
+    options=None,
 ):
     """Per-block Hutch++ traces from shared sketches and probes: ``dict name -> Estimate``.
 
@@ -160,8 +181,18 @@ def _pinv(xp, M):
     return (Vt.T * inv) @ U.T
 
 
+@sketch_options
 def na_hutchpp(
-    key, op, *, num_matvecs, sampler="rademacher", chunk_size=None, backend=None, mesh=None, allow_exact=True
+    key,
+    op,
+    *,
+    num_matvecs,
+    sampler="rademacher",
+    chunk_size=None,
+    backend=None,
+    mesh=None,
+    allow_exact=True,
+    options=None,
 ):
     """Non-adaptive Hutch++ (NA-Hutch++) estimate of ``tr(op)`` for symmetric ``op``.
 
