@@ -10,6 +10,9 @@ Two measurements:
 * **steady state** (one process, interleaved, medians): eager ``st.hutchinson`` and ``st.xtrace``
   on a dense 1000 x 1000 matrix against the same call inside ``jax.jit`` and against matfree's
   jitted Hutchinson / XTrace at the same budget; targets <= 1.2x both;
+* **FunctionOperator** (steady state): the same two estimators on ``st.FunctionOperator(lambda v: A @ v)``
+  rebuilt on every call, eagerly and inside ``jax.jit``, and the time to trace that function alone
+  (an eager call traces it each time so that the arrays it reads are never stale);
 * **first call** (a fresh subprocess per contender, so nothing is cached): an eager Hessian trace
   (``st.hutchinson`` on the Hessian-vector product of a small MLP's loss, 141 parameters) against the
   same computation's first call under one ``jax.jit``; target <= 2x.
@@ -100,6 +103,20 @@ def steady(n, k, repeats):
         ),
         "matfree xtrace (jit)": (lambda f: lambda: f(key, A))(jax.jit(lambda kk, a: mf_x(lambda v: a @ v, kk))),
     }
+    # a FunctionOperator (the matrix closed over), rebuilt per call as users write it, eager and in jax.jit
+    for est in ("hutchinson", "xtrace"):
+        run = getattr(st, est)
+        fns[f"{est} eager, FunctionOperator"] = lambda run=run: (
+            run(key, st.FunctionOperator(lambda v: A @ v, n, A.dtype), num_matvecs=k).value
+        )
+        fns[f"{est} in jax.jit, FunctionOperator"] = (lambda f: lambda: f(key, A))(
+            jax.jit(
+                lambda kk, a, run=run: run(kk, st.FunctionOperator(lambda v: a @ v, n, a.dtype), num_matvecs=k).value
+            )
+        )
+    fns["trace of the FunctionOperator's function (jax.make_jaxpr, as an eager call does)"] = lambda: jax.make_jaxpr(
+        lambda v: A @ v
+    )(jax.ShapeDtypeStruct((n,), A.dtype)).consts[0]
     for fn in fns.values():
         jax.block_until_ready(fn())
     times = {name: [] for name in fns}
@@ -140,6 +157,21 @@ def section(quick=False, repeats=None):
             (f"eager {est} / the same call in jax.jit", med[f"{est} eager"] / med[f"{est} in jax.jit"], "eager")
         )
         rows.append((f"eager {est} / jitted matfree", med[f"{est} eager"] / med[f"matfree {est} (jit)"], "eager"))
+    for est in ("hutchinson", "xtrace"):
+        rows.append(
+            (
+                f"eager {est} on a FunctionOperator / the same call in jax.jit",
+                med[f"{est} eager, FunctionOperator"] / med[f"{est} in jax.jit, FunctionOperator"],
+                "eager",
+            )
+        )
+    rows.append(
+        (
+            "later eager Hessian traces / later calls under jax.jit",
+            min(eager["times"][1:]) / min(jitted["times"][1:]),
+            "eager",
+        )
+    )
     rows.append(
         ("first eager Hessian trace / first call under jax.jit", eager["times"][0] / jitted["times"][0], "eager_first")
     )
