@@ -75,6 +75,31 @@ class NumbaLanczos:
         self.run(n, contender)
 
 
+class NumbaLanczosKernel:
+    """The numba Lanczos alone: the fused CSR recurrence ``st.logdet`` runs against the previous path
+    (the backend's block product, then separate dot, update and scaling kernels)."""
+
+    params = (["fused", "previous"],)
+    param_names = ["kernel"]
+    timeout = 600
+
+    def setup(self, kernel):
+        from sketchtrace.backends._numba import NumbaBackend
+        from sketchtrace.backends._numba_lanczos import lanczos_csr, lanczos_numba
+
+        C = sparse_spd(400_000)
+        prepared = NumbaBackend.prepare(st.as_operator(C))
+        Z = NumbaBackend.probes(np.random.default_rng(1), PROBES, C.shape[0], np.float64)
+        self.fns = {
+            "fused": lambda: lanczos_csr(C.indptr, C.indices, C.data, Z, STEPS),
+            "previous": lambda: lanczos_numba(lambda V: NumbaBackend.matmat(prepared, V), Z, STEPS),
+        }
+        self.fns[kernel]()  # compilation / cache load
+
+    def time_lanczos(self, kernel):
+        self.fns[kernel]()
+
+
 class NumbaBlockProduct:
     """The block product behind the numba Lanczos: plain row loop against column tiles (same bits)."""
 
