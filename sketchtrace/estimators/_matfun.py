@@ -15,7 +15,7 @@ import numpy as np
 
 from .._estimate import Estimate
 from ..validation import check_choice, check_num_matvecs
-from ._common import check_allow_exact, setup
+from ._common import check_allow_exact, setup, sketch_options
 from ._lanczos import FUNCTIONS, apply_f, slq_forward
 
 METHODS = ("slq", "deflated")
@@ -185,6 +185,7 @@ def exact_trace_function(bk, op, n, spec, chunk_size):
     return xp.sum(fvals)
 
 
+@sketch_options
 def trace_function(
     key,
     op,
@@ -199,6 +200,7 @@ def trace_function(
     backend=None,
     mesh=None,
     allow_exact=True,
+    options=None,
 ):
     """Estimate ``tr f(op)`` for a symmetric operator by stochastic Lanczos quadrature.
 
@@ -267,6 +269,9 @@ def trace_function(
     allow_exact : bool
         ``True`` (default): a budget that reaches the dimension ``n`` assembles the
         matrix with ``n`` matvecs and sums ``f`` over its eigenvalues (``sem = 0``).
+    options : SketchOptions, optional
+        ``sampler``, ``chunk_size``, ``backend``, ``mesh``, ``allow_exact`` as one object
+        (instead of the keywords; see :class:`SketchOptions`).
 
     Returns
     -------
