@@ -224,6 +224,26 @@ def test_inline_draw_and_quad_forms_are_bitwise_the_whole_ops(shape):
         torch.set_num_threads(threads)
 
 
+def test_cholesky_or_nan_and_rank_deficient_xnystrace(spd, monkeypatch):
+    """The torch namespace's Cholesky gives NaNs where torch would raise, so XNysTrace on a
+    rank-deficient sketch takes the eigendecomposition fallback and agrees with NumPy's."""
+    from sketchtrace.backends import _torch
+
+    H = torch.from_numpy(spd)
+    torch.testing.assert_close(_torch.xp.cholesky_or_nan(H), torch.linalg.cholesky(H))
+    assert bool(torch.isnan(_torch.xp.cholesky_or_nan(-H)).all())
+    q, _ = np.linalg.qr(np.random.default_rng(5).standard_normal((N, 3)))
+    low = torch.from_numpy((q * np.array([3.0, 2.0, 1.0])) @ q.T)  # rank 3, PSD
+    with monkeypatch.context() as m:  # this sketch's core matrix is singular: a raising Cholesky escapes
+        m.setattr(_torch._Namespace, "cholesky_or_nan", staticmethod(torch.linalg.cholesky))
+        with pytest.raises(torch.linalg.LinAlgError):
+            st.xnystrace(gen(0), low, num_matvecs=N - 1)
+    est = st.xnystrace(gen(0), low, num_matvecs=N - 1)
+    ref = st.xnystrace(np.random.default_rng(0), low.numpy(), num_matvecs=N - 1)
+    np.testing.assert_allclose(float(est.value), float(torch.trace(low)), rtol=1e-8)
+    np.testing.assert_allclose(float(est.value), float(ref.value), rtol=1e-8)
+
+
 def test_adaptive_trace_and_xdiag(At):
     est = st.trace(gen(0), At, rtol=0.2, max_matvecs=N)
     assert abs(float(est.value) - float(torch.trace(At))) <= 0.2 * float(torch.trace(At)) or float(est.sem) == 0
