@@ -287,6 +287,11 @@ def section(quick=False, repeats=None):
             )
     ratio = nb["scipy block Lanczos loop"][0] / nb["numba st.logdet"][0]
     rows.append((f"SciPy Lanczos loop / numba logdet, CSR n={n_sp:,}", ratio, "lanczos_numba"))
+    fused = (
+        nb["kernel: block products + vector kernels (previous)"][0]
+        / nb["kernel: fused CSR recurrence (lanczos_csr)"][0]
+    )
+    rows.append((f"numba Lanczos: previous path / fused CSR recurrence, CSR n={n_sp:,}", fused, "lanczos_fused"))
     lines += [
         (
             f"### numba backend vs a SciPy Lanczos loop (CSR n = {n_sp:,}, nnz = {nnz:,}, {probes} probes x "
