@@ -12,16 +12,13 @@ import sketchtrace as st
 from sketchtrace.validation import (
     check_choice,
     check_num_matvecs,
-    check_optional,
-    check_probability,
-    check_real,
     is_concrete,
 )
 
 from ._blocks import ResidualBlocks, check_finite_residuals
+from ._weighting_api import check_rule, rule_weights
 
 METHODS = ("exact", "hutchinson", "hutchpp", "xtrace")
-RULES = ("wang2022", "jaxpi")
 
 
 def residual_rows(blocks: ResidualBlocks, params, batch) -> dict[str, int]:
@@ -291,9 +288,7 @@ def ntk_weights(traces, *, rule="wang2022", cap=None, eps=1e-6, sizes=None, fall
     S. Wang, S. Sankaran, H. Wang, P. Perdikaris, "An expert's guide to training
     physics-informed neural networks", arXiv:2308.08468 (2023) (jaxpi).
     """
-    check_choice(rule, RULES, name="rule")
-    eps = check_probability(eps, name="eps", low_open=True, high_open=True)
-    cap = check_optional(check_real, cap, name="cap", low=0, low_open=True)
+    rule, cap, eps = check_rule(rule, cap, eps)
     T = _values(traces)
     names = list(T)
     if sizes is not None:
@@ -319,13 +314,7 @@ def ntk_weights(traces, *, rule="wang2022", cap=None, eps=1e-6, sizes=None, fall
             f"ntk_weights: every trace is <= 0 ({ {n: float(T[n]) for n in names} }); there is no "
             "scale to weight against (an all-zero Jacobian, or a very poor estimate)"
         )
-    floored = jnp.maximum(vals, eps * top)
-    if rule == "wang2022":
-        w = jnp.sum(floored) / floored
-    else:
-        w = jnp.mean(floored) / floored
-    if cap is not None:
-        w = jnp.minimum(w, cap)
+    w, _ = rule_weights(vals, rule=rule, cap=cap, eps=eps)  # the torch side's arithmetic too
     ok = jnp.all(jnp.isfinite(vals)) & (top > 0)
     w = jnp.where(ok, w, jnp.asarray(fallback, w.dtype))
     return {n: w[i] for i, n in enumerate(names)}

@@ -8,13 +8,11 @@ weights (normalisation, rule, guards, ``ema``, ``every``).
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.flatten_util import ravel_pytree
 
 import sketchtrace as st
@@ -24,11 +22,8 @@ from sketchtrace.validation import (
     check_bool,
     check_callable,
     check_choice,
-    check_num_matvecs,
     check_optional,
     check_positive_int,
-    check_probability,
-    check_real,
     check_signature,
     check_state_spec,
     tree_signature,
@@ -37,8 +32,8 @@ from sketchtrace.validation import (
 from ._blocks import ResidualBlocks
 from ._gradnorm import gradnorm_strategy
 from ._ntk import ntk_traces, ntk_weights, residual_rows
-from ._sizes import canonical_estimator, sample_size, subsample_scale  # one rule for JAX and torch
-from ._weighting_api import Weighting
+from ._sizes import sample_size, subsample_scale  # one rule for JAX and torch
+from ._weighting_api import Weighting, check_options
 
 ESTIMATORS = ("pc", "exact", "hutchinson", "moving_average", "gradnorm", "none")
 FD_SCHEMES = ("jvp", "forward", "central")
@@ -317,63 +312,22 @@ def _configure(blocks, **cfg) -> dict:
     """Check every argument before any work; return the static configuration."""
     if not isinstance(blocks, ResidualBlocks):
         raise TypeError(f"blocks must be a pinn_adapters.ResidualBlocks; got {type(blocks).__name__}")
-    cfg["estimator"] = canonical_estimator(cfg["estimator"])
-    est = check_choice(cfg["estimator"], ESTIMATORS, name="estimator")
+    shared = ("estimator", "every", "ema", "rule", "cap", "eps", "normalize", "num_probes", "gamma", "h")
+    shared += ("init_method", "subsample")
+    cfg.update(check_options(blocks, ESTIMATORS, gamma_auto=True, **{k: cfg[k] for k in shared}))  # both sides' rules
+    est, gamma = cfg["estimator"], cfg["gamma"]
     check_choice(cfg["fd"], FD_SCHEMES, name="fd")
-    check_choice(cfg["init_method"], ("exact", "hutchinson"), name="init_method")
-    if cfg["normalize"] not in ("sum", "mean", None):
-        raise ValueError(f"normalize must be 'sum', 'mean' or None; got {cfg['normalize']!r}")
-    cfg["every"] = check_num_matvecs(cfg["every"], name="every")
-    cfg["num_probes"] = check_num_matvecs(cfg["num_probes"], name="num_probes")
-    cfg["ema"] = check_optional(check_probability, cfg["ema"], name="ema", high_open=True)
-    if not (isinstance(cfg["gamma"], str) and cfg["gamma"] == "auto"):
-        cfg["gamma"] = check_probability(cfg["gamma"], name="gamma (a number or 'auto')", low_open=True)
-    gamma = cfg["gamma"]
     check_choice(cfg["side"], SIDES, name="side")
-    cfg["h"] = check_optional(check_real, cfg["h"], name="h", low=0, low_open=True)
     cfg["chunk_size"] = check_positive_int(cfg["chunk_size"], name="chunk_size")
     cfg["init_matvecs"] = check_optional(check_positive_int, cfg["init_matvecs"], name="init_matvecs")
     _check_sampler(cfg["sampler"])
     if est == "moving_average" and gamma == "auto":
         raise ValueError("gamma='auto' is for estimator='pc'; give the moving average a float beta as gamma")
-    if cfg["rule"] == "jaxpi" and cfg["normalize"] == "mean":
-        raise ValueError("rule='jaxpi' divides by the block sizes itself; use normalize='sum' with it")
-    ntk_weights({"_": 1.0}, rule=cfg["rule"], cap=cfg["cap"], eps=cfg["eps"])  # validates rule, cap, eps
     cfg["batched"] = check_bool(cfg["batched"], name="batched")
-    cfg["subsample"] = _check_subsample(cfg["subsample"], blocks, est, gamma)
-    cfg["normalize"] = cfg["normalize"] or blocks.reduction
-    if est == "gradnorm":  # gradient norms of the reduced losses: nothing to normalise
-        if cfg["rule"] != "wang2022":
-            raise ValueError(f"estimator='gradnorm' uses rule='wang2022' (sum_j g_j / g_b); got rule={cfg['rule']!r}")
-        cfg["normalize"] = "sum"
     cfg["sampler"] = cfg["sampler"] or ("gaussian" if est in ("pc", "moving_average") else "rademacher")
     if cfg["init_matvecs"] is None:
         cfg["init_matvecs"] = max(8, cfg["num_probes"])
     return cfg
-
-
-def _check_subsample(spec, blocks, estimator, gamma):
-    """``None``, a count, a fraction, or a dict block -> count/fraction (pc with a fixed gamma only)."""
-    if spec == "auto":
-        usable = estimator == "pc" and gamma != "auto" and blocks.pointwise is True
-        return {n: "auto" for n in blocks.names} if usable else None
-    if spec is None:
-        return None
-    if estimator != "pc" or gamma == "auto":
-        raise ValueError(
-            f"subsample is for estimator='pc' with a float gamma; got estimator={estimator!r}, gamma={gamma!r}"
-        )
-    per_block = spec if isinstance(spec, dict) else {n: spec for n in blocks.names}
-    unknown = sorted(set(per_block) - set(blocks.names))
-    if unknown:
-        raise ValueError(f"subsample names unknown block(s) {unknown}; blocks are {list(blocks.names)}")
-    per_block = {n: _subsample_entry(n, v) for n, v in per_block.items()}
-    if blocks.pointwise is False:
-        raise ValueError(
-            "subsample needs pointwise residual blocks (ResidualBlocks(..., pointwise=True or "
-            "'auto')): slicing an opaque batch changes the residuals of the points kept"
-        )
-    return {n: per_block.get(n) for n in blocks.names}
 
 
 SIDES = ("auto", "params", "residuals", "input", "output")
@@ -387,19 +341,6 @@ def _check_sampler(sampler):
     if not isinstance(sampler, str):
         check_callable(sampler, name="sampler", what=f"one of {names} or a callable")
     return check_choice(sampler, names, name="sampler")
-
-
-def _subsample_entry(block, v):
-    """A point count (an integer >= 1), a fraction (a real number in (0, 1]) or ``None``."""
-    name = f"subsample for block {block!r} (a point count >= 1 or a fraction in (0, 1])"
-    if v is None or (isinstance(v, str) and v == "auto"):
-        return v
-    if isinstance(v, numbers.Integral) or (hasattr(v, "dtype") and np.issubdtype(np.dtype(v.dtype), np.integer)):
-        return check_positive_int(v, name=name)
-    try:
-        return check_probability(v, name=name, low_open=True)
-    except TypeError as exc:  # one kind of error for every bad subsample entry, as documented
-        raise ValueError(str(exc)) from None
 
 
 def _strategy_name(cfg) -> str:

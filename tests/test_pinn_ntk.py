@@ -371,3 +371,35 @@ def test_blocks_hold_their_compiled_functions(setup):
     fresh.point_grad_sq_norms(params, batch, chunk_size=4)
     assert set(vars(fresh)) == set(before)  # no attribute added on first use
     assert all(vars(fresh)[k] is v for k, v in before.items() if k != "_pointwise_found")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"ema": 1.0},
+        {"ema": "x"},
+        {"gamma": 0.0},
+        {"every": 0},
+        {"num_probes": 2.5},
+        {"cap": -1.0},
+        {"eps": 2.0},
+        {"h": -1e-3},
+        {"normalize": "max"},
+        {"init_method": "svd"},
+        {"subsample": 0.0},
+        {"subsample": 4, "estimator": "exact"},
+        {"subsample": {"nope": 3}},
+        {"rule": "jaxpi", "normalize": "mean"},
+        {"estimator": "gradnorm", "rule": "jaxpi"},
+    ],
+)
+def test_both_sides_refuse_options_alike(setup, bad):
+    """One check of the common options: the JAX and torch weightings raise the same error and message."""
+    errors = []
+    for lib, blocks in ((pa, _jax_side(setup)[1]), _torch_side()[:2]):
+        with pytest.raises((TypeError, ValueError)) as info:
+            lib.ntk_weighting(blocks, **bad)
+        errors.append((type(info.value), str(info.value).replace("'res'", "'pde'")))
+    assert errors[0][0] is errors[1][0]
+    # the same rule in the same words (the JAX side's gamma also takes 'auto': its name says so)
+    assert errors[0][1].split(" must be")[-1].split(";")[0] == errors[1][1].split(" must be")[-1].split(";")[0]

@@ -587,3 +587,33 @@ def test_pina_alias_training_split_and_one_refresh_per_epoch(float64):
     split = trainer.data_module.split_idxs
     for n, pts in w.batch().items():
         assert pts.shape[0] == len(split[n]["train"])  # training points only, never the test half
+
+
+def test_refresh_with_a_non_positive_trace_is_rejected(blocks, monkeypatch):
+    """As on the JAX side: a pc estimate that crosses zero keeps the previous weights (state.rejected counts)."""
+    from pinn_adapters.torch import _weighting as tw
+
+    fb, _ = blocks
+    p = fb.params()
+    w = pt.ntk_weighting(fb, estimator="pc", gamma=0.5, num_probes=2, subsample=None, normalize="sum")
+    state = w.init(gen(0), p, BATCH)
+    T = state.inner  # (R, B) replicas at the exact traces
+    y = T.clone()
+    y[:, 0] = -3 * T[:, 0]  # the first block's estimate goes below zero, the other's stays positive
+    forms = {"ok": (T.clone(), T.clone()), "negative": (T.clone(), y)}
+
+    def fixed(self, generator, params_prev, params, batch, residuals, residuals_prev, dtype):
+        x, y = forms[case]
+        return x, y, {n: int(BATCH[n].shape[0]) for n in fb.names}
+
+    monkeypatch.setattr(tw.TorchNTKWeighting, "_pc_quad_forms", fixed)
+    case = "negative"
+    weights, bad = w.update(gen(1), state, p, p, BATCH)
+    assert int(bad.rejected) == 1
+    assert all(torch.equal(weights[n], state.weights[n]) for n in fb.names)
+    assert torch.equal(bad.inner, state.inner)  # the recursion keeps its previous state
+    case = "ok"
+    weights, good = w.update(gen(2), state, p, p, BATCH)
+    assert int(good.rejected) == 0
+    for n in fb.names:  # x = y = T: the estimate stays at T, the weights at the exact ones
+        assert float(weights[n]) == pytest.approx(float(state.weights[n]), rel=1e-12)

@@ -15,8 +15,6 @@ training step computed reused when passed in. The recursion itself is sketchtrac
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any, NamedTuple
 
 import torch
@@ -27,12 +25,11 @@ from sketchtrace.backends import backend_for_key
 from sketchtrace.operators import torch_gram
 from sketchtrace.validation import check_choice, check_num_matvecs
 
-from .._sizes import canonical_estimator, sample_size, subsample_scale  # one rule for JAX and torch
-from .._weighting_api import Weighting
+from .._sizes import sample_size, subsample_scale  # one rule for JAX and torch
+from .._weighting_api import Weighting, check_options, check_rule, rule_weights  # shared with the JAX side
 from ._ntk import JVPS, _check_blocks, _check_generator, _FlatParams, jacobian_operator
 
 ESTIMATORS = ("pc", "exact", "hutchinson", "gradnorm", "none")
-RULES = ("wang2022", "jaxpi")
 INITIAL = ("refresh", "ones")
 
 
@@ -40,24 +37,27 @@ def ntk_weights(traces: dict, *, rule="wang2022", cap=None, eps=1e-6, sizes=None
     """Weights from per-block traces, as torch tensors (the rule of :func:`pinn_adapters.ntk_weights`).
 
     ``wang2022``: ``sum_j T_j / T_b``; ``jaxpi``: ``mean_j m_j / m_b`` with ``m_b = T_b / sizes[b]``.
-    Traces are floored at ``eps * max_j T_j``; ``cap`` clips. Returns ``(weights, ok)``-free
-    dict; see :func:`_guarded_weights` for the non-finite guard used during training.
+    Traces are floored at ``eps * max_j T_j``; ``cap`` clips (the arithmetic is the JAX side's,
+    written once). Returns the weights only; see :func:`_guarded_weights` for the guard used
+    during training.
     """
+    rule, cap, eps = check_rule(rule, cap, eps)
     w, _ = _guarded_weights(traces, rule=rule, cap=cap, eps=eps, sizes=sizes)
     return w
 
 
 def _guarded_weights(traces, *, rule, cap, eps, sizes=None, fallback=None):
+    """``(weights, ok)``. Without ``fallback`` (init, :func:`ntk_weights`): ``ok`` when every trace is
+    finite and one is positive. With it (a refresh): ``ok`` only when every trace is finite and
+    positive, as on the JAX side (a pc estimate can cross zero through its probe noise), and the
+    ``fallback`` weights where not ``ok``."""
     names = list(traces)
     vals = torch.stack([torch.as_tensor(traces[n]) for n in names])
     if rule == "jaxpi" and sizes is not None:
         vals = vals / torch.tensor([float(sizes[n]) for n in names], dtype=vals.dtype, device=vals.device)
-    top = vals.max()
-    floored = torch.maximum(vals, eps * top)
-    w = floored.sum() / floored if rule == "wang2022" else floored.mean() / floored
-    if cap is not None:
-        w = torch.clamp(w, max=cap)
-    ok = torch.isfinite(vals).all() & (top > 0)
+    w, top = rule_weights(vals, rule=rule, cap=cap, eps=eps)
+    finite = torch.isfinite(vals).all()
+    ok = finite & (top > 0) if fallback is None else finite & (vals > 0).all()
     if fallback is not None:
         prev = torch.stack([fallback[n] for n in names]).to(w.dtype)
         w = torch.where(ok, w, prev)
@@ -407,53 +407,45 @@ def ntk_weighting(
     Every argument is checked here, before any work.
     """
     _check_blocks(blocks)
-    est = check_choice(canonical_estimator(estimator), ESTIMATORS, name="estimator")
+    opts = check_options(  # the JAX side's rules and messages
+        blocks,
+        ESTIMATORS,
+        estimator=estimator,
+        every=every,
+        ema=ema,
+        rule=rule,
+        cap=cap,
+        eps=eps,
+        normalize=normalize,
+        num_probes=num_probes,
+        gamma=gamma,
+        h=h,
+        init_method=init_method,
+        subsample=subsample,
+    )
     check_choice(jvp, JVPS, name="jvp")
-    check_choice(init_method, ("exact", "hutchinson"), name="init_method")
-    check_choice(rule, RULES, name="rule")
     check_choice(initial, INITIAL, name="initial")
-    if normalize not in ("sum", "mean", None):
-        raise ValueError(f"normalize must be None, 'sum' or 'mean'; got {normalize!r}")
-    normalize = normalize or blocks.reduction
-    if rule == "jaxpi" and normalize != "sum":
-        raise ValueError("rule='jaxpi' divides by the block sizes itself: use normalize='sum'")
-    if est == "gradnorm":
-        if rule != "wang2022":
-            raise ValueError(f"estimator='gradnorm' uses rule='wang2022' (sum_j g_j / g_b); got rule={rule!r}")
-        normalize = "sum"  # gradient norms of the reduced losses: nothing to normalise
-    every = check_num_matvecs(every, name="every")
-    num_probes = check_num_matvecs(num_probes, name="num_probes")
-    if isinstance(gamma, bool) or not (isinstance(gamma, (int, float)) and 0 < gamma <= 1):
-        raise ValueError(f"gamma must be a number in (0, 1]; got {gamma!r}")
-    if ema is not None and (isinstance(ema, bool) or not (isinstance(ema, (int, float)) and 0 <= ema < 1)):
-        raise ValueError(f"ema must be None or a number in [0, 1); got {ema!r}")
-    if h is not None and not (isinstance(h, (int, float)) and math.isfinite(h) and h > 0):
-        raise ValueError(f"h must be None or a positive number; got {h!r}")
-    if not (isinstance(eps, (int, float)) and 0 < eps < 1):
-        raise ValueError(f"eps must be a float in (0, 1); got {eps!r}")
-    if cap is not None and not (isinstance(cap, (int, float)) and math.isfinite(cap) and cap > 0):
-        raise ValueError(f"cap must be None or a positive finite number; got {cap!r}")
     if init_method == "hutchinson":
         init_matvecs = check_num_matvecs(num_probes if init_matvecs is None else init_matvecs, name="init_matvecs")
     cfg = {
-        "estimator": est,
-        "every": every,
+        "estimator": opts["estimator"],
+        "every": opts["every"],
         "offset": 1 if initial == "ones" else 0,
-        "ema": None if ema is None else float(ema),
-        "rule": rule,
-        "cap": cap,
-        "eps": float(eps),
-        "normalize": normalize,
-        "num_probes": num_probes,
+        "ema": opts["ema"],
+        "rule": opts["rule"],
+        "cap": opts["cap"],
+        "eps": opts["eps"],
+        "normalize": opts["normalize"],
+        "num_probes": opts["num_probes"],
         "pc_sampler": sampler or "gaussian",
         "hutch_sampler": sampler or "rademacher",
-        "gamma": float(gamma),
+        "gamma": opts["gamma"],
         "jvp": jvp,
-        "h": h,
+        "h": opts["h"],
         "init_method": init_method,
         "init_matvecs": init_matvecs,
         "chunk_size": None if chunk_size is None else check_num_matvecs(chunk_size, name="chunk_size"),
-        "subsample": _check_subsample(subsample, blocks, est),
+        "subsample": opts["subsample"],
         "initial": initial,
     }
     return TorchNTKWeighting(blocks, cfg)
@@ -470,25 +462,3 @@ def gradnorm_weighting(blocks, *, every=1000, momentum=0.9, cap=None, eps=1e-6, 
     the mean of the norms), a common factor Adam does not see.
     """
     return ntk_weighting(blocks, estimator="gradnorm", every=every, ema=momentum, cap=cap, eps=eps, initial=initial)
-
-
-def _check_subsample(spec, blocks, estimator):
-    """``None``, or ``{block: count | fraction | "auto" | None}`` (pc on pointwise blocks only)."""
-    if isinstance(spec, str) and spec == "auto":
-        return {n: "auto" for n in blocks.names} if estimator == "pc" and blocks.pointwise else None
-    if spec is None:
-        return None
-    if estimator != "pc":
-        raise ValueError(f"subsample= is for estimator='pc'; got estimator={estimator!r}")
-    if not blocks.pointwise:
-        raise ValueError("subsample= needs pointwise blocks (each residual row belongs to one point of its block)")
-    per_block = spec if isinstance(spec, dict) else {n: spec for n in blocks.names}
-    unknown = sorted(set(per_block) - set(blocks.names))
-    if unknown:
-        raise ValueError(f"subsample names unknown block(s) {unknown}; blocks are {list(blocks.names)}")
-    for n, v in per_block.items():
-        ok_int = isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
-        ok_frac = isinstance(v, float) and 0 < v <= 1
-        if not (ok_int or ok_frac or v is None or v == "auto"):
-            raise ValueError(f"subsample for block {n!r} must be a point count >= 1 or a fraction in (0, 1]; got {v!r}")
-    return {n: per_block.get(n) for n in blocks.names}
