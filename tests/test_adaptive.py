@@ -150,3 +150,103 @@ def test_unbiased_detects_one_percent(method, shift, rank, first, trials):
     rep = assert_unbiased_powered(vals, np.trace(A))
     assert rep.relative_detectable_bias(np.trace(A)) <= 0.01
     assert_catches_scale(vals, np.trace(A))
+
+
+# ----------------------------------------------------------------------------- grouped arguments
+
+
+def _same(a, b):
+    return float(a.value) == float(b.value) and int(a.num_matvecs) == int(b.num_matvecs)
+
+
+def test_stop_and_options_objects_equal_the_old_keywords():
+    """stop=StoppingRule(...) and options=SketchOptions(...) run exactly what the old keywords ran;
+    each moved keyword still works for one release, with a DeprecationWarning naming its new place."""
+    A, _ = _matrix(n=40)
+    k = jax.random.key(4)
+    rule = st.StoppingRule(rtol=1e-3, max_matvecs=30, atol=0.5, confidence=0.9, sem_factor=1.5, first_matvecs=8)
+    opts = st.SketchOptions(sampler="gaussian", chunk_size=3)
+    new = st.trace(k, A, method="hutchinson", stop=rule, options=opts)
+    with pytest.warns(DeprecationWarning) as record:
+        old = st.trace(
+            k, A, rtol=1e-3, atol=0.5, max_matvecs=30, method="hutchinson",
+            confidence=0.9, sem_factor=1.5, first_matvecs=8, sampler="gaussian", chunk_size=3,
+        )  # fmt: skip
+    assert _same(new, old)
+    messages = " ".join(str(w.message) for w in record)
+    for name in ("confidence", "sem_factor", "first_matvecs"):
+        assert f"trace({name}=...) is deprecated; use trace(..., stop=sketchtrace.StoppingRule({name}=...))" in messages
+    for name in ("sampler", "chunk_size"):
+        assert f"options=sketchtrace.SketchOptions({name}=...)" in messages
+    assert all(w.filename == __file__ for w in record)  # the warning points at the caller
+    # the shortcuts rtol/atol/max_matvecs are not deprecated and equal the rule
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        short = st.trace(k, A, rtol=1e-3, max_matvecs=30, method="xtrace")
+        full = st.trace(k, A, method="xtrace", stop=st.StoppingRule(rtol=1e-3, max_matvecs=30))
+    assert _same(short, full)
+    # the options matter: another sampler, another estimate
+    assert not _same(new, st.trace(k, A, method="hutchinson", stop=rule, options=opts.replace(sampler="rademacher")))
+
+
+def test_deprecated_trace_keywords_each_warn():
+    A, _ = _matrix(n=40)
+    k = jax.random.key(0)
+    moved = {
+        "first_matvecs": 8, "confidence": 0.9, "sem_factor": 2.0, "allow_exact": True,
+        "backend": "jax", "mesh": None, "chunk_size": 4, "sampler": "sphere", "test_vectors": "sphere",
+    }  # fmt: skip
+    for name, value in moved.items():
+        with pytest.warns(DeprecationWarning, match=rf"trace\({name}=\.\.\.\) is deprecated"):
+            st.trace(k, A, rtol=0.5, max_matvecs=30, **{name: value})
+
+
+def test_grouped_arguments_bad_input():
+    A, _ = _matrix(n=40)
+    k = jax.random.key(0)
+    with pytest.raises(TypeError, match="trace\\(\\) needs rtol="):
+        st.trace(k, A, max_matvecs=30)
+    with pytest.raises(TypeError, match="needs rtol= and max_matvecs="):
+        st.trace(k, A)
+    rule = st.StoppingRule(rtol=0.1, max_matvecs=30)
+    with pytest.raises(TypeError, match=r"give rtol= either as a keyword or in stop="):
+        st.trace(k, A, rtol=0.2, stop=rule)
+    with pytest.raises(TypeError, match="stop must be a sketchtrace.StoppingRule"):
+        st.trace(k, A, stop={"rtol": 0.1})
+    with pytest.raises(TypeError, match="options must be a sketchtrace.SketchOptions"):
+        st.trace(k, A, stop=rule, options={"chunk_size": 2})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'tolerance'"):
+        st.trace(k, A, stop=rule, tolerance=0.1)
+    with pytest.raises(TypeError, match="give sampler= only"):
+        st.trace(k, A, stop=rule, options=st.SketchOptions(sampler="sphere"), test_vectors="sphere")
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="either as a keyword or in options="):
+        st.trace(k, A, stop=rule, options=st.SketchOptions(), chunk_size=2)
+    # the rule is checked when built, with the same messages as the keywords
+    for bad, match in [
+        (dict(rtol=0.0), "rtol must be > 0"),
+        (dict(atol=-1.0), "atol must be >= 0"),
+        (dict(confidence=1.0), r"confidence must be in \(0, 1\)"),
+        (dict(sem_factor=0.0), "sem_factor must be > 0"),
+        (dict(first_matvecs=0), "first_matvecs must be >= 1"),
+        (dict(max_matvecs=0), "max_matvecs must be >= 1"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            st.StoppingRule(**{"rtol": 0.1, "max_matvecs": 30, **bad})
+    with pytest.raises(TypeError):
+        st.StoppingRule(0.1, 30)  # keyword-only: no silent swap of rtol and max_matvecs
+    assert rule.replace(confidence=0.99).confidence == 0.99 and hash(rule) == hash(rule.replace())
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # rtol=1e-9: the budget ends first, by design
+def test_round_compiled_once_per_backend_and_variant():
+    """The adaptive round is held by one BackendCompiled object, not a module-level cache."""
+    from sketchtrace.estimators import _adaptive
+    from sketchtrace.estimators._compiled import BackendCompiled
+
+    assert isinstance(_adaptive._COMPILED_ROUND, BackendCompiled)
+    assert not hasattr(_adaptive, "_compiled_round")
+    A, _ = _matrix(n=40)
+    _adaptive._COMPILED_ROUND.cache_clear()
+    first = st.trace(jax.random.key(0), A, rtol=1e-9, max_matvecs=30, method="hutchinson")
+    again = st.trace(jax.random.key(0), A, rtol=1e-9, max_matvecs=30, method="hutchinson")
+    assert len(_adaptive._COMPILED_ROUND._compiled) == 1 and _same(first, again)

@@ -1,6 +1,6 @@
 """Estimators, each written once against the backend protocol."""
 
-from ._adaptive import trace
+from ._adaptive import StoppingRule, trace
 from ._blocks import block_traces
 from ._common import SketchOptions
 from ._diagonal import diagonal
@@ -16,6 +16,7 @@ __all__ = [
     "Nystrom",
     "SketchOptions",
     "SolveInfo",
+    "StoppingRule",
     "block_traces",
     "diagonal",
     "hutchinson",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import math
 import numbers
 import warnings
@@ -16,14 +16,16 @@ from .._optional import tree_leaves
 from ..operators import require_products
 from ..validation import check_choice, check_num_matvecs
 from ._common import (
-    check_allow_exact,
+    OPTION_NAMES,
+    SketchOptions,
     check_minimum,
     exact_estimate,
-    resolve_sampler,
+    merge_options,
     setup,
     summarize,
     use_exact,
 )
+from ._compiled import BackendCompiled
 from ._xtrace import (
     _check_psd,
     default_psd_rtol,
@@ -87,9 +89,9 @@ def _round(bk, op, rk, prev, *, new, dt, sampler, chunk_size, n, improved, metho
 _STATIC = ("bk", "new", "dt", "sampler", "chunk_size", "n", "improved", "method")
 
 
-@functools.cache
-def _compiled_round(bk, static_op: bool):
-    return bk.jit(_round, static_argnames=_STATIC + (("op",) if static_op else ()))
+# compiled per backend and held by this object (the estimators' one compile-cache mechanism,
+# shared with the predictor-corrector step); jax.jit's cache then holds one program per shape
+_COMPILED_ROUND = BackendCompiled(_round, static_argnames=_STATIC)
 
 
 def _run_round(bk, op, rk, prev, **kw):
@@ -97,27 +99,131 @@ def _run_round(bk, op, rk, prev, **kw):
     arguments); a user subclass that did not register itself as one is static."""
     leaves = tree_leaves(op)
     static_op = len(leaves) == 1 and leaves[0] is op
-    return _compiled_round(bk, static_op)(bk, op, rk, prev, **kw)
+    return _COMPILED_ROUND.get(bk, ("op",) if static_op else ())(bk, op, rk, prev, **kw)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StoppingRule:
+    """When the adaptive :func:`trace` stops, validated once.
+
+    After each round, with ``k`` the samples behind the standard error, the run stops when
+    ``sem_factor * t_{(1 + confidence)/2, k - 1} * sem <= max(atol, rtol * |value|)``, or when
+    the next round would pass ``max_matvecs`` (then with a ``RuntimeWarning``).
+
+    Parameters
+    ----------
+    rtol : float
+        Relative tolerance (> 0) on the confidence half-width.
+    max_matvecs : int
+        Hard budget; never exceeded.
+    atol : float
+        Absolute tolerance (>= 0); the interval must meet ``max(atol, rtol |value|)``.
+    confidence : float
+        Confidence level of the interval, in (0, 1).
+    sem_factor : float, optional
+        Safety factor (> 0) on the standard error in the stopping rule (``None``: the
+        default of :func:`trace`).
+    first_matvecs : int
+        Matvecs of the first round (XTrace: ``first_matvecs // 2`` test vectors).
+
+    Examples
+    --------
+    >>> import numpy as np, sketchtrace as st
+    >>> rule = st.StoppingRule(rtol=0.05, max_matvecs=200, confidence=0.99)
+    >>> est = st.trace(np.random.default_rng(0), np.eye(300) + 0.01, stop=rule)
+    """
+
+    rtol: float
+    max_matvecs: int
+    atol: float = 0.0
+    confidence: float = 0.95
+    sem_factor: float | None = None
+    first_matvecs: int = 16
+
+    def __post_init__(self):
+        confidence = _check_real(self.confidence, "confidence")
+        if not 0.0 < confidence < 1.0:
+            raise ValueError(f"confidence must be in (0, 1); got {confidence}")
+        checked = dict(
+            rtol=_check_real(self.rtol, "rtol", positive=True),
+            atol=_check_real(self.atol, "atol", nonnegative=True),
+            confidence=confidence,
+            first_matvecs=check_num_matvecs(self.first_matvecs, name="first_matvecs"),
+            max_matvecs=check_num_matvecs(self.max_matvecs, name="max_matvecs"),
+        )
+        if self.sem_factor is not None:
+            checked["sem_factor"] = _check_real(self.sem_factor, "sem_factor", positive=True)
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+
+    def replace(self, **changes) -> StoppingRule:
+        """A copy with ``changes`` (validated like a new object)."""
+        return dataclasses.replace(self, **changes)
+
+
+_RULE_MOVED = ("confidence", "sem_factor", "first_matvecs")  # trace keywords moved into StoppingRule
+_TRACE_OPTIONS = {f.name: f.default for f in dataclasses.fields(SketchOptions)}
+
+
+def _moved(name, where, obj):
+    warnings.warn(
+        f"trace({name}=...) is deprecated; use trace(..., {where}=sketchtrace.{obj}({name}=...)) (same values)",
+        DeprecationWarning,
+        stacklevel=4,
+    )
+
+
+def _stopping_rule(stop, shortcuts, moved) -> StoppingRule:
+    """The run's :class:`StoppingRule` from ``stop=`` or the keywords (``rtol``, ``atol``, ``max_matvecs``,
+    and the deprecated ``confidence``, ``sem_factor``, ``first_matvecs``)."""
+    given = {k: v for k, v in shortcuts.items() if v is not None}
+    for name in _RULE_MOVED:
+        if name in moved:
+            _moved(name, "stop", "StoppingRule")
+            given[name] = moved.pop(name)
+    if stop is None:
+        missing = [f"{k}=" for k in ("rtol", "max_matvecs") if k not in given]
+        if missing:
+            raise TypeError(f"trace() needs {' and '.join(missing)} (or stop=sketchtrace.StoppingRule(...))")
+        return StoppingRule(**given)
+    if not isinstance(stop, StoppingRule):
+        raise TypeError(f"trace: stop must be a sketchtrace.StoppingRule; got {type(stop).__name__}")
+    if given:
+        both = ", ".join(f"{k}=" for k in given)
+        raise TypeError(f"trace: give {both} either as a keyword or in stop=StoppingRule(...), not both")
+    return stop
+
+
+def _trace_options(options, moved) -> SketchOptions:
+    """The run's :class:`SketchOptions` from ``options=`` or the deprecated sampling keywords."""
+    given = {}
+    for name in OPTION_NAMES:
+        if name in moved:
+            _moved(name, "options", "SketchOptions")
+            given[name] = moved.pop(name)
+    test_vectors = moved.pop("test_vectors", None)
+    if test_vectors is not None:
+        if "sampler" in given or (options is not None and options.sampler is not None):
+            raise TypeError("trace: give sampler= only (test_vectors= is its deprecated old name)")
+        _moved("test_vectors", "options", "SketchOptions")
+        given["sampler"] = test_vectors
+    if moved:
+        raise TypeError(f"trace() got an unexpected keyword argument {next(iter(moved))!r}")
+    return merge_options("trace", options, given, _TRACE_OPTIONS)
 
 
 def trace(
     key,
     op,
     *,
-    rtol,
-    atol=0.0,
-    confidence=0.95,
-    max_matvecs,
+    rtol=None,
+    atol=None,
+    max_matvecs=None,
     method="auto",
-    first_matvecs=16,
-    sampler=None,
+    stop=None,
+    options=None,
     check_psd=False,
-    sem_factor=None,
-    chunk_size=None,
-    backend=None,
-    mesh=None,
-    allow_exact=True,
-    test_vectors=None,
+    **deprecated,
 ):
     """Adaptive trace estimate: spend matvecs until the confidence interval is tight enough.
 
@@ -155,33 +261,27 @@ def trace(
     key : jax.random key or numpy.random.Generator
     op : operator
         Square (PSD for ``"xnystrace"``).
-    rtol : float
-        Relative tolerance (> 0) on the confidence half-width.
-    atol : float
-        Absolute tolerance (>= 0); the interval must meet ``max(atol, rtol |value|)``.
-    confidence : float
-        Confidence level of the interval, in (0, 1).
-    max_matvecs : int
-        Hard budget; never exceeded (``num_matvecs`` of the result is the total spent).
+    rtol, atol, max_matvecs : optional
+        The tolerances and the hard budget (``num_matvecs`` of the result is the total
+        spent), shortcuts for ``stop=StoppingRule(rtol=..., atol=..., max_matvecs=...)``:
+        give ``rtol`` and ``max_matvecs`` here or ``stop``, not both (``atol`` defaults to 0).
     method : {"auto", "hutchinson", "xtrace", "xnystrace"}
-    first_matvecs : int
-        Matvecs of the first round (XTrace: ``first_matvecs // 2`` test vectors).
-    sampler : str or callable, optional
-        Probe distribution: Hutchinson's probes (default ``"rademacher"``) or the
-        X-family's test vectors (default ``"improved"``, see :func:`sketchtrace.xtrace`).
-        ``test_vectors=`` is the deprecated old name for the X-family's.
+    stop : StoppingRule, optional
+        The whole stopping rule (tolerances, budget, ``confidence``, ``sem_factor``
+        (default 1), ``first_matvecs``); see :class:`StoppingRule`.
+    options : SketchOptions, optional
+        Sampling options (see :class:`SketchOptions`): ``sampler`` is Hutchinson's probes
+        (default ``"rademacher"``) or the X-family's test vectors (default ``"improved"``,
+        see :func:`sketchtrace.xtrace`); ``mesh`` shards each round's probe rows;
+        ``allow_exact=False``: Hutchinson keeps sampling past ``n``, the X-family stays below
+        ``n`` test vectors (``True``: a round that would reach ``n`` is the exact trace).
     check_psd : bool
         XNysTrace debug check on the first round (see :func:`sketchtrace.xnystrace`).
-    sem_factor : float, optional
-        Safety factor on the standard error in the stopping rule (default 1).
-    chunk_size : int, optional
-    backend : {"jax", "numba"}, optional
-    mesh : jax.sharding.Mesh, optional
-        Shard each round's probe rows across the mesh's devices (see :func:`sketchtrace.make_mesh`).
-    allow_exact : bool
-        ``True`` (default): a round that would reach the dimension ``n`` is replaced by
-        the exact trace. ``False``: Hutchinson keeps sampling past ``n``; the X-family
-        stays below ``n`` test vectors.
+    **deprecated
+        The keywords of earlier releases, still accepted with a ``DeprecationWarning``:
+        ``confidence``, ``sem_factor``, ``first_matvecs`` (now in ``stop=``) and
+        ``sampler``, ``chunk_size``, ``backend``, ``mesh``, ``allow_exact``, ``test_vectors``
+        (now in ``options=``).
 
     Returns
     -------
@@ -195,23 +295,14 @@ def trace(
     doi:10.1137/23M1548323, arXiv:2301.07825
     M. F. Hutchinson, Commun. Stat. Simul. Comput. 19 (1990). doi:10.1080/03610919008812866
     """
-    p = _Plan.build(
-        rtol=rtol,
-        atol=atol,
-        confidence=confidence,
-        first=first_matvecs,
-        sampler=sampler,
-        test_vectors=test_vectors,
-        sem_factor=sem_factor,
-        check_psd=check_psd,
-        allow_exact=allow_exact,
-    )
-    max_matvecs = check_num_matvecs(max_matvecs, name="max_matvecs")
+    rule = _stopping_rule(stop, {"rtol": rtol, "atol": atol, "max_matvecs": max_matvecs}, deprecated)
+    opts = _trace_options(options, deprecated)
+    p = _Plan.build(rule, opts, check_psd=check_psd)
     bk, op, n, max_matvecs, chunk_size = setup(
-        key, op, max_matvecs, chunk_size, backend, mesh, method="trace", needs=("quad_forms",)
+        key, op, rule.max_matvecs, opts.chunk_size, opts.backend, opts.mesh, method="trace", needs=("quad_forms",)
     )
     p = p.for_operator(resolve_method(method, op), bk, op, n, max_matvecs, chunk_size)
-    if p.first >= n and use_exact(p.first, n, allow_exact, f"trace(method={p.method!r})", can_oversample=p.per == 1):
+    if p.first >= n and use_exact(p.first, n, p.allow_exact, f"trace(method={p.method!r})", can_oversample=p.per == 1):
         if n > max_matvecs:
             raise ValueError(f"max_matvecs={max_matvecs} is below the first batch (the exact trace, {n} matvecs)")
         return exact_estimate(bk, op, chunk_size, n)
@@ -244,21 +335,17 @@ class _Plan(NamedTuple):
     chunk_size: int | None = None
 
     @classmethod
-    def build(cls, *, rtol, atol, confidence, first, sampler, test_vectors, sem_factor, check_psd, allow_exact):
-        confidence = _check_real(confidence, "confidence")
-        if not 0.0 < confidence < 1.0:
-            raise ValueError(f"confidence must be in (0, 1); got {confidence}")
-        if sem_factor is not None:
-            sem_factor = _check_real(sem_factor, "sem_factor", positive=True)
+    def build(cls, rule: StoppingRule, opts: SketchOptions, *, check_psd):
+        """The plan from the checked rule and options (nothing left to validate here)."""
         return cls(
-            rtol=_check_real(rtol, "rtol", positive=True),
-            atol=_check_real(atol, "atol", nonnegative=True),
-            q=(1.0 + confidence) / 2.0,
-            first=check_num_matvecs(first, name="first_matvecs"),
-            sampler=resolve_sampler(sampler, test_vectors, default=None, name="trace"),
-            sem_factor=sem_factor,
+            rtol=rule.rtol,
+            atol=rule.atol,
+            q=(1.0 + rule.confidence) / 2.0,
+            first=rule.first_matvecs,
+            sampler=opts.sampler,
+            sem_factor=rule.sem_factor,
             check_psd=bool(check_psd),
-            allow_exact=check_allow_exact(allow_exact),
+            allow_exact=opts.allow_exact,
         )
 
     def for_operator(self, method, bk, op, n, max_matvecs, chunk_size):

@@ -126,7 +126,7 @@ def sketch_options(fn):
         merged = merge_options(fn.__name__, options, given, defaults)
         return fn(key, op, *args, **kwargs, **{f: getattr(merged, f) for f in defaults})
 
-    wrapper.option_defaults = defaults
+    wrapper.option_defaults = defaults  # type: ignore[attr-defined]  # read by tests and tools
     return wrapper
 
 
