@@ -1,5 +1,10 @@
 """Batched Lanczos for the numba backend: fused, row-parallel vector updates.
 
+A square CSR operator (the backend's own product, no basis kept) takes
+:func:`lanczos_csr`, the fused recurrence described further down: one pass over the
+matrix and one over the vectors per step. Every other operator takes
+:func:`lanczos_numba`, below.
+
 The ``k`` Lanczos vectors are kept entry-major, ``(n, k)`` C-ordered (the layout the
 CSR kernels read and write), and handed to the backend's ``matmat`` as the
 transposed ``(k, n)`` view, so no probe block is copied between steps. Each step
