@@ -63,6 +63,23 @@ def test_warns_at_few_steps_silent_at_enough():
     assert float(est.quadrature_error) < float(est.sem)
 
 
+def test_silent_once_converged_on_a_well_conditioned_matrix():
+    """Poisson + 6 I (condition ~2.3): at 4 steps the s/2-vs-s change (quadrature_error, the s/2 rule's
+    error) exceeds the sem, but the 4-node rule has converged (the change from 1 to 2 nodes is far larger):
+    no warning, and the estimate covers."""
+    B = (A + 6.0 * sp.identity(A.shape[0])).tocsr()
+    w = np.linalg.eigvalsh(B.toarray())
+    over, warned_any, zs = 0, 0, []
+    for seed in range(5):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            est = st.trace_inverse(np.random.default_rng(seed), B, num_matvecs=200, lanczos_steps=4, allow_exact=False)
+        warned_any += any(issubclass(r.category, st.QuadratureWarning) for r in rec)
+        over += float(est.quadrature_error) > float(est.sem)  # the old rule (s/2 vs s) would have warned
+        zs.append((float(est.value) - np.sum(1.0 / w)) / float(est.sem))
+    assert over >= 3 and warned_any == 0 and max(map(abs, zs)) < 3, (over, warned_any, zs)
+
+
 def test_jax_eager_warns():
     B = poisson(12).toarray()  # small: eager JAX calls compile per shape
     with pytest.warns(st.QuadratureWarning, match="exceeds the standard error"):

@@ -98,7 +98,8 @@ def f_prime(xp, f, fprime, theta):
 
 
 class Rules(NamedTuple):
-    """Per-probe Gauss rules of one Lanczos run: ``s`` nodes (the estimate) and its leading ``s // 2``.
+    """Per-probe Gauss rules of one Lanczos run: ``s`` nodes (the estimate), its leading ``s // 2``
+    and ``s // 4`` (``quarter``; the convergence rate of the quadrature-error estimate).
 
     Returned as the "values" of :meth:`Backend.with_adjoint`: indexing with anything but an
     integer indexes ``s``, so a gradient rule that scales rows by the cotangent of the values
@@ -108,6 +109,7 @@ class Rules(NamedTuple):
 
     s: Any
     half: Any
+    quarter: Any
 
     def __getitem__(self, idx):
         if isinstance(idx, int):
@@ -123,10 +125,10 @@ def gauss_rule(xp, spec, bk, alpha, beta, norms):
     return norms**2 * xp.sum(first * first * fvals, axis=1), (theta, vecs, first)
 
 
-def half_rule(bk, spec, alpha, beta, norms):
-    """The Gauss rule of the leading ``s // 2`` block of the same tridiagonals (``nan`` when ``s == 1``)."""
+def half_rule(bk, spec, alpha, beta, norms, divisor=2):
+    """The Gauss rule of the leading ``s // divisor`` block of the same tridiagonals (``nan`` when it is empty)."""
     xp = bk.xp
-    h = alpha.shape[1] // 2
+    h = alpha.shape[1] // divisor
     if h == 0:
         return xp.full(norms.shape, xp.nan, dtype=alpha.dtype)
     return gauss_rule(xp, spec, bk, alpha[:, :h], beta[:, :h], norms)[0]
@@ -148,7 +150,7 @@ def slq_forward(bk, spec, num_steps, reorthogonalize):
             matmat, Z, num_steps, reorthogonalize=reorthogonalize, keep_basis=adjoint
         )
         values, (theta, vecs, first) = gauss_rule(xp, spec, bk, alpha, beta, norms)
-        rules = Rules(values, half_rule(bk, spec, alpha, beta, norms))
+        rules = Rules(values, half_rule(bk, spec, alpha, beta, norms), half_rule(bk, spec, alpha, beta, norms, 4))
         if not adjoint:
             return rules, None
         coef = xp.einsum("kij,kj->ki", vecs, first * f_prime(xp, f, fprime, theta))
