@@ -111,13 +111,15 @@ def test_bad_input():
     with pytest.raises(ValueError, match="atol"):
         st.trace(k, A, rtol=1e-3, atol=-1.0, max_matvecs=30)
     with pytest.raises(ValueError, match="confidence"):
-        st.trace(k, A, rtol=1e-3, confidence=1.0, max_matvecs=30)
+        st.trace(k, A, stop=st.StoppingRule(rtol=1e-3, confidence=1.0, max_matvecs=30))
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="confidence"):
+        st.trace(k, A, rtol=1e-3, confidence=1.0, max_matvecs=30)  # the old keyword: same check
     with pytest.raises(ValueError, match="below the first batch"):
         st.trace(k, A, rtol=1e-3, max_matvecs=10)  # first batch: 16
     with pytest.raises(ValueError, match="method"):
         st.trace(k, A, rtol=1e-3, max_matvecs=30, method="hutchpp")
     with pytest.raises(ValueError, match="at least 4"):
-        st.trace(k, A, rtol=1e-3, max_matvecs=30, method="xtrace", first_matvecs=3)
+        st.trace(k, A, method="xtrace", stop=st.StoppingRule(rtol=1e-3, max_matvecs=30, first_matvecs=3))
     with pytest.raises(TypeError, match="jax.jit"):
         jax.jit(lambda kk: st.trace(kk, jnp.asarray(A), rtol=1e-3, max_matvecs=30).value)(k)
     B = A - 2 * np.eye(40) * np.abs(A).max()
@@ -144,7 +146,8 @@ def test_unbiased_detects_one_percent(method, shift, rank, first, trials):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # tolerance not met: by design
         for seed in range(trials):
-            e = st.trace(jax.random.key(seed), A, rtol=1e-6, max_matvecs=24, method=method, first_matvecs=first)
+            rule = st.StoppingRule(rtol=1e-6, max_matvecs=24, first_matvecs=first)
+            e = st.trace(jax.random.key(seed), A, method=method, stop=rule)
             assert int(e.num_matvecs) == 24
             vals.append(float(e.value))
     rep = assert_unbiased_powered(vals, np.trace(A))
@@ -159,6 +162,7 @@ def _same(a, b):
     return float(a.value) == float(b.value) and int(a.num_matvecs) == int(b.num_matvecs)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # rtol=1e-3 in 30 matvecs: the budget ends first
 def test_stop_and_options_objects_equal_the_old_keywords():
     """stop=StoppingRule(...) and options=SketchOptions(...) run exactly what the old keywords ran;
     each moved keyword still works for one release, with a DeprecationWarning naming its new place."""
