@@ -77,6 +77,7 @@ class SketchOptions:
 
 
 register_static(SketchOptions)
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SketchOptions)}
 
 
 def merge_options(name: str, options, given: dict, defaults: dict) -> SketchOptions:
@@ -100,9 +101,6 @@ def merge_options(name: str, options, given: dict, defaults: dict) -> SketchOpti
     if options.sampler is None and "sampler" in defaults:
         return options.replace(sampler=defaults["sampler"])
     return options
-
-
-_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SketchOptions)}
 
 
 def sketch_options(fn):
