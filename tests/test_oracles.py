@@ -208,7 +208,8 @@ def _x_mean_sem(samples, A, Om, improved):
         D[rest, j] = t[rest] - samples(A, Om[:, rest], improved)
     s2 = t.var(ddof=1)
     C = np.sum(D * D.T) / (k * (k - 1))
-    return t.mean(), math.sqrt(s2 / k + max(C, -0.5 * s2 / k))
+    rnd = k * np.finfo(float).eps * np.mean(np.abs(t))
+    return t.mean(), math.sqrt(s2 / k + max(C, 0.0) + rnd * rnd)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -294,7 +295,7 @@ def test_adaptive_x_family(backend, method):
         cols.append(d.rows(k_next - k, 60, "sphere", key=rk))
         k = k_next
         mean, sem = _x_mean_sem(fn, A, np.concatenate(cols).T, True)
-        half, tol = _stops(mean, sem, k, rtol=rtol, sem_factor=2.0)
+        half, tol = _stops(mean, sem, k, rtol=rtol, sem_factor=1.0)
         k_next = min(2 * k, (cap - per * k) // per + k, 59 // per)
         if half <= tol or k_next <= k:
             break

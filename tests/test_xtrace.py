@@ -59,7 +59,7 @@ def _slow_xnystrace_t(A, Om, improved):
 
 def _slow_mean_sem(samples, A, Om, improved):
     """Mean and sem by definition: ``D_ij = t_i - t_i^(-j)`` from re-running the samples without
-    ``omega_j``; ``sem^2 = s^2/k + max(C, -s^2/(2k))``, ``C = sum_{i != j} D_ij D_ji / (k (k - 1))``."""
+    ``omega_j``; ``sem^2 = s^2/k + max(C, 0)`` (+ rounding), ``C = sum_{i != j} D_ij D_ji / (k (k - 1))``."""
     k = Om.shape[1]
     t = samples(A, Om, improved)
     D = np.zeros((k, k))
@@ -68,7 +68,8 @@ def _slow_mean_sem(samples, A, Om, improved):
         D[others, j] = t[others] - samples(A, Om[:, others], improved)
     s2 = t.var(ddof=1)
     C = np.sum(D * D.T) / (k * (k - 1))
-    return t.mean(), np.sqrt(s2 / k + max(C, -0.5 * s2 / k))
+    rnd = k * np.finfo(float).eps * np.mean(np.abs(t))  # rounding term
+    return t.mean(), np.sqrt(s2 / k + max(C, 0.0) + rnd * rnd)
 
 
 def slow_xtrace(A, Om, improved):
