@@ -221,3 +221,19 @@ def test_solve_refusals():
         st.solve(key, op, b, rank="auto")
     with pytest.raises(ValueError, match="declared psd=False"):
         st.solve(key, st.as_operator(np.eye(N), psd=False), b, damping=1.0)
+
+
+def test_torch_nystrom_and_solve_match_numpy():
+    torch = pytest.importorskip("torch")
+    A = _psd(SPECTRA["polynomial"], seed=5)
+    b = np.random.default_rng(9).standard_normal(N)
+    At = torch.as_tensor(A)
+    approx = st.nystrom(torch.Generator().manual_seed(0), At, N)  # full rank: the eigendecomposition
+    np.testing.assert_allclose(np.sort(approx.eigenvalues.numpy()), np.linalg.eigvalsh(A), rtol=1e-8, atol=1e-10)
+    x, info = st.solve(torch.Generator().manual_seed(0), At, torch.as_tensor(b), damping=1e-3, rank=20, rtol=1e-12)
+    assert isinstance(x, torch.Tensor) and bool(info.converged)
+    np.testing.assert_allclose(x.numpy(), np.linalg.solve(A + 1e-3 * np.eye(N), b), rtol=1e-8, atol=1e-9)
+    lam = SPECTRA["exponential"].copy()
+    lam[1] = -0.5
+    with pytest.raises(ValueError, match="not symmetric positive semidefinite"):
+        st.nystrom(torch.Generator().manual_seed(0), torch.as_tensor(_psd(lam)), 10)

@@ -3,7 +3,7 @@
 Written once against the backend protocol (``bk.probes``, ``bk.matmat``, ``bk.xp``), with the
 XNysTrace sketch (:func:`~sketchtrace.estimators._xtrace.nys_state`, ``Y = A Omega``) and its PSD
 check reused. JAX: ``nystrom`` and ``solve`` with a fixed rank run under ``jax.jit``; the CG loop is
-a ``lax.while_loop`` on JAX arrays and a Python loop on NumPy arrays (numba backend).
+a ``lax.while_loop`` on JAX arrays and a Python loop on NumPy arrays (numba backend) and torch tensors.
 
 Why our own CG and not ``lineax.CG``: lineax is an optional extra (the core depends on numpy, scipy
 and jax only), it is JAX-only (the numba backend solves too), and its stopping test is an
@@ -18,7 +18,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._optional import JaxArray, jnp, lax
+from .._optional import JaxArray, lax
+from ..backends import namespace_of
 from ..validation import check_int, check_real, is_concrete
 from ._common import setup
 from ._xtrace import _cholesky_or_nan, nys_state, psd_violation
@@ -103,7 +104,7 @@ def _check_psd_sketch(bk, Om, Y, method):
     if not (bk.is_concrete(Om) and bk.is_concrete(Y)):
         return
     asym, neg = (float(np.asarray(v)) for v in psd_violation(bk.xp, Om, Y))
-    tol = math.sqrt(float(np.finfo(np.dtype(Y.dtype)).eps))
+    tol = math.sqrt(float(bk.xp.finfo(Y.dtype).eps))
     if asym > tol or neg < -tol:
         raise ValueError(
             f"op is not symmetric positive semidefinite: Omega^T A Omega has relative asymmetry {asym:.3g} "
@@ -200,7 +201,7 @@ def nystrom(
         Eagerly refuse an operator whose ``rank x rank`` core ``Omega^T A Omega`` is clearly not
         symmetric PSD (free: the core is formed anyway; skipped under ``jax.jit``).
     chunk_size : int, optional
-    backend : {"jax", "numba"}, optional
+    backend : {"jax", "numba", "torch"}, optional
 
     Returns
     -------
@@ -261,7 +262,8 @@ def nystrom_preconditioner(approx: Nystrom, damping):
 
 
 def _namespace(x):
-    return jnp if _is_jax(x) else np
+    """The array namespace of the factor (NumPy, JAX or the torch backend's)."""
+    return namespace_of(x)
 
 
 # ----------------------------------------------------------------------------- solve
