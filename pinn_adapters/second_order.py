@@ -64,6 +64,19 @@ from sketchtrace.validation import (
 
 from ._checkpoint_io import read_tree, write_tree
 
+__all__ = [
+    "StepInfo",
+    "LMResult",
+    "SecondOrder",
+    "scaled_residual_fn",
+    "gauss_newton_step",
+    "levenberg_marquardt",
+    "energy_natural_gradient",
+    "lm",
+    "engd",
+    "as_second_order",
+]
+
 METHODS = ("auto", "dense", "params", "samples")
 LINE_SEARCHES = ("none", "grid")
 DAMPING_RULES = ("nielsen", "fixed")
@@ -90,7 +103,8 @@ class StepInfo(NamedTuple):
 class LMResult(NamedTuple):
     """:func:`levenberg_marquardt`'s result: final ``params``, ``weights`` and a ``history`` list of
     dicts (``step``, ``loss``, ``damping``, ``accepted``, ``rho``, ``step_size``, ``cg_iterations``,
-    ``method``, ``resampled``, ``time``, and ``relative_l2`` when an error function was given)."""
+    ``method``, ``resampled``, ``time``, ``weights`` with a weighting, and ``relative_l2`` when an
+    error function was given)."""
 
     params: Any
     weights: dict
@@ -327,48 +341,56 @@ def _describe(weighting):
     return json.loads(json.dumps(getattr(weighting, "config", {}), default=lambda o: f"<{type(o).__name__}>"))
 
 
+def _check_options(o):
+    """Check the solver options of :func:`levenberg_marquardt` (everything but the key, blocks, weighting
+    and the problem's callables); ``o``: the options by name. Returns them checked, as a dict."""
+    c = {"steps": check_int(o["steps"], name="steps", minimum=1)}
+    c["damping"] = check_real(o["damping"], name="damping", low=0, low_open=True)
+    c["method"] = check_choice(o["method"], METHODS, name="method")
+    c["rank"] = o["rank"] if o["rank"] == "auto" else check_int(o["rank"], name="rank", minimum=1)
+    c["rtol"] = check_real(o["rtol"], name="rtol", low=0, low_open=True)
+    c["maxiter"] = check_optional(check_int, o["maxiter"], name="maxiter", minimum=1)
+    c["min_damping"] = check_real(o["min_damping"], name="min_damping", low=0)
+    c["damping_rule"] = check_choice(o["damping_rule"], DAMPING_RULES, name="damping_rule")
+    c["line_search"] = check_choice(
+        "none" if o["line_search"] is None else o["line_search"], LINE_SEARCHES, name="line_search"
+    )
+    c["grid_size"] = check_int(o["grid_size"], name="grid_size", minimum=2, maximum=64)
+    c["resample_every"] = check_int(o["resample_every"], name="resample_every", minimum=1)
+    c["log_every"] = check_int(o["log_every"], name="log_every", minimum=1)
+    c["time_limit"] = check_optional(check_real, o["time_limit"], name="time_limit", low=0, low_open=True)
+    return c
+
+
 def _lm_run(key, blocks, weighting, o):
     """Check every option of :func:`levenberg_marquardt` before any work; ``o``: the options by name."""
     check_jax_key(key)
     if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)
-    steps = check_int(o["steps"], name="steps", minimum=1)
-    damping = check_real(o["damping"], name="damping", low=0, low_open=True)
-    method = check_choice(o["method"], METHODS, name="method")
-    rank = o["rank"] if o["rank"] == "auto" else check_int(o["rank"], name="rank", minimum=1)
-    rtol = check_real(o["rtol"], name="rtol", low=0, low_open=True)
-    maxiter = check_optional(check_int, o["maxiter"], name="maxiter", minimum=1)
-    min_damping = check_real(o["min_damping"], name="min_damping", low=0)
-    damping_rule = check_choice(o["damping_rule"], DAMPING_RULES, name="damping_rule")
-    line_search = check_choice(
-        "none" if o["line_search"] is None else o["line_search"], LINE_SEARCHES, name="line_search"
-    )
-    grid_size = check_int(o["grid_size"], name="grid_size", minimum=2, maximum=64)
+    c = _check_options(o)
+    line_search = c["line_search"]
     sample_batch = check_optional(check_callable, o["sample_batch"], name="sample_batch")
-    resample_every = check_int(o["resample_every"], name="resample_every", minimum=1)
     error_fn = check_optional(check_callable, o["error_fn"], name="error_fn")
-    log_every = check_int(o["log_every"], name="log_every", minimum=1)
-    time_limit = check_optional(check_real, o["time_limit"], name="time_limit", low=0, low_open=True)
     checkpoint = check_optional(check_output_path, o["checkpoint"], name="checkpoint")
     checkpoint_every = check_optional(check_int, o["checkpoint_every"], name="checkpoint_every", minimum=1)
     if checkpoint_every is not None and checkpoint is None:
         raise ValueError("checkpoint_every needs checkpoint= (the file to write)")
     if o["resume"] is not None and not os.path.isfile(os.fspath(o["resume"])):
         raise FileNotFoundError(f"resume: checkpoint {os.fspath(o['resume'])!r} does not exist")
-    etas = 0.5 ** np.arange(grid_size if line_search == "grid" else 1, dtype=np.float64)
+    etas = 0.5 ** np.arange(c["grid_size"] if line_search == "grid" else 1, dtype=np.float64)
+    solver = {k: c[k] for k in ("method", "rank", "rtol", "maxiter")}
     config = {
         "key": np.asarray(jax.random.key_data(key)).ravel().tolist(),
         "blocks": list(blocks.names),
         "weighting": _describe(weighting),
-        **{"method": method, "rank": rank, "rtol": rtol, "maxiter": maxiter, "damping": damping},
-        **{"min_damping": min_damping, "damping_rule": damping_rule, "line_search": line_search},
-        "grid_size": grid_size if line_search == "grid" else None,
-        "resample_every": resample_every if sample_batch is not None else None,
+        **solver,
+        **{k: c[k] for k in ("damping", "min_damping", "damping_rule", "line_search")},
+        "grid_size": c["grid_size"] if line_search == "grid" else None,
+        "resample_every": c["resample_every"] if sample_batch is not None else None,
     }
-    solver = {"method": method, "rank": rank, "rtol": rtol, "maxiter": maxiter}
     return _Run(
-        key, blocks, weighting, steps, solver, damping_rule, min_damping, etas, sample_batch, resample_every,
-        error_fn, log_every, time_limit, checkpoint, checkpoint_every, config,
+        key, blocks, weighting, c["steps"], solver, c["damping_rule"], c["min_damping"], etas, sample_batch,
+        c["resample_every"], error_fn, c["log_every"], c["time_limit"], checkpoint, checkpoint_every, config,
     )  # fmt: skip
 
 
@@ -460,6 +482,8 @@ def _iterate(run, state, clock):
         "resampled": resampled,
         "time": elapsed,
     }
+    if wstate is not None:
+        rec["weights"] = {n: float(wstate.weights[n]) for n in run.blocks.names}
     return _State(params, wstate, batch, mu, nu, t, count, state.history, elapsed), rec
 
 
@@ -543,3 +567,82 @@ def energy_natural_gradient(
         key, blocks, params, batch, steps=steps, damping=damping, grid_size=grid_size,
         damping_rule=damping_rule, line_search="grid", **options,
     )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- pa.train's second-order optimizers
+
+# what pinn_adapters.train sets itself: a SecondOrder's options cannot name these
+_SET_BY_TRAIN = (
+    "key", "blocks", "params", "batch", "steps", "weighting", "sample_batch", "error_fn", "log_every",
+    "checkpoint", "checkpoint_every", "resume",
+)  # fmt: skip
+_NAMES = {"lm": "lm", "levenberg_marquardt": "lm", "engd": "engd", "energy_natural_gradient": "engd"}
+_ENGD_DEFAULTS = {"damping": 1e-8, "grid_size": 31, "damping_rule": "fixed", "line_search": "grid"}
+
+
+class SecondOrder(NamedTuple):
+    """A second-order optimizer for :func:`pinn_adapters.train` (``optimizer=``): made by :func:`lm` or
+    :func:`engd`, or named (``optimizer="lm"`` / ``"engd"``, their defaults). ``name``: ``"lm"`` or
+    ``"engd"``; ``options``: the checked keyword options of :func:`levenberg_marquardt`.
+
+    With it, ``train(problem, optimizer=..., steps=N)`` runs ``N`` trial steps of
+    :func:`levenberg_marquardt` (accepted or not) on the problem's blocks, the weighting refreshed after
+    each accepted step, a new batch after every ``resample_every``-th accepted step (``resample=True``),
+    the problem's ``relative_l2`` logged every ``log_every`` steps, and ``checkpoint`` / ``resume`` as
+    files (the second-order checkpoint format, not a ``TrainState``)."""
+
+    name: str
+    options: dict
+
+    def run(self, key, blocks, params, batch, *, steps, **kw) -> LMResult:
+        """:func:`levenberg_marquardt` with these options (``kw``: the arguments ``train`` sets)."""
+        return levenberg_marquardt(key, blocks, params, batch, steps=steps, **self.options, **kw)
+
+
+def _second_order(name, defaults, options):
+    import inspect
+
+    params = inspect.signature(levenberg_marquardt).parameters
+    allowed = [p for p in params if p not in _SET_BY_TRAIN]
+    for k in options:
+        if k in _SET_BY_TRAIN:
+            raise TypeError(f"{name}: {k!r} is set by pinn_adapters.train, not by the optimizer")
+        if k not in params:
+            raise TypeError(f"{name}: unknown option {k!r}; expected one of {allowed}")
+    opts = {**defaults, **options}
+    full = {p: params[p].default for p in allowed}
+    _check_options({**full, **opts, "steps": 1, "log_every": 1})  # every value, before any work
+    return SecondOrder(_NAMES[name], opts)
+
+
+def lm(**options) -> SecondOrder:
+    """Levenberg-Marquardt for :func:`pinn_adapters.train`: ``options`` as in :func:`levenberg_marquardt`
+    (``damping``, ``method``, ``rank``, ``rtol``, ``maxiter``, ``min_damping``, ``damping_rule``,
+    ``line_search``, ``grid_size``, ``resample_every``, ``time_limit``), checked here.
+
+    >>> import pinn_adapters as pa
+    >>> opt = pa.second_order.lm(damping=1e-2, line_search="grid")
+    >>> opt.name, opt.options["damping"]
+    ('lm', 0.01)
+    """
+    return _second_order("lm", {}, options)
+
+
+def engd(**options) -> SecondOrder:
+    """Energy natural gradient (:func:`energy_natural_gradient`) for :func:`pinn_adapters.train`: its
+    defaults (``damping=1e-8``, fixed; the 31-point grid line search) updated by ``options``."""
+    if "line_search" in options:
+        raise TypeError("engd: always uses line_search='grid' (use lm otherwise)")
+    return _second_order("engd", _ENGD_DEFAULTS, options)
+
+
+def as_second_order(optimizer):
+    """``optimizer`` as a :class:`SecondOrder` (a name: ``"lm"``, ``"levenberg_marquardt"``, ``"engd"``,
+    ``"energy_natural_gradient"``), or ``None`` for anything else (an optax transformation)."""
+    if isinstance(optimizer, SecondOrder):
+        return optimizer
+    if isinstance(optimizer, str):
+        if optimizer not in _NAMES:
+            raise ValueError(f"optimizer: unknown second-order name {optimizer!r}; expected one of {sorted(_NAMES)}")
+        return engd() if _NAMES[optimizer] == "engd" else lm()
+    return None

@@ -22,7 +22,7 @@ from sketchtrace.validation import check_int, check_output_dir, check_real
 from ._checkpoint import write_text_atomic
 
 WEIGHTS = ("none", "gradnorm", "exact", "hutchinson", "pc")
-OPTIMIZERS = ("adam", "soap")
+OPTIMIZERS = ("adam", "soap", "lm", "engd")  # lm / engd: second order (pinn_adapters.second_order)
 
 
 @dataclasses.dataclass
@@ -163,8 +163,15 @@ def make_network(cfg: WaveConfig, d_in: int, d_out: int, **fourier_extra):
 
 
 def make_optimizer(cfg: WaveConfig):
-    """Adam or SOAP with ``learning_rate``, a linear warm-up over ``warmup_steps`` and step decay."""
+    """Adam or SOAP with ``learning_rate``, a linear warm-up over ``warmup_steps`` and step decay; or
+    a second-order optimizer (``"lm"``: Levenberg-Marquardt with the grid line search, ``"engd"``),
+    for which ``steps`` counts trial steps and the learning-rate fields are not used."""
     import optax
+
+    if cfg.optimizer in ("lm", "engd"):
+        from .. import second_order
+
+        return second_order.lm(line_search="grid") if cfg.optimizer == "lm" else second_order.engd()
 
     decay = optax.exponential_decay(
         cfg.learning_rate, transition_steps=cfg.decay_steps, decay_rate=cfg.decay_rate, staircase=True
@@ -414,6 +421,8 @@ def describe(cfg: WaveConfig) -> str:
         f"{cfg.steps} {'SOAP' if cfg.optimizer == 'soap' else 'Adam'} steps (lr {cfg.learning_rate:g} x "
         f"{cfg.decay_rate:g} every {cfg.decay_steps}{warm})"
     )
+    if cfg.optimizer in ("lm", "engd"):
+        opt = f"{cfg.steps} {'Levenberg-Marquardt' if cfg.optimizer == 'lm' else 'ENGD'} steps (grid line search)"
     return f"{cfg.problem}, {net}, {opt}, seed {cfg.seed}, batch {cfg.n_res} interior + {pts} points (redrawn)"
 
 

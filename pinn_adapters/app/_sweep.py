@@ -52,6 +52,29 @@ def default_schedules(gammas=GAMMAS, subsample=SUBSAMPLE) -> dict:
     return grid
 
 
+def second_order_schedules() -> dict:
+    """Second-order schedules (an ``"optimizer"`` entry replaces the base configuration's): run only
+    when named (``--schedules lm,lm+exact``); each of their steps is a Gauss-Newton solve."""
+    return {
+        "lm": {"estimator": "none", "optimizer": "lm"},
+        "lm+exact": {"estimator": "exact", "every": 1, "optimizer": "lm"},
+        "lm+pc": {"estimator": "pc", "every": 1, "gamma": 0.02, "subsample": None, "optimizer": "lm"},
+        "engd": {"estimator": "none", "optimizer": "engd"},
+    }
+
+
+def _trainer(prob, base: WaveConfig, kw: dict):
+    """The :class:`~pinn_adapters.app.Trainer` of one schedule (its ``optimizer`` entry, if any, replaces
+    the base configuration's)."""
+    from .._weighting import ntk_weighting
+    from ._train import Trainer
+
+    kw = dict(kw)
+    opt = kw.pop("optimizer", None)
+    cfg = base if opt is None else dataclasses.replace(base, optimizer=opt)
+    return Trainer(prob, weighting=ntk_weighting(prob.blocks, **kw), optimizer=make_optimizer(cfg))
+
+
 @dataclasses.dataclass
 class SweepConfig:
     """What a sweep runs: the problem's base configuration, schedules and seeds."""
@@ -79,10 +102,12 @@ def check_sweep(cfg: SweepConfig) -> Path:
 
 
 def select_schedules(names, grid=None) -> dict:
-    """The named schedules of ``grid`` (all of them for ``names=None``); unknown names are refused."""
+    """The named schedules of ``grid`` (all of them for ``names=None``) or of
+    :func:`second_order_schedules`; unknown names are refused."""
     grid = default_schedules() if grid is None else grid
     if names is None:
         return dict(grid)
+    grid = {**second_order_schedules(), **grid}
     unknown = [n for n in names if n not in grid]
     if unknown:
         raise ValueError(f"unknown schedule(s) {unknown}; known: {list(grid)}")
@@ -145,18 +170,11 @@ def _one_run(trainer, base: WaveConfig, seed: int) -> dict:
 
 def run_sweep(cfg: SweepConfig, *, progress=True, cost_repeats=0) -> dict:
     """Run (or resume) the grid; write ``runs/*.json``, ``sweep.json``, ``sweep.md`` and ``pareto.png``."""
-    from .._weighting import ntk_weighting
-    from ._train import Trainer
-
     out = check_sweep(cfg)
     base = dataclasses.asdict(cfg.base)
     prob = make_problem(cfg.base)
-    optimizer = make_optimizer(cfg.base)
     # every schedule's configuration is checked here, before any training; one trainer per schedule
-    trainers = {
-        name: Trainer(prob, weighting=ntk_weighting(prob.blocks, **kw), optimizer=optimizer)
-        for name, kw in cfg.schedules.items()
-    }
+    trainers = {name: _trainer(prob, cfg.base, kw) for name, kw in cfg.schedules.items()}
     todo = [(n, s) for n in cfg.schedules for s in range(cfg.seeds)]
     bar = None
     if progress:
@@ -208,15 +226,15 @@ def step_costs(cfg: SweepConfig, *, repeats=5, chunk=100) -> dict:
     """
     import jax
 
-    from .._weighting import ntk_weighting
-    from ._train import Trainer
-
     prob = make_problem(cfg.base)
-    optimizer = make_optimizer(cfg.base)
     batch0 = prob.sample_batch(jax.random.key(0))
     runs = {}
     for name, kw in cfg.schedules.items():
-        trainer = Trainer(prob, weighting=ntk_weighting(prob.blocks, **kw), optimizer=optimizer)
+        trainer = _trainer(prob, cfg.base, kw)
+        if trainer.second_order is not None:  # whole trial steps through Trainer.train (2 per round)
+            trainer.train(steps=1, progress=False)
+            runs[name] = [None, trainer]
+            continue
         step_fn, _ = trainer._step_fns()
         state = trainer.initial_state(0, batch0=batch0)
         runs[name] = [
@@ -226,6 +244,11 @@ def step_costs(cfg: SweepConfig, *, repeats=5, chunk=100) -> dict:
     times = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
+            if run[0] is None:
+                t0 = time.perf_counter()
+                run[1].train(steps=2, progress=False)
+                times[name].append((time.perf_counter() - t0) / 2)
+                continue
             t0 = time.perf_counter()
             state = run[1]
             for _ in range(chunk):

@@ -481,8 +481,11 @@ class Trainer:
     def __init__(self, problem, *, weighting=None, optimizer=None, resample=True, reuse_residuals=True):
         import optax
 
+        from ..second_order import as_second_order
+
         self.problem = problem
         self.weighting = _make_weighting(weighting, problem.blocks)
+        self.second_order = as_second_order(optimizer)  # None: an optax transformation
         if optimizer is None:
             optimizer = problem.default_optimizer() if hasattr(problem, "default_optimizer") else optax.adam(1e-3)
         self.optimizer = optimizer
@@ -492,6 +495,8 @@ class Trainer:
         self._step = None
 
     def _step_fns(self):
+        if self.second_order is not None:
+            raise TypeError("a second-order Trainer has no first-order step functions (use Trainer.train)")
         if self._step is None:  # built on first use: a Trainer that only validates compiles nothing
             self._step = _build(self.problem, self.weighting, self.optimizer, self.resample, self.reuse_residuals)
         return self._step
@@ -523,6 +528,13 @@ class Trainer:
         checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1, optional=True)
         if checkpoint is not None:
             ckpt.check_writable(checkpoint)
+        if self.second_order is not None:
+            from ._second import train_second_order
+
+            return TrainResult(*train_second_order(
+                self, self.second_order, keys=HISTORY_KEYS, steps=steps, seed=seed, log_every=log_every,
+                params=params, resume=resume, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+            ))  # fmt: skip
         problem, w, resample = self.problem, self.weighting, self.resample
         base = jax.random.key(seed)
         batch0 = problem.sample_batch(jax.random.fold_in(base, 0))
@@ -605,8 +617,15 @@ def train(
     steps : int
         Total number of optimizer steps (when resuming: the total, counting the
         steps already done).
-    optimizer : optax.GradientTransformation, optional
-        Default: ``problem.default_optimizer()`` (Adam with step decay).
+    optimizer : optax.GradientTransformation or pinn_adapters.second_order.SecondOrder or str, optional
+        Default: ``problem.default_optimizer()`` (Adam with step decay). A second-order
+        optimizer (:func:`pinn_adapters.second_order.lm` / :func:`~pinn_adapters.second_order.engd`,
+        or the names ``"lm"`` / ``"engd"``) runs ``steps`` trial steps of
+        :func:`~pinn_adapters.second_order.levenberg_marquardt` instead (see
+        :class:`~pinn_adapters.second_order.SecondOrder`): ``resume`` and ``checkpoint`` are then
+        second-order checkpoint files, ``result.state`` is its ``LMResult``, the history adds
+        ``damping``, ``accepted``, ``cg_iterations`` and ``step_size`` (the first-order diagnostics
+        are ``None``), ``track_weight_error`` and ``progress`` are ignored.
     seed : int
         Seeds the initial parameters, the batches and the probes (step ``t`` uses
         ``fold_in(key, t)``, so a resumed run draws the same randomness).
