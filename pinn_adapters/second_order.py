@@ -40,6 +40,7 @@ that change between steps, which is what this module adds. The tests check this 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -164,80 +165,58 @@ def _with_model(r, out):
     return d, its, rel, jnp.vdot(r, Jd), jnp.vdot(Jd, Jd)
 
 
-_COMPILED: dict = {}
+# The compiled programs: module-level ``jax.jit`` functions with the blocks and the solver configuration
+# static (JAX's own compilation cache, keyed on them and on the argument shapes; no cache of ours).
+# The parameters are passed as a pytree and raveled inside, so no per-call closure defeats the cache.
 
 
-def _cached(blocks, config, build, params=()):
-    """One ``jax.jit`` program per (blocks, configuration, parameter structure); ``build()`` makes the function.
-
-    The program closes over ``blocks``, which keeps it alive while cached (so its ``id`` is not reused)."""
-    leaves, treedef = jax.tree.flatten(params)
-    ck = (id(blocks), config, treedef, tuple((x.shape, x.dtype) for x in leaves))
-    fn = _COMPILED.get(ck)
-    if fn is None:
-        fn = _COMPILED[ck] = jax.jit(build())
-        if len(_COMPILED) > 64:
-            _COMPILED.pop(next(iter(_COMPILED)))
-    return fn
+@functools.partial(jax.jit, static_argnames=("blocks",))
+def _scale_program(blocks, res, weights):
+    r = _scale(blocks, weights, res)
+    return r, jnp.sum(r * r), jnp.sum(~jnp.isfinite(r))
 
 
 def _scaled_residuals(blocks, params, batch, weights):
     """``(r_w, ||r_w||^2, number of non-finite entries)``: the blocks' own compiled residuals (shared with
     every other user of ``blocks``) and a small compiled program that scales them."""
+    return _scale_program(blocks, blocks.residuals(params, batch), weights)
 
-    def build():
-        def run(res, weights):
-            r = _scale(blocks, weights, res)
-            return r, jnp.sum(r * r), jnp.sum(~jnp.isfinite(r))
 
-        return run
+@functools.partial(jax.jit, static_argnames=("blocks",))
+def _trials_program(blocks, params, d, batch, weights, etas):
+    flat, unravel = ravel_pytree(params)
+    f = scaled_residual_fn(blocks, batch, weights)
 
-    program = _cached(blocks, ("scaled",), build)
-    return program(blocks.residuals(params, batch), weights)
+    def loss(eta):
+        r = f(unravel(flat + eta * d))
+        value = jnp.sum(r * r)
+        return jnp.where(jnp.isfinite(value), value, jnp.inf)
+
+    return jax.vmap(loss)(etas)
 
 
 def _trial_losses(blocks, params, unravel, flat, d, batch, weights, etas):
     """``L(flat + eta d)`` for every ``eta`` (``inf`` where not finite): for one ``eta = 1`` the compiled
-    residuals at ``flat + d``; for a grid one compiled, vmapped program (cached per configuration)."""
+    residuals at ``flat + d``; for a grid one compiled, vmapped program (compiled once per configuration)."""
     if etas.shape == (1,) and float(etas[0]) == 1.0:
         _, loss, bad = _scaled_residuals(blocks, unravel(flat + d), batch, weights)
         return np.array([np.inf if int(bad) or not np.isfinite(float(loss)) else float(loss)])
-
-    def build():
-        def run(flat, d, batch, weights, etas):
-            f = scaled_residual_fn(blocks, batch, weights)
-
-            def loss(eta):
-                r = f(unravel(flat + eta * d))
-                value = jnp.sum(r * r)
-                return jnp.where(jnp.isfinite(value), value, jnp.inf)
-
-            return jax.vmap(loss)(etas)
-
-        return run
-
-    program = _cached(blocks, ("trials",), build, params)
-    return np.asarray(program(flat, d, batch, weights, jnp.asarray(etas, flat.dtype)))
+    return np.asarray(_trials_program(blocks, params, d, batch, weights, jnp.asarray(etas, flat.dtype)))
 
 
-def _step_program(blocks, method, space, rank, rtol, maxiter, params, unravel):
-    """``(key, flat, batch, weights, damping) -> (d, its, rel, r.Jd, ||Jd||^2)``, compiled."""
+@functools.partial(jax.jit, static_argnames=("blocks", "method", "space", "rank", "rtol", "maxiter"))
+def _step_program(blocks, method, space, rank, rtol, maxiter, key, params, batch, weights, damping):
+    """``-> (d, its, rel, r.Jd, ||Jd||^2)`` of one step at ``params`` (flat ``d``), compiled."""
+    flat, unravel = ravel_pytree(params)
+    f = scaled_residual_fn(blocks, batch, weights)
 
-    def build():
-        def run(key, flat, batch, weights, damping):
-            f = scaled_residual_fn(blocks, batch, weights)
+    def f_flat(v):
+        return f(unravel(v))
 
-            def f_flat(v):
-                return f(unravel(v))
-
-            r = f_flat(flat)
-            if method == "dense":
-                return _with_model(r, _dense_step(f_flat, flat, r, damping, space))
-            return _with_model(r, _matrix_free_step(key, f_flat, flat, r, damping, space, rank, rtol, maxiter))
-
-        return run
-
-    return _cached(blocks, ("step", method, space, rank, rtol, maxiter), build, params)
+    r = f_flat(flat)
+    if method == "dense":
+        return _with_model(r, _dense_step(f_flat, flat, r, damping, space))
+    return _with_model(r, _matrix_free_step(key, f_flat, flat, r, damping, space, rank, rtol, maxiter))
 
 
 def gauss_newton_step(
@@ -282,8 +261,7 @@ def gauss_newton_step(
         out = _with_model(r, _matrix_free_step(key, f_flat, flat, r, damping, space, rank, rtol, maxiter))
     else:
         dim = n if space == "samples" else p
-        step = _step_program(blocks, method, space, min(rank, dim), rtol, maxiter, params, unravel)
-        out = step(key, flat, batch, weights, mu)
+        out = _step_program(blocks, method, space, min(rank, dim), rtol, maxiter, key, params, batch, weights, mu)
     d, its, rel, rjd, jd2 = out
     info = StepInfo("dense" if method == "dense" else space, its, rel, -2.0 * rjd - jd2, loss, rjd, jd2)
     return unravel(d), info
