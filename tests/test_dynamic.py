@@ -463,7 +463,8 @@ def test_quad_form_only_operator(key):
     with pytest.raises(ValueError, match="matmat"):  # refused before any work
         st.xtrace(key, QuadOnly(seq(0)), num_matvecs=8)
     assert (
-        st.trace(key, QuadOnly(seq(0)), rtol=0.5, first_matvecs=4, max_matvecs=12).num_matvecs <= 12
+        st.trace(key, QuadOnly(seq(0)), stop=st.StoppingRule(rtol=0.5, max_matvecs=12, first_matvecs=4)).num_matvecs
+        <= 12
     )  # auto: hutchinson
 
 

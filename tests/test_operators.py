@@ -293,8 +293,8 @@ def test_declared_structure():
     # estimators read the declaration: auto picks XNysTrace for a declared-PSD operator ...
     key = jax.random.key(1)
     with pytest.warns(RuntimeWarning, match="tolerance not met"):
-        auto = st.trace(key, op, rtol=1e-9, max_matvecs=4, first_matvecs=4)
-        nys = st.trace(key, op, rtol=1e-9, max_matvecs=4, first_matvecs=4, method="xnystrace")
+        auto = st.trace(key, op, stop=st.StoppingRule(rtol=1e-9, max_matvecs=4, first_matvecs=4))
+        nys = st.trace(key, op, stop=st.StoppingRule(rtol=1e-9, max_matvecs=4, first_matvecs=4), method="xnystrace")
     assert float(auto.value) == float(nys.value)
     # ... and XNysTrace refuses an operator declared not PSD
     with pytest.raises(ValueError, match="psd=False"):

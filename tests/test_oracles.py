@@ -285,7 +285,7 @@ def _stops(value, sem, k, *, rtol, sem_factor, confidence=0.95):
 def test_adaptive_x_family(backend, method):
     """Doubling rounds of fresh test vectors (a split key per round) until the interval meets rtol."""
     A, d, rtol, first, cap = _matrix(n=60), Draw(backend), 1e-3, 8, 56
-    est = st.trace(d.key(), A, rtol=rtol, max_matvecs=cap, method=method, first_matvecs=first)
+    est = st.trace(d.key(), A, method=method, stop=st.StoppingRule(rtol=rtol, max_matvecs=cap, first_matvecs=first))
     per = 2 if method == "xtrace" else 1
     fn = xtrace_samples if method == "xtrace" else xnystrace_samples
     bk, key, cols, k = backend_named(backend), d.key(), [], 0
@@ -310,7 +310,8 @@ def test_adaptive_hutchinson(backend, rtol):
     """Batches sized from the standard error: ``ceil(1.2 k (half/tol)^2)`` rounded up to ``first * 2^j``."""
     A, d, first, cap = _matrix(n=200), Draw(backend), 8, 150
     A = A + 0.2 * np.eye(200)
-    est = st.trace(d.key(), A, rtol=rtol, max_matvecs=cap, method="hutchinson", first_matvecs=first)
+    stop = st.StoppingRule(rtol=rtol, max_matvecs=cap, first_matvecs=first)
+    est = st.trace(d.key(), A, method="hutchinson", stop=stop)
     bk, key, q, k = backend_named(backend), d.key(), [], 0
     k_next = first
     while True:

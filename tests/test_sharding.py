@@ -126,7 +126,9 @@ def worker():  # pragma: no cover - runs in the subprocess
         cmp("xtrace", lambda ms: st.xtrace(key, A, num_matvecs=10, mesh=ms))
         cmp("xnystrace", lambda ms: st.xnystrace(key, A, num_matvecs=10, mesh=ms))
     cmp(
-        "trace adaptive", lambda ms: st.trace(key, A, rtol=0.5, max_matvecs=20, method="hutchinson", mesh=ms), jit=False
+        "trace adaptive",
+        lambda ms: st.trace(key, A, rtol=0.5, max_matvecs=20, method="hutchinson", options=st.SketchOptions(mesh=ms)),
+        jit=False,
     )
     agree["2-D mesh"] = _maxrel(
         st.block_traces(key, op, num_matvecs=7, mesh=mesh2d), st.block_traces(key, op, num_matvecs=7)
