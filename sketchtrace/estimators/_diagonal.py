@@ -5,7 +5,7 @@ from __future__ import annotations
 from .._estimate import Estimate
 from ..validation import check_choice
 from ._common import check_minimum, setup, sketch_options, summarize, use_exact
-from ._xtrace import xdiag_samples, xsketch
+from ._xtrace import XSketch, xdiag_samples, xsketch
 
 
 def xdiag_adjoint(bk, op, method_name="diagonal(method='xdiag')"):
@@ -36,7 +36,7 @@ def _xdiag_state(bk, op, adj, Om, chunk_size):
     Q, R = bk.xp.linalg.qr(Y)
     Zt = bk.matmat(adj, Q.T, chunk_size).T
     bk.check_finite("op", Zt)
-    return {"Om": Om.T, "Y": Y, "Q": Q, "R": R, "Z": Zt}
+    return XSketch(Om.T, Y, Q, R, Zt)
 
 
 def _exact_diagonal(bk, op, n, chunk_size):

@@ -230,14 +230,14 @@ def nystrom(
 
 def _finish(bk, op, sk, k_err, shift, power_iterations, check_psd, chunk_size):
     if check_psd:
-        _check_psd_sketch(bk, sk["Om"], sk["Y"], "nystrom")
+        _check_psd_sketch(bk, sk.Om, sk.Y, "nystrom")
     U, lam, nu = _factor(bk, op, sk, shift)
     bk.check_finite("op", lam)
     if power_iterations:
         err = _power_error(bk, op, k_err, U, lam, power_iterations, chunk_size)
     else:
         err = bk.xp.full((), float("nan"), U.dtype)
-    return Nystrom(U, lam, err, nu, sk["Om"].shape[1] + power_iterations)
+    return Nystrom(U, lam, err, nu, sk.Om.shape[1] + power_iterations)
 
 
 def nystrom_preconditioner(approx: Nystrom, damping):
@@ -329,7 +329,7 @@ def _auto_rank(bk, op, key, n, damping, condition, max_rank, sampler, power_iter
     keys = bk.split(key, 64)
     sk = None
     for i in range(32):
-        grow = r - (0 if sk is None else sk["Om"].shape[1])
+        grow = r - (0 if sk is None else sk.Om.shape[1])
         sk = _sketch(bk, op, keys[2 * i], grow, n, bk.probe_dtype(op), sampler, chunk_size, sk)
         approx = _finish(bk, op, sk, keys[2 * i + 1], None, power_iterations, True, chunk_size)
         if not bk.is_concrete(approx.eigenvalues):
