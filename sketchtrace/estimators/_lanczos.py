@@ -110,6 +110,7 @@ class Rules(NamedTuple):
     s: Any
     half: Any
     quarter: Any
+    peak: Any = None  # per probe, the largest f at a Ritz value (a lower bound of max f on the spectrum)
 
     def __getitem__(self, idx):
         if isinstance(idx, int):
@@ -150,7 +151,9 @@ def slq_forward(bk, spec, num_steps, reorthogonalize):
             matmat, Z, num_steps, reorthogonalize=reorthogonalize, keep_basis=adjoint
         )
         values, (theta, vecs, first) = gauss_rule(xp, spec, bk, alpha, beta, norms)
-        rules = Rules(values, half_rule(bk, spec, alpha, beta, norms), half_rule(bk, spec, alpha, beta, norms, 4))
+        peak = xp.max(apply_f(bk, spec, theta), axis=1)
+        half, quarter = half_rule(bk, spec, alpha, beta, norms), half_rule(bk, spec, alpha, beta, norms, 4)
+        rules = Rules(values, half, quarter, peak)
         if not adjoint:
             return rules, None
         coef = xp.einsum("kij,kj->ki", vecs, first * f_prime(xp, f, fprime, theta))

@@ -31,10 +31,17 @@ AUTO_FRACTION = 0.5
 
 
 class QuadratureWarning(UserWarning):
-    """A matrix-function estimate whose Lanczos quadrature error may exceed its standard error.
+    """A matrix-function estimate whose error may exceed what its standard error says.
 
-    ``sem`` measures the probe-to-probe spread only; the quadrature bias comes on top. Raise
-    ``lanczos_steps`` (or pass ``lanczos_steps="auto"``), and read ``Estimate.quadrature_error``.
+    Two cases. The Lanczos quadrature error may exceed the sem (``sem`` measures the
+    probe-to-probe spread only; the quadrature bias comes on top): raise ``lanczos_steps``
+    (or pass ``lanczos_steps="auto"``) and read ``Estimate.quadrature_error``. Or, for a
+    nonnegative monotone ``f`` (``"inv"``, ``"sqrt"``, ``"exp"``), the Ritz values prove the
+    interval too low: ``tr f(A) >= f(theta)`` for every Ritz value ``theta`` (it lies in the
+    spectrum), and ``value + 3 sem`` is below the largest such ``f(theta)``. That happens when
+    one eigenvalue carries most of the trace and the few probes missed its eigenvector (their
+    quadratic forms are then chi-square-like, and the sample sem is unreliable): spend the
+    budget on more probes.
     """
 
 
@@ -131,6 +138,32 @@ def warn_quadrature(bk, est, steps, fname, rules=None, n=None):
     )
     warnings.warn(
         QuadratureWarning(f"f={fname!r}: {what}; raise lanczos_steps or use lanczos_steps='auto'"), stacklevel=4
+    )
+
+
+#: nonnegative, monotone on their domain: tr f(A) >= f(theta) for any Ritz value theta
+RITZ_BOUNDED = ("inv", "sqrt", "exp")
+
+
+def warn_ritz_bound(bk, est, rules, fname):
+    """``QuadratureWarning`` when ``value + 3 sem`` is below ``max f(theta)`` over the Ritz values, a
+    lower bound of ``tr f(A)`` for a nonnegative monotone ``f`` (concrete values only)."""
+    if fname not in RITZ_BOUNDED or getattr(rules, "peak", None) is None:
+        return
+    if not (bk.is_concrete(rules.peak) and bk.is_concrete(est.value) and bk.is_concrete(est.sem)):
+        return
+    bound = 0.95 * float(bk.xp.max(rules.peak))  # 5 % for Ritz values rounded just outside the spectrum
+    value, sem = float(est.value), float(est.sem)
+    if value + 3.0 * sem >= bound:
+        return
+    warnings.warn(
+        QuadratureWarning(
+            f"f={fname!r}: the estimate {value:.4g} +- {sem:.3g} is below {bound:.4g}, a lower bound of the trace "
+            "(f at a Ritz value, which lies in the spectrum): one eigenvalue carries most of the trace and the "
+            "probes under-sampled its eigenvector, so the sem is not reliable; use more probes (fewer "
+            "lanczos_steps per probe) or deflate that eigenvalue"
+        ),
+        stacklevel=4,
     )
 
 
@@ -357,6 +390,7 @@ def trace_function(
         )
     else:
         warn_quadrature(bk, est, steps, spec[0], rules, n)
+    warn_ritz_bound(bk, est, rules, spec[0])
     return est
 
 
