@@ -16,12 +16,13 @@ import sketchtrace as st
 SEEDS = 200
 
 
-def _coverage(op, truth, rtol, method, max_matvecs, seeds=SEEDS, **kw):
+def _coverage(op, truth, rtol, method, max_matvecs, seeds=SEEDS, sem_factor=None):
     hits, spent = 0, []
+    stop = st.StoppingRule(rtol=rtol, max_matvecs=max_matvecs, sem_factor=sem_factor)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a run that gives up would invalidate the test
         for s in range(seeds):
-            e = st.trace(jax.random.key(s), op, rtol=rtol, max_matvecs=max_matvecs, method=method, **kw)
+            e = st.trace(jax.random.key(s), op, method=method, stop=stop)
             hits += abs(float(e.value) - truth) <= rtol * abs(truth)
             spent.append(int(e.num_matvecs))
     return hits / seeds, np.array(spent)
