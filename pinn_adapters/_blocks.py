@@ -10,7 +10,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 import sketchtrace as st
-from sketchtrace.validation import check_choice, is_concrete
+from sketchtrace.validation import check_choice, check_int, is_concrete
 
 REDUCTIONS = ("mean", "sum")
 
@@ -147,6 +147,7 @@ class ResidualBlocks:
         # the blocks' compiled functions, made here and held by this object (jax.jit compiles on first call)
         self._residuals_jit = jax.jit(self._residuals)
         self._norms_jit = jax.jit(self._point_grad_sq_norms, static_argnames=("chunk_size", "modes"))
+        self._jacobian_jit = jax.jit(self._jacobian_matrix, static_argnames=("chunk_size", "modes"))
 
     # ------------------------------------------------------------------ basics
     @property
@@ -269,11 +270,12 @@ class ResidualBlocks:
         return self._norms_jit(params, batch, chunk_size=chunk_size, modes=modes)
 
     # ------------------------------------------------------------------ pointwise detection
-    def pointwise_modes(self, params, batch) -> tuple[bool, ...]:
+    def pointwise_modes(self, params, batch, *, strict=True) -> tuple[bool, ...]:
         """Per block (in ``names`` order): use per-point gradients for exact traces?
 
         Runs :meth:`check_pointwise` once per block at the first call with concrete
         values; a block declared ``pointwise=True`` that fails it raises a ValueError.
+        ``strict=False``: such a block gets ``False`` (the whole-block path) instead of the error.
         """
         batch = self.coerce_batch(batch)
         if self.pointwise is False:
@@ -282,7 +284,12 @@ class ResidualBlocks:
         for name in self.names:
             found = self._pointwise_found.get(name)
             if found is None and _all_concrete((params, batch[name])):
-                found = self.check_pointwise(params, batch, names=(name,))[name]
+                if strict:
+                    found = self.check_pointwise(params, batch, names=(name,))[name]
+                else:
+                    found = self._pointwise_evidence(name, params, batch[name])[0]
+                    if found:
+                        self._pointwise_found[name] = True
             out.append(bool(found) if found is not None else self.pointwise is True)
         return tuple(out)
 
@@ -323,6 +330,51 @@ class ResidualBlocks:
         return _pointwise_evidence(lambda p, x: self.block_residuals(name, p, x), params, points)
 
     # ------------------------------------------------------------------ exact traces
+    def jacobian_matrix(self, params, batch, *, chunk_size=256):
+        """The residual Jacobian as dense arrays: dict name -> ``(rows_b, p)``, columns in the order of
+        ``jax.flatten_util.ravel_pytree(params)``, rows in the order of :meth:`residuals`.
+
+        Formed as the exact traces are (see ``pointwise``): pointwise blocks by per-point reverse-mode
+        gradients ``chunk_size`` points at a time, so the cost is about ``rows`` gradients of *one*
+        point's residual, not ``p`` JVPs through the whole batch (``jax.jacfwd``: a factor of about
+        ``p / 4`` more work for a PINN residual); :class:`MixedBlock` blocks by their per-point
+        feature Jacobian pushed through the mix; other blocks (and blocks declared pointwise that fail
+        :meth:`check_pointwise`: here that is no error) by ``jax.jacfwd``. For the dense
+        Gauss-Newton steps of :mod:`pinn_adapters.second_order` and for checks; it holds ``n x p``
+        numbers, so it is for small networks.
+        """
+        batch = self.coerce_batch(batch)
+        self._check_batch(batch)
+        batch = {n: batch[n] for n in self.names}
+        modes = self.pointwise_modes(params, batch, strict=False)
+        return self._jacobian_jit(params, batch, chunk_size=check_int(chunk_size, name="chunk_size", minimum=1),
+                                  modes=modes)  # fmt: skip
+
+    def _jacobian_matrix(self, params, batch, *, chunk_size, modes):
+        """:meth:`jacobian_matrix` for known ``modes`` (traceable: the dense Gauss-Newton step calls it)."""
+        flat, unravel = ravel_pytree(params)
+        out = {}
+        for name, pointwise in zip(self.names, modes):
+            pts, blk = batch[name], self.fns[name]
+            if pointwise:
+                feats = blk.features if isinstance(blk, MixedBlock) else (lambda p, x, n=name: self.block_residuals(n, p, x))
+
+                def one(pt, feats=feats):
+                    single = jax.tree.map(lambda a: a[None], pt)
+                    return jax.jacrev(lambda v: jnp.reshape(feats(unravel(v), single), (-1,)))(flat)  # (k, p)
+
+                A = _map_points(one, pts, num_points(pts), chunk_size)  # (n, k, p)
+                if not isinstance(blk, MixedBlock):
+                    out[name] = A.reshape(-1, flat.shape[0])
+                    continue
+                u = blk.features(params, pts)
+                _, lin = jax.linearize(lambda w: jnp.reshape(blk.mix(w, pts), (-1,)), u)
+                cols = jnp.moveaxis(A, -1, 0).reshape((flat.shape[0],) + u.shape)  # p tangents of u
+                out[name] = jax.lax.map(lin, cols).T
+            else:
+                out[name] = jax.jacfwd(lambda v, n=name: self.block_residuals(n, unravel(v), pts))(flat)
+        return out
+
     def _point_grad_sq_norms(self, params, batch, *, chunk_size, modes):
         out = {}
         for name, pointwise in zip(self.names, modes):

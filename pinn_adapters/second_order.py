@@ -134,8 +134,8 @@ def scaled_residual_fn(blocks, batch, weights):
     return f
 
 
-def _dense_step(f_flat, x, r, damping, space):
-    J = jax.jacfwd(f_flat)(x)  # (n, p), the reference path
+def _dense_step(J, r, damping, space):
+    """The exact damped Gauss-Newton step for the formed ``J`` (``n x p``), by Cholesky in ``space``."""
     n, p = J.shape
     if space == "params":
         A = J.T @ J + damping * jnp.eye(p, dtype=J.dtype)
@@ -204,9 +204,10 @@ def _trial_losses(blocks, params, unravel, flat, d, batch, weights, etas):
     return np.asarray(_trials_program(blocks, params, d, batch, weights, jnp.asarray(etas, flat.dtype)))
 
 
-@functools.partial(jax.jit, static_argnames=("blocks", "method", "space", "rank", "rtol", "maxiter"))
-def _step_program(blocks, method, space, rank, rtol, maxiter, key, params, batch, weights, damping):
-    """``-> (d, its, rel, r.Jd, ||Jd||^2)`` of one step at ``params`` (flat ``d``), compiled."""
+@functools.partial(jax.jit, static_argnames=("blocks", "method", "space", "rank", "rtol", "maxiter", "modes"))
+def _step_program(blocks, method, space, rank, rtol, maxiter, modes, key, params, batch, weights, damping):
+    """``-> (d, its, rel, r.Jd, ||Jd||^2)`` of one step at ``params`` (flat ``d``), compiled. ``modes``: the
+    blocks' pointwise modes (the dense ``J`` is formed by per-point gradients where they hold)."""
     flat, unravel = ravel_pytree(params)
     f = scaled_residual_fn(blocks, batch, weights)
 
@@ -215,7 +216,8 @@ def _step_program(blocks, method, space, rank, rtol, maxiter, key, params, batch
 
     r = f_flat(flat)
     if method == "dense":
-        return _with_model(r, _dense_step(f_flat, flat, r, damping, space))
+        J = _scale(blocks, weights, blocks._jacobian_matrix(params, batch, chunk_size=256, modes=modes))
+        return _with_model(r, _dense_step(J, r, damping, space))
     return _with_model(r, _matrix_free_step(key, f_flat, flat, r, damping, space, rank, rtol, maxiter))
 
 
@@ -261,7 +263,10 @@ def gauss_newton_step(
         out = _with_model(r, _matrix_free_step(key, f_flat, flat, r, damping, space, rank, rtol, maxiter))
     else:
         dim = n if space == "samples" else p
-        out = _step_program(blocks, method, space, min(rank, dim), rtol, maxiter, key, params, batch, weights, mu)
+        modes = blocks.pointwise_modes(params, batch, strict=False) if method == "dense" else None
+        out = _step_program(
+            blocks, method, space, min(rank, dim), rtol, maxiter, modes, key, params, batch, weights, mu
+        )
     d, its, rel, rjd, jd2 = out
     info = StepInfo("dense" if method == "dense" else space, its, rel, -2.0 * rjd - jd2, loss, rjd, jd2)
     return unravel(d), info

@@ -287,6 +287,28 @@ def test_mixed_block_exact_traces_and_feature_check():
         pa.MixedBlock(features, None)
 
 
+def test_jacobian_matrix_equals_jacfwd_for_every_block_kind():
+    """``ResidualBlocks.jacobian_matrix`` (per-point gradients, MixedBlock features through the mix, the
+    whole-block fallback) equals ``jax.jacfwd`` of the residuals, and never refuses a wrong declaration."""
+    from jax.flatten_util import ravel_pytree
+
+    params, pts, features, mix, _ = _stencil_problem()
+    flat, unravel = ravel_pytree(params)
+    fns = {
+        "point": lambda p, x: jax.vmap(lambda y: net(p, y))(x),  # two rows per point
+        "mixed": pa.MixedBlock(features, mix),
+        "sum": lambda p, x: features(p, x).sum()[None],  # declared pointwise (the default) but not
+    }
+    blocks = pa.ResidualBlocks(fns)
+    batch = {k: pts for k in fns}
+    J = blocks.jacobian_matrix(params, batch, chunk_size=5)
+    ref = jax.jacfwd(lambda v: blocks.residuals(unravel(v), batch))(flat)
+    for k in fns:
+        assert J[k].shape == ref[k].shape
+        np.testing.assert_allclose(np.asarray(J[k]), np.asarray(ref[k]), rtol=1e-10, atol=1e-12)
+    assert blocks.pointwise_modes(params, batch, strict=False) == (True, True, False)  # mixed, point, sum
+
+
 @pytest.mark.parametrize("kind", ["stencil", "sum"])
 def test_wrong_pointwise_declaration_refused(kind):
     params, pts, features, mix, truth = _stencil_problem()
