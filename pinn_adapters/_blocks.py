@@ -357,7 +357,11 @@ class ResidualBlocks:
         for name, pointwise in zip(self.names, modes):
             pts, blk = batch[name], self.fns[name]
             if pointwise:
-                feats = blk.features if isinstance(blk, MixedBlock) else (lambda p, x, n=name: self.block_residuals(n, p, x))
+                feats = (
+                    blk.features
+                    if isinstance(blk, MixedBlock)
+                    else (lambda p, x, n=name: self.block_residuals(n, p, x))
+                )
 
                 def one(pt, feats=feats):
                     single = jax.tree.map(lambda a: a[None], pt)

@@ -297,6 +297,7 @@ class _Run(NamedTuple):
     checkpoint: Any
     checkpoint_every: Any
     config: dict
+    callback: Any
 
 
 class _State(NamedTuple):
@@ -374,6 +375,7 @@ def _lm_run(key, blocks, weighting, o):
     return _Run(
         key, blocks, weighting, c["steps"], solver, c["damping_rule"], c["min_damping"], etas, sample_batch,
         c["resample_every"], error_fn, c["log_every"], c["time_limit"], checkpoint, checkpoint_every, config,
+        check_optional(check_callable, o["callback"], name="callback"),
     )  # fmt: skip
 
 
@@ -495,6 +497,7 @@ def levenberg_marquardt(
     checkpoint=None,
     checkpoint_every=None,
     resume=None,
+    callback=None,
 ):
     """Levenberg-Marquardt on the weighted residuals with gain-ratio damping (Gauss-Newton steps).
 
@@ -510,8 +513,9 @@ def levenberg_marquardt(
     (e.g. ``problem.relative_l2``) is logged every ``log_every`` steps; ``time_limit`` (seconds,
     this call) stops early. ``checkpoint``: a file written atomically (``.npz`` arrays plus JSON, no
     pickle) every ``checkpoint_every`` steps and at the end; ``resume``: such a file, continued
-    bit-identically to an uninterrupted run (same key and options, checked). Every argument is
-    checked before any work. Returns :class:`LMResult`.
+    bit-identically to an uninterrupted run (same key and options, checked). ``callback(record)``:
+    called after every trial step with its history record (e.g. to drive a progress bar; its return
+    value is ignored). Every argument is checked before any work. Returns :class:`LMResult`.
     """
     options = dict(locals())
     run = _lm_run(key, blocks, weighting, options)
@@ -524,6 +528,8 @@ def levenberg_marquardt(
         if run.error_fn is not None and (t % run.log_every == 0 or t == run.steps or out_of_time):
             rec["relative_l2"] = float(run.error_fn(state.params))
         state.history.append(rec)
+        if run.callback is not None:
+            run.callback(rec)
         every = run.checkpoint_every
         if run.checkpoint is not None and (t == run.steps or out_of_time or (every and t % every == 0)):
             _save(run, state)
@@ -557,7 +563,7 @@ def energy_natural_gradient(
 # what pinn_adapters.train sets itself: a SecondOrder's options cannot name these
 _SET_BY_TRAIN = (
     "key", "blocks", "params", "batch", "steps", "weighting", "sample_batch", "error_fn", "log_every",
-    "checkpoint", "checkpoint_every", "resume",
+    "checkpoint", "checkpoint_every", "resume", "callback",
 )  # fmt: skip
 _NAMES = {"lm": "lm", "levenberg_marquardt": "lm", "engd": "engd", "energy_natural_gradient": "engd"}
 _ENGD_DEFAULTS = {"damping": 1e-8, "grid_size": 31, "damping_rule": "fixed", "line_search": "grid"}

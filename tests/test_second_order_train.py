@@ -44,6 +44,24 @@ def test_train_engd_with_weighting_and_options():
     assert isinstance(res.state, so.LMResult)
 
 
+def test_second_order_progress_bar_and_callback(capsys):
+    """``progress=True`` shows a tqdm bar over the trial steps (it was ignored); ``callback`` sees every
+    step's record, and a non-callable one is refused before any work."""
+    prob = _problem()
+    pa.train(prob, optimizer="lm", steps=3, log_every=3, progress=True)
+    err = capsys.readouterr().err
+    assert "3/3" in err and "mu=" in err
+    seen = []
+    base = jax.random.key(0)
+    p0, batch = prob.init_params(base), prob.sample_batch(base)
+    so.levenberg_marquardt(base, prob.blocks, p0, batch, steps=3, callback=seen.append)
+    assert [r["step"] for r in seen] == [1, 2, 3]
+    with pytest.raises(TypeError, match="callback"):
+        so.levenberg_marquardt(base, prob.blocks, p0, batch, steps=3, callback=1)
+    with pytest.raises(TypeError, match="'callback' is set by pinn_adapters.train"):
+        so.lm(callback=print)
+
+
 def test_second_order_resume_is_bit_identical(tmp_path):
     prob = _problem()
     full = pa.train(prob, optimizer="lm", steps=4, progress=False)

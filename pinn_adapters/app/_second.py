@@ -36,11 +36,31 @@ def _history(records, names, log_every, steps, keys):
     return h
 
 
+def _bar(progress, steps, name):
+    """``(callback, close)``: a tqdm bar over the trial steps (loss, damping, relative L2 when logged)."""
+    if not progress:
+        return None, lambda: None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps, desc=name, leave=False)
+
+    def callback(rec):
+        if bar.n == 0 and rec["step"] > 1:  # resumed: start at the checkpoint's step
+            bar.update(rec["step"] - 1)
+        post = {"loss": f"{rec['loss']:.3g}", "mu": f"{rec['damping']:.2g}"}
+        if rec.get("relative_l2") is not None:
+            post["rel_l2"] = f"{rec['relative_l2']:.3g}"
+        bar.set_postfix(post, refresh=False)
+        bar.update(1)
+
+    return callback, bar.close
+
+
 def train_second_order(trainer, opt: so.SecondOrder, *, keys, steps, seed, log_every, params, resume, checkpoint,
-                       checkpoint_every):  # fmt: skip
+                       checkpoint_every, progress=False):  # fmt: skip
     """Run ``opt`` for ``trainer`` (its problem, weighting and ``resample``); arguments as in
-    ``Trainer.train`` (``resume`` / ``checkpoint``: second-order checkpoint files). Returns the
-    ``TrainResult`` fields ``(params, state, history, wall_time, time_per_step)``."""
+    ``Trainer.train`` (``resume`` / ``checkpoint``: second-order checkpoint files; ``progress``: a tqdm
+    bar). Returns the ``TrainResult`` fields ``(params, state, history, wall_time, time_per_step)``."""
     problem = trainer.problem
     base = jax.random.key(seed)
     batch0 = problem.sample_batch(jax.random.fold_in(base, 0))
@@ -49,20 +69,25 @@ def train_second_order(trainer, opt: so.SecondOrder, *, keys, steps, seed, log_e
     weighting = None if trainer.weighting.config.get("estimator") == "none" else trainer.weighting
     if resume is not None and not isinstance(resume, (str, bytes)) and not hasattr(resume, "__fspath__"):
         raise TypeError(f"resume: a second-order run resumes from a checkpoint file; got {type(resume).__name__}")
-    res = opt.run(
-        jax.random.fold_in(base, 1),
-        problem.blocks,
-        params,
-        batch0,
-        steps=steps,
-        weighting=weighting,
-        sample_batch=problem.sample_batch if trainer.resample else None,
-        error_fn=trainer._rel_l2,
-        log_every=log_every,
-        checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-    )
+    callback, close = _bar(progress, steps, getattr(problem, "name", "pinn"))
+    try:
+        res = opt.run(
+            jax.random.fold_in(base, 1),
+            problem.blocks,
+            params,
+            batch0,
+            steps=steps,
+            weighting=weighting,
+            sample_batch=problem.sample_batch if trainer.resample else None,
+            error_fn=trainer._rel_l2,
+            log_every=log_every,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            callback=callback,
+        )
+    finally:
+        close()
     records = res.history
     times = np.diff([0.0] + [r["time"] for r in records])
     tps = float(np.median(times[1:])) if len(times) > 1 else (float(times[0]) if len(times) else 0.0)

@@ -534,6 +534,7 @@ class Trainer:
             return TrainResult(*train_second_order(
                 self, self.second_order, keys=HISTORY_KEYS, steps=steps, seed=seed, log_every=log_every,
                 params=params, resume=resume, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                progress=progress,
             ))  # fmt: skip
         problem, w, resample = self.problem, self.weighting, self.resample
         base = jax.random.key(seed)
@@ -625,7 +626,7 @@ def train(
         :class:`~pinn_adapters.second_order.SecondOrder`): ``resume`` and ``checkpoint`` are then
         second-order checkpoint files, ``result.state`` is its ``LMResult``, the history adds
         ``damping``, ``accepted``, ``cg_iterations`` and ``step_size`` (the first-order diagnostics
-        are ``None``), ``track_weight_error`` and ``progress`` are ignored.
+        are ``None``) and ``track_weight_error`` is ignored (the bar shows the loss and damping).
     seed : int
         Seeds the initial parameters, the batches and the probes (step ``t`` uses
         ``fold_in(key, t)``, so a resumed run draws the same randomness).
