@@ -100,13 +100,21 @@ def test_sweep_runs_second_order_schedules_by_name(tmp_path):
 
     out = tmp_path / "sw"
     args = ["pinn", "sweep", "wave", "--seeds", "1", "--schedules", "none,lm,lm+exact", "--out", str(out)]
-    tiny = ["--steps", "3", "--width", "4", "--depth", "1", "--log-every", "3", "--n-res", "8", "--n-bc", "2"]
-    assert main([*args, *tiny, "--cost-repeats", "1", "--no-progress"]) == 0
-    rows = {r["schedule"]: r for r in json.loads((out / "sweep.json").read_text())["summary"]}
+    tiny = ["--steps", "4", "--width", "4", "--depth", "1", "--log-every", "1", "--n-res", "8", "--n-bc", "2"]
+    assert main([*args, *tiny, "--second-order-steps", "2", "--cost-repeats", "1", "--no-progress"]) == 0
+    sweep = json.loads((out / "sweep.json").read_text())
+    rows = {r["schedule"]: r for r in sweep["summary"]}
     assert set(rows) == {"none", "lm", "lm+exact"}
     assert all(r["relative_l2"]["median"] > 0 and r["step_cost_vs_none"] > 0 for r in rows.values())
     run = json.loads(next((out / "runs").glob("lm+exact*")).read_text())
-    assert run["key"]["weighting"]["optimizer"] == "lm"
+    assert run["key"]["weighting"]["optimizer"] == "lm" and run["metrics"]["steps_logged"][-1] == 2
+    first = json.loads(next((out / "runs").glob("none*")).read_text())
+    assert first["metrics"]["steps_logged"][-1] == 4  # --steps for the first-order schedules
+    costs = sweep["seconds_per_step_interleaved"]
+    assert rows["lm"]["interleaved_time_s"] == pytest.approx(costs["lm"] * 2)
+    assert rows["none"]["interleaved_time_s"] == pytest.approx(costs["none"] * 4)
+    assert "lm: 2 trial steps" in (out / "sweep.md").read_text()
+    assert main([*args[:5], "none", "--out", str(out), *tiny, "--second-order-steps", "2"]) == 2  # nothing to apply to
 
 
 def test_run_wave_with_lm_names_the_method(tmp_path):

@@ -65,11 +65,12 @@ def second_order_schedules() -> dict:
 
 def _trainer(prob, base: WaveConfig, kw: dict):
     """The :class:`~pinn_adapters.app.Trainer` of one schedule (its ``optimizer`` entry, if any, replaces
-    the base configuration's)."""
+    the base configuration's; its ``steps`` entry is read by :func:`run_sweep`)."""
     from .._weighting import ntk_weighting
     from ._train import Trainer
 
     kw = dict(kw)
+    kw.pop("steps", None)
     opt = kw.pop("optimizer", None)
     cfg = base if opt is None else dataclasses.replace(base, optimizer=opt)
     return Trainer(prob, weighting=ntk_weighting(prob.blocks, **kw), optimizer=make_optimizer(cfg))
@@ -145,15 +146,15 @@ def _finished(path: Path, key: dict):
     return data if data.get("key") == key else None
 
 
-def _one_run(trainer, base: WaveConfig, seed: int) -> dict:
-    """Train one seed with a :class:`~pinn_adapters.app.Trainer` (after a one-step warm-up that
-    compiles, so wall time is training time)."""
+def _one_run(trainer, base: WaveConfig, seed: int, steps=None) -> dict:
+    """Train one seed for ``steps`` (default ``base.steps``) with a :class:`~pinn_adapters.app.Trainer`
+    (after a one-step warm-up that compiles, so wall time is training time)."""
     kw = {"seed": seed, "log_every": base.log_every, "progress": False}
     tracked = trainer.weighting.config["estimator"] not in ("none", "exact", "gradnorm")
     # compile the step and the weight-error check first (the trainer keeps both for the timed run)
     trainer.train(steps=1, track_weight_error=tracked, **kw)
     t0 = time.perf_counter()
-    res = trainer.train(steps=base.steps, track_weight_error=tracked, **kw)
+    res = trainer.train(steps=base.steps if steps is None else steps, track_weight_error=tracked, **kw)
     wall = time.perf_counter() - t0
     hist = res.history
     errs = [e for e in hist["weight_error"] if e is not None]
@@ -197,7 +198,7 @@ def run_sweep(cfg: SweepConfig, *, progress=True, cost_repeats=0) -> dict:
                     bar.set_postfix_str(f"{name} seed {seed}")
                 rec = {
                     "key": key,
-                    "metrics": _one_run(trainers[name], cfg.base, seed),
+                    "metrics": _one_run(trainers[name], cfg.base, seed, cfg.schedules[name].get("steps")),
                 }
                 _write_atomic(path, rec)
             records.append(rec)
@@ -278,9 +279,10 @@ def _costs(out: Path, cfg: SweepConfig, repeats: int):
 
 def summarize(records, costs=None, steps=None) -> list:
     """Per schedule (grid order): median and min/max over seeds of error, wall time, time/step, weight error."""
-    by = {}
+    by, own_steps = {}, {}
     for r in records:
         by.setdefault(r["key"]["schedule"], []).append(r["metrics"])
+        own_steps[r["key"]["schedule"]] = r["key"]["weighting"].get("steps", steps)  # --second-order-steps
     rows = []
     for name, ms in by.items():
         row = {"schedule": name, "seeds": len(ms)}
@@ -300,7 +302,7 @@ def summarize(records, costs=None, steps=None) -> list:
         ref = costs.get("none", min(costs.values()))
         for r in rows:
             r["step_cost_vs_none"] = costs[r["schedule"]] / ref
-            r["interleaved_time_s"] = costs[r["schedule"]] * steps
+            r["interleaved_time_s"] = costs[r["schedule"]] * own_steps[r["schedule"]]
         front = pareto_front([(r["interleaved_time_s"], r["relative_l2"]["median"]) for r in rows])
         for i, r in enumerate(rows):
             r["pareto_interleaved"] = i in front
@@ -336,7 +338,8 @@ def format_markdown(rows, cfg: SweepConfig) -> str:
         f"{b.problem}, {embed}MLP width {b.width} x {b.depth}{' (RWF)' if b.rwf else ''}, {b.steps} {opt} steps "
         f"(lr {b.learning_rate:g} x {b.decay_rate:g} every {b.decay_steps} steps), batch {b.n_res} interior + "
         f"{b.n_bc} per boundary piece (redrawn every step), {cfg.seeds} seeds; median [min, max] over seeds. "
-        "Wall time: the training call after a one-step compile warm-up (includes the logging every "
+        + "".join(f"{n}: {kw['steps']} trial steps. " for n, kw in cfg.schedules.items() if "steps" in kw)
+        + "Wall time: the training call after a one-step compile warm-up (includes the logging every "
         f"{b.log_every} steps and, for estimated weights, the exact weights computed at each log step for the "
         "weight error, so compare costs in the interleaved columns). Weight error: median over log steps of the max over blocks of "
         "|w - w_exact| / w_exact (estimators that are not exact only). * = on the error-vs-time Pareto front "
@@ -472,6 +475,13 @@ def register(problems):
         default=SUBSAMPLE,
         help=f"point fraction in (0, 1] of the pc-sub schedules (default {SUBSAMPLE})",
     )
+    sweep.add_argument(
+        "--second-order-steps",
+        type=option_int(1),
+        default=None,
+        help="trial steps of the second-order schedules (lm, lm+exact, lm+pc, engd; default --steps: "
+        "a Gauss-Newton step costs hundreds of first-order steps)",
+    )
     sweep.add_argument("--out", default=None, help="output directory (default runs/sweep-PROBLEM)")
     sweep.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_flags(sweep, exclude=set(WEIGHT_FIELDS) | SWEEP_SETS)
@@ -522,9 +532,17 @@ def config_from_args(args) -> SweepConfig:
     names = None if args.schedules is None else [s.strip() for s in args.schedules.split(",") if s.strip()]
     if names == []:
         raise ValueError("--schedules is empty; give comma-separated schedule names")
+    schedules = select_schedules(names, grid)
+    if args.second_order_steps is not None:
+        second = [n for n, kw in schedules.items() if "optimizer" in kw]
+        if not second:
+            raise ValueError(
+                "--second-order-steps: no second-order schedule selected (name lm, lm+exact, lm+pc or engd)"
+            )
+        schedules = {n: kw | {"steps": args.second_order_steps} if n in second else kw for n, kw in schedules.items()}
     return SweepConfig(
         base=base,
-        schedules=select_schedules(names, grid),
+        schedules=schedules,
         seeds=args.seeds,
         out=args.out or f"runs/sweep-{problem}",
     )
