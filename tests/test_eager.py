@@ -79,6 +79,33 @@ def test_function_operator_rebuilt_per_call_reuses_one_program():
     assert _traces("hutchinson") == before + 2  # one program per function (two codes), not per call
 
 
+def test_function_operator_rebuilt_around_the_same_arrays_is_not_retraced(monkeypatch):
+    """``FunctionOperator(lambda v: M @ v, ...)`` typed per call over the same JAX array: its function is
+    traced once (the memo keys on the code and the objects it reads); a new array, or a NumPy array
+    changed in place (mutable: traced on every call), gives today's value."""
+    calls = []
+    real = _compiled._TraceMemo._trace
+    monkeypatch.setattr(_compiled._TraceMemo, "_trace", staticmethod(lambda f, arg: calls.append(1) or real(f, arg)))
+    st.hutchinson.cache_clear()
+
+    def estimate(M):
+        return float(
+            st.hutchinson(KEY, st.FunctionOperator(lambda v: M @ v, shape=N, dtype=M.dtype), num_matvecs=N).value
+        )
+
+    for _ in range(3):
+        np.testing.assert_allclose(estimate(A), float(jnp.trace(A)), rtol=1e-5)
+    assert len(calls) == 1
+    B = A + jnp.eye(N, dtype=A.dtype)
+    np.testing.assert_allclose(estimate(B), float(jnp.trace(A)) + N, rtol=1e-5)
+    assert len(calls) == 2
+    H = np.asarray(A).copy()
+    first = estimate(H)
+    H += np.eye(N, dtype=H.dtype)  # mutated in place: the same object, new values
+    np.testing.assert_allclose(estimate(H), first + N, rtol=1e-5)
+    assert len(calls) == 4
+
+
 G = jnp.zeros((N,), jnp.float32)
 
 

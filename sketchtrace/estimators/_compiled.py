@@ -20,8 +20,10 @@ call (a new function object with the same code as a cached one: compiling per ca
 cost more than eager dispatch). Value checks that only run eagerly (non-finite products)
 are kept: a non-finite estimate is recomputed eagerly, which raises the eager error.
 
-As under ``jax.jit``, a ``FunctionOperator``'s function is traced once per configuration:
-it must be a pure JAX function (arrays it closes over are compiled in as constants).
+A ``FunctionOperator``'s function must be a pure JAX function. It is traced when the estimator is
+called (the arrays it reads become the program's inputs, so they are never stale) unless the same
+code reading the same immutable objects was traced before (:class:`_TraceMemo`): then the earlier
+trace is reused, so a function rebuilt per call around the same arrays costs no trace.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from __future__ import annotations
 import collections
 import functools
 import re
+import types
+import weakref
 
 import numpy as np
 
@@ -115,16 +119,141 @@ def _with(op, **changes):
     return new
 
 
-def _trace_functions(op):
-    """``op`` with its functions as :class:`_JaxprFn` (traced now, reading today's arrays) and their constants."""
+_SCALARS = (type(None), bool, int, float, complex, str, bytes)
+_NAMED = (type, types.ModuleType, types.BuiltinFunctionType, np.dtype)  # compared by identity, held strongly
+_MAX_DEPTH = 3
+
+
+def _code_names(code):
+    """The global names ``code`` and the code objects nested in it (lambdas, comprehensions) may read."""
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            names |= _code_names(c)
+    return names
+
+
+def _reads(f, module, depth, out) -> bool:
+    """Append to ``out`` what the function ``f`` reads (closure cells, the globals it names, defaults,
+    ``functools.partial`` arguments), recursing into functions of ``module`` (the user's); ``False`` when
+    something it reads is not known to be immutable (a NumPy array, a dict, an object: then it is
+    traced on every call, as before)."""
+    if isinstance(f, functools.partial):
+        out.append(("id", f.func))
+        return all(_read(x, module, depth, out) for x in (f.func, *f.args, *f.keywords.values()))
+    if not isinstance(f, types.FunctionType):
+        return False
+    out.append(("code", f.__code__))
+    objs = [c.cell_contents for c in f.__closure__ or () if _cell_full(c)]
+    objs += [f.__globals__[n] for n in sorted(_code_names(f.__code__)) if n in f.__globals__]
+    objs += list(f.__defaults__ or ()) + list((f.__kwdefaults__ or {}).values())
+    return all(_read(x, module, depth, out) for x in objs)
+
+
+def _cell_full(cell) -> bool:
+    try:
+        _ = cell.cell_contents
+    except ValueError:  # an empty cell (a name assigned later in the enclosing function)
+        return False
+    return True
+
+
+def _read(x, module, depth, out) -> bool:
+    if isinstance(x, _SCALARS):
+        out.append(("value", type(x), x))
+    elif isinstance(x, _NAMED):
+        out.append(("id", x))
+    elif isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+        out.append(("array", weakref.ref(x)))  # immutable: identity is content; held weakly
+    elif isinstance(x, tuple | frozenset):
+        out.append(("tuple", len(x)))
+        return all(_read(y, module, depth, out) for y in x)
+    elif isinstance(x, types.FunctionType | functools.partial):
+        if getattr(x, "__module__", None) != module:  # a library's function: its identity
+            out.append(("id", x))
+        elif depth >= _MAX_DEPTH:
+            return False
+        else:
+            return _reads(x, module, depth + 1, out)
+    elif callable(x) and type(x).__module__.split(".")[0] in ("jax", "jaxlib"):
+        out.append(("id", x))  # jax.jit / custom_jvp wrappers: their identity, as jax.jit keys them
+    else:
+        return False
+    return True
+
+
+def _same(stored, now) -> bool:
+    if len(stored) != len(now):
+        return False
+    for a, b in zip(stored, now):
+        if a[0] != b[0]:
+            return False
+        if a[0] == "array":
+            if a[1]() is None or a[1]() is not b[1]():
+                return False
+        elif a[0] == "value":
+            if a[1] is not b[1] or a[2] != b[2]:
+                return False
+        elif a[0] == "tuple":
+            if a[1] != b[1]:
+                return False
+        elif a[1] is not b[1]:
+            return False
+    return True
+
+
+class _TraceMemo:
+    """Traced ``FunctionOperator`` functions by what they read, so that an eager call with a function
+    rebuilt around the same arrays (``FunctionOperator(lambda v: A @ v, ...)`` typed per call) does not
+    re-trace it: the same code reading the same objects (closure cells, the globals it names, defaults,
+    all immutable: JAX arrays by identity, Python scalars by value) gives the same program and constants.
+    A rebound global or a new array is a miss (traced again, today's values); a function that reads
+    anything mutable (a NumPy array, a dict, an object) is traced on every call. Closed-over JAX arrays
+    are held weakly (an entry dies with them); at most :data:`CACHE_SIZE` entries."""
+
+    def __init__(self):
+        self._entries: collections.OrderedDict = collections.OrderedDict()
+
+    def trace(self, f, arg):
+        """``(jaxpr, consts)`` of ``f`` at ``arg`` (a ``jax.ShapeDtypeStruct``)."""
+        reads: list = []
+        module = getattr(getattr(f, "func", f), "__module__", None)
+        if not _reads(f, module, 0, reads):
+            return self._trace(f, arg)
+        key = (reads[0][1] if reads[0][0] == "code" else id(reads[0][1]), arg.shape, str(arg.dtype))
+        for stored, jaxpr, consts in self._entries.get(key, ()):
+            if _same(stored, reads):
+                self._entries.move_to_end(key)
+                return jaxpr, tuple(c() if isinstance(c, weakref.ref) else c for c in consts)
+        jaxpr, consts = self._trace(f, arg)
+        held = {id(r[1]()): r[1] for r in reads if r[0] == "array"}
+        # a constant that is one of the arrays it reads is held weakly, like them
+        kept = tuple(held.get(id(c), c) for c in consts)
+        self._entries.setdefault(key, []).insert(0, (reads, jaxpr, kept))
+        del self._entries[key][4:]  # a few variants per code (e.g. several matrices in turn)
+        self._entries.move_to_end(key)
+        if len(self._entries) > CACHE_SIZE:
+            self._entries.popitem(last=False)
+        return jaxpr, consts
+
+    @staticmethod
+    def _trace(f, arg):
+        # a new function object each time: JAX's trace cache (keyed by the function) would keep stale arrays
+        closed = jax.make_jaxpr(lambda v, f=f: f(v))(arg)
+        return _JaxprFn(closed.jaxpr), tuple(closed.consts)
+
+    def clear(self):
+        self._entries.clear()
+
+
+def _trace_functions(op, memo):
+    """``op`` with its functions as :class:`_JaxprFn` (reading today's arrays) and their constants."""
     changes, consts = {}, []
     for field, axis in _FN_FIELDS:
         f = getattr(op, field)
         if f is not None:
-            # a new function object each time: JAX's trace cache (keyed by the function) would keep stale arrays
-            closed = jax.make_jaxpr(lambda v, f=f: f(v))(jax.ShapeDtypeStruct((op.shape[axis],), op.jax_dtype))
-            changes[field] = _JaxprFn(closed.jaxpr)
-            consts.append(tuple(closed.consts))
+            changes[field], c = memo.trace(f, jax.ShapeDtypeStruct((op.shape[axis],), op.jax_dtype))
+            consts.append(c)
     return _with(op, **changes), tuple(consts)
 
 
@@ -145,6 +274,7 @@ def eager_compiled(fn):
     cache: collections.OrderedDict = collections.OrderedDict()
     seen_code: dict = {}  # configuration without function addresses -> the cache key compiled for it
     eager_only: set = set()  # such configurations that run eagerly (untraceable, or closures rebuilt per call)
+    memo = _TraceMemo()  # FunctionOperator functions traced, by what they read
     name = fn.__name__
 
     @functools.wraps(fn)
@@ -180,7 +310,7 @@ def eager_compiled(fn):
         user_op, is_fn = op, type(op) is FunctionOperator
         if is_fn:  # traced on every call: its program text is static, the arrays it reads are inputs
             try:
-                op, consts = _trace_functions(op)
+                op, consts = _trace_functions(op, memo)
             except Exception:  # noqa: BLE001 - not traceable: the eager call raises its error
                 return through
         else:  # converted and validated eagerly on every call (cheap for arrays and matrices)
@@ -213,7 +343,7 @@ def eager_compiled(fn):
         seen_code[code] = ckey
         return _Program(fn, name, treedef, static, mask), code, dyn
 
-    wrapper.cache_clear = lambda: (cache.clear(), seen_code.clear(), eager_only.clear())
+    wrapper.cache_clear = lambda: (cache.clear(), seen_code.clear(), eager_only.clear(), memo.clear())
     return wrapper
 
 
