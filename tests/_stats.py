@@ -1,4 +1,5 @@
-"""Analytic variances of Hutchinson quadratic forms, for test tolerances."""
+"""Analytic variances of Hutchinson quadratic forms, for test tolerances, and the direct (brute-force)
+leave-one-out XTrace / XNysTrace oracles shared by test_xtrace.py and test_oracles.py."""
 
 import math
 
@@ -103,3 +104,60 @@ def low_variance_matrix(n, *, shift=2.0, rank=0, noise=0.05, seed=0):
     E = (E + E.T) / np.sqrt(2 * n)
     low = (U[:, :rank] * np.array([6.0, 4.0, 2.0][:rank])) @ U[:, :rank].T
     return shift * np.eye(n) + low + noise * E
+
+
+# ----------------------------------------------------------------------------- X-family oracles (by definition)
+
+
+def orth(M):
+    """An orthonormal basis of the columns of ``M`` (reduced QR)."""
+    q, _ = np.linalg.qr(M)
+    return q
+
+
+def xtrace_loo_samples(A, Om, improved):
+    """Direct leave-one-out XTrace samples (``Om``: test vectors as columns): k QR factorisations, no downdating."""
+    n, k = Om.shape
+    Y = A @ Om
+    t = np.empty(k)
+    for i in range(k):
+        Qi = orth(np.delete(Y, i, axis=1))
+        u = Om[:, i] - Qi @ (Qi.T @ Om[:, i])
+        scale = (n - k + 1) / (u @ u) if improved else 1.0
+        t[i] = np.trace(Qi.T @ A @ Qi) + scale * (u @ A @ u)
+    return t
+
+
+def xnystrace_loo_samples(A, Om, improved):
+    """Direct leave-one-out XNysTrace samples (Nystrom approximations with pseudo-inverses)."""
+    n, k = Om.shape
+    Y = A @ Om
+    t = np.empty(k)
+    for i in range(k):
+        Oi, Yi = np.delete(Om, i, axis=1), np.delete(Y, i, axis=1)
+        Ahat = Yi @ np.linalg.pinv(Oi.T @ Yi) @ Yi.T
+        w = Om[:, i]
+        if improved:
+            Po = orth(Oi)
+            r = w - Po @ (Po.T @ w)
+            scale = (n - k + 1) / (r @ r)
+        else:
+            scale = 1.0
+        t[i] = np.trace(Ahat) + scale * (w @ (A - Ahat) @ w)
+    return t
+
+
+def x_mean_sem(samples, A, Om, improved):
+    """X-family mean and sem by definition: the leave-one-out spread plus the covariance estimate
+    ``C = sum_{i != j} D_ij D_ji / (k (k - 1))``, ``D_ij = t_i - t_i^(-j)`` by re-running ``samples``
+    without ``omega_j``; ``sem^2 = s^2/k + max(C, 0)`` plus a rounding term."""
+    k = Om.shape[1]
+    t = samples(A, Om, improved)
+    D = np.zeros((k, k))
+    for j in range(k):
+        rest = [i for i in range(k) if i != j]
+        D[rest, j] = t[rest] - samples(A, Om[:, rest], improved)
+    s2 = t.var(ddof=1)
+    C = np.sum(D * D.T) / (k * (k - 1))
+    rnd = k * np.finfo(float).eps * np.mean(np.abs(t))
+    return t.mean(), math.sqrt(s2 / k + max(C, 0.0) + rnd * rnd)

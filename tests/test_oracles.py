@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _stats import orth, x_mean_sem, xnystrace_loo_samples, xtrace_loo_samples
 from scipy import stats
 
 import sketchtrace as st
@@ -71,10 +72,6 @@ def assert_matches(est, value, sem, spent):
     assert int(est.num_matvecs) == spent
 
 
-def _orth(M):
-    return np.linalg.qr(M)[0]
-
-
 # ----------------------------------------------------------------------------- Hutchinson family
 
 
@@ -115,7 +112,7 @@ def test_hutchpp(backend, m, nonsym):
     est = st.hutchpp(d.key(), A, num_matvecs=m)
     k, g = _hutchpp_split(m)
     V = d.rows(k + g, N, "rademacher")
-    Q = _orth(A @ V[:k].T)
+    Q = orth(A @ V[:k].T)
     P = np.eye(N) - Q @ Q.T
     G = V[k:] @ P  # rows (I - QQ^T) g_j
     resid = np.einsum("ij,jk,ik->i", G, A, G)
@@ -130,7 +127,7 @@ def test_block_traces_hutchpp(backend):
     out = st.block_traces(d.key(), op, num_matvecs=m, method="hutchpp")
     k, g = _hutchpp_split(m)
     V = d.rows(k + g, N, "rademacher")
-    Q = _orth(A @ V[:k].T)
+    Q = orth(A @ V[:k].T)
     G = V[k:] @ (np.eye(N) - Q @ Q.T)
     for name, sl in (("a", slice(0, 10)), ("b", slice(10, N))):
         low = np.trace((Q.T @ A)[:, sl] @ Q[sl])  # tr(Q^T A_b Q), A_b = rows of the block
@@ -165,53 +162,6 @@ _TV = {
 }
 
 
-def xtrace_samples(A, Om, improved):
-    """Direct leave-one-out XTrace samples (``Om``: test vectors as columns)."""
-    n, k = Om.shape
-    Y = A @ Om
-    t = np.empty(k)
-    for i in range(k):
-        Qi = _orth(np.delete(Y, i, axis=1))
-        u = Om[:, i] - Qi @ (Qi.T @ Om[:, i])
-        scale = (n - k + 1) / (u @ u) if improved else 1.0
-        t[i] = np.trace(Qi.T @ A @ Qi) + scale * (u @ A @ u)
-    return t
-
-
-def xnystrace_samples(A, Om, improved):
-    """Direct leave-one-out XNysTrace samples (Nystrom approximations with pseudo-inverses)."""
-    n, k = Om.shape
-    Y = A @ Om
-    t = np.empty(k)
-    for i in range(k):
-        Oi, Yi = np.delete(Om, i, axis=1), np.delete(Y, i, axis=1)
-        Ahat = Yi @ np.linalg.pinv(Oi.T @ Yi) @ Yi.T
-        w = Om[:, i]
-        if improved:
-            Po = _orth(Oi)
-            r = w - Po @ (Po.T @ w)
-            scale = (n - k + 1) / (r @ r)
-        else:
-            scale = 1.0
-        t[i] = np.trace(Ahat) + scale * (w @ (A - Ahat) @ w)
-    return t
-
-
-def _x_mean_sem(samples, A, Om, improved):
-    """X-family mean and sem: the leave-one-out spread plus the covariance estimate
-    ``C = sum_{i != j} D_ij D_ji / (k (k - 1))``, ``D_ij = t_i - t_i^(-j)`` by re-running without ``omega_j``."""
-    k = Om.shape[1]
-    t = samples(A, Om, improved)
-    D = np.zeros((k, k))
-    for j in range(k):
-        rest = [i for i in range(k) if i != j]
-        D[rest, j] = t[rest] - samples(A, Om[:, rest], improved)
-    s2 = t.var(ddof=1)
-    C = np.sum(D * D.T) / (k * (k - 1))
-    rnd = k * np.finfo(float).eps * np.mean(np.abs(t))
-    return t.mean(), math.sqrt(s2 / k + max(C, 0.0) + rnd * rnd)
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("sampler", ["improved", "sphere", "rademacher", "gaussian"])
 @pytest.mark.parametrize("m", [4, 11])
@@ -220,7 +170,7 @@ def test_xtrace(backend, sampler, m):
     est = st.xtrace(d.key(), A, num_matvecs=m, sampler=sampler)
     probe, improved = _TV[sampler]
     k = m // 2
-    mean, sem = _x_mean_sem(xtrace_samples, A, d.rows(k, N, probe).T, improved)
+    mean, sem = x_mean_sem(xtrace_loo_samples, A, d.rows(k, N, probe).T, improved)
     assert_matches(est, mean, sem, 2 * k)
 
 
@@ -231,7 +181,7 @@ def test_xnystrace(backend, sampler, m):
     A, d = _matrix(), Draw(backend)  # PSD
     est = st.xnystrace(d.key(), A, num_matvecs=m, sampler=sampler)
     probe, improved = _TV[sampler]
-    mean, sem = _x_mean_sem(xnystrace_samples, A, d.rows(m, N, probe).T, improved)
+    mean, sem = x_mean_sem(xnystrace_loo_samples, A, d.rows(m, N, probe).T, improved)
     assert_matches(est, mean, sem, m)
 
 
@@ -254,7 +204,7 @@ def xdiag_samples(A, Om):
     Y = A @ Om
     D = np.empty((k, n))
     for i in range(k):
-        Qi = _orth(np.delete(Y, i, axis=1))
+        Qi = orth(np.delete(Y, i, axis=1))
         Pi = Qi @ Qi.T
         D[i] = np.diag(Pi @ A) + Om[:, i] * (Y[:, i] - Pi @ Y[:, i])
     return D
@@ -287,14 +237,14 @@ def test_adaptive_x_family(backend, method):
     A, d, rtol, first, cap = _matrix(n=60), Draw(backend), 1e-3, 8, 56
     est = st.trace(d.key(), A, method=method, stop=st.StoppingRule(rtol=rtol, max_matvecs=cap, first_matvecs=first))
     per = 2 if method == "xtrace" else 1
-    fn = xtrace_samples if method == "xtrace" else xnystrace_samples
+    fn = xtrace_loo_samples if method == "xtrace" else xnystrace_loo_samples
     bk, key, cols, k = backend_named(backend), d.key(), [], 0
     k_next = first // per
     while True:
         key, rk = bk.split(key, 2)
         cols.append(d.rows(k_next - k, 60, "sphere", key=rk))
         k = k_next
-        mean, sem = _x_mean_sem(fn, A, np.concatenate(cols).T, True)
+        mean, sem = x_mean_sem(fn, A, np.concatenate(cols).T, True)
         half, tol = _stops(mean, sem, k, rtol=rtol, sem_factor=1.0)
         k_next = min(2 * k, (cap - per * k) // per + k, 59 // per)
         if half <= tol or k_next <= k:

@@ -5,7 +5,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _stats import assert_catches_scale, assert_unbiased_powered, low_variance_matrix, map_keys
+from _stats import (
+    assert_catches_scale,
+    assert_unbiased_powered,
+    low_variance_matrix,
+    map_keys,
+    x_mean_sem,
+    xnystrace_loo_samples,
+    xtrace_loo_samples,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as hst
 from test_hutchpp import Counting, _jac_case, _many, _matrix, _mlp
@@ -20,64 +28,12 @@ def _test_vectors(key, k, n, kind):
     return np.asarray(JaxBackend.probes(key, k, n, jnp.float64, sampler)).T  # (n, k)
 
 
-def _orth(M):
-    q, _ = np.linalg.qr(M)
-    return q
-
-
-def _slow_xtrace_t(A, Om, improved):
-    """Direct leave-one-out XTrace samples: k QR factorisations, no downdating."""
-    n, k = Om.shape
-    Y = A @ Om
-    t = []
-    for i in range(k):
-        Qi = _orth(np.delete(Y, i, axis=1))
-        u = Om[:, i] - Qi @ (Qi.T @ Om[:, i])
-        scale = (n - k + 1) / (u @ u) if improved else 1.0
-        t.append(np.trace(Qi.T @ A @ Qi) + scale * (u @ A @ u))
-    return np.array(t)
-
-
-def _slow_xnystrace_t(A, Om, improved):
-    """Direct leave-one-out XNysTrace samples with pseudo-inverses."""
-    n, k = Om.shape
-    Y = A @ Om
-    t = []
-    for i in range(k):
-        Oi, Yi = np.delete(Om, i, axis=1), np.delete(Y, i, axis=1)
-        Ahat = Yi @ np.linalg.pinv(Oi.T @ Yi) @ Yi.T
-        w = Om[:, i]
-        if improved:
-            Po = _orth(Oi)
-            r = w - Po @ (Po.T @ w)
-            scale = (n - k + 1) / (r @ r)
-        else:
-            scale = 1.0
-        t.append(np.trace(Ahat) + scale * (w @ (A - Ahat) @ w))
-    return np.array(t)
-
-
-def _slow_mean_sem(samples, A, Om, improved):
-    """Mean and sem by definition: ``D_ij = t_i - t_i^(-j)`` from re-running the samples without
-    ``omega_j``; ``sem^2 = s^2/k + max(C, 0)`` (+ rounding), ``C = sum_{i != j} D_ij D_ji / (k (k - 1))``."""
-    k = Om.shape[1]
-    t = samples(A, Om, improved)
-    D = np.zeros((k, k))
-    for j in range(k):
-        others = [i for i in range(k) if i != j]
-        D[others, j] = t[others] - samples(A, Om[:, others], improved)
-    s2 = t.var(ddof=1)
-    C = np.sum(D * D.T) / (k * (k - 1))
-    rnd = k * np.finfo(float).eps * np.mean(np.abs(t))  # rounding term
-    return t.mean(), np.sqrt(s2 / k + max(C, 0.0) + rnd * rnd)
-
-
 def slow_xtrace(A, Om, improved):
-    return _slow_mean_sem(_slow_xtrace_t, A, Om, improved)
+    return x_mean_sem(xtrace_loo_samples, A, Om, improved)
 
 
 def slow_xnystrace(A, Om, improved):
-    return _slow_mean_sem(_slow_xnystrace_t, A, Om, improved)
+    return x_mean_sem(xnystrace_loo_samples, A, Om, improved)
 
 
 # ----------------------------------------------------------------------------- direct implementations

@@ -248,7 +248,7 @@ def nystrom_preconditioner(approx: Nystrom, damping):
     ``(lambda_r + mu + ||A - Ahat||) / mu`` (their Proposition 5.3, in expectation for the adaptive rank).
     """
     U, lam = approx.U, approx.eigenvalues
-    xp = _namespace(U)
+    xp = namespace_of(U)  # NumPy, JAX or the torch backend's
     mu = xp.asarray(damping, dtype=U.dtype)
     tiny = xp.finfo(U.dtype).tiny
     scale = (lam[-1] + mu) / xp.maximum(lam + mu, tiny)
@@ -259,11 +259,6 @@ def nystrom_preconditioner(approx: Nystrom, damping):
         return v + U @ d
 
     return apply
-
-
-def _namespace(x):
-    """The array namespace of the factor (NumPy, JAX or the torch backend's)."""
-    return namespace_of(x)
 
 
 # ----------------------------------------------------------------------------- solve

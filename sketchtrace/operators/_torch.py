@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -564,9 +565,12 @@ def _csr_from_scipy(S):
     import numpy as np
 
     S = S.tocsr()
-    return torch.sparse_csr_tensor(
-        torch.from_numpy(S.indptr.astype(np.int64)),
-        torch.from_numpy(S.indices.astype(np.int64)),
-        torch.from_numpy(np.ascontiguousarray(S.data)),
-        size=S.shape,
-    )
+    with warnings.catch_warnings():  # torch's one-time notice; the invariants are checked (a corrupt CSR raises)
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(S.indptr.astype(np.int64)),
+            torch.from_numpy(S.indices.astype(np.int64)),
+            torch.from_numpy(np.ascontiguousarray(S.data)),
+            size=S.shape,
+            check_invariants=True,
+        )
