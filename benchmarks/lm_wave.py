@@ -1,13 +1,18 @@
-"""Levenberg-Marquardt on the wave problem with many more residual rows than parameters.
+"""Levenberg-Marquardt on the wave (or Burgers) problem with many more residual rows than parameters.
 
-``python benchmarks/lm_wave.py --minutes 40 --out benchmarks/results/lm_wave.json`` trains
-``pinn_adapters.problems.wave1d`` (c = 2, Wang et al.'s problem) with
+``python benchmarks/lm_wave.py --minutes 40 --out docs/sweeps/lm/wave_dense.json`` trains
+``pinn_adapters.problems.wave1d`` (c = 2, Wang et al.'s problem; ``--problem burgers``:
+``pinn_adapters.problems.burgers``, ``n = n_res + 3 n_bc``) with
 ``pa.train(..., optimizer=pa.second_order.lm(...))``: a small Fourier-feature tanh MLP (about a
 thousand parameters, the size the LM literature uses), float64, dense Gauss-Newton steps,
 Nielsen damping, a fresh collocation batch every ``--resample-every`` accepted steps, and
 ``n = n_res + 4 n_bc`` residual rows several times the parameter count ``p`` (the earlier LM runs
 had ``n < p`` and interpolated the collocation points). It stops at ``--minutes`` of wall time and
 writes the history (step, time, loss, relative L2, damping) as one JSON file, atomically.
+
+``python benchmarks/lm_wave.py --plot OUT.png RUN.json [RUN.json ...] [--soap results.json]`` draws
+relative L2 against wall time for such runs (and, with ``--soap``, a first-order ``results.json``
+of ``sketchtrace pinn wave``, e.g. ``docs/sweeps/wave_45min/results.json``).
 """
 
 from __future__ import annotations
@@ -38,8 +43,45 @@ def _write(path, payload):
     os.replace(tmp, path)
 
 
+def plot(out, runs, soap=None):
+    """Relative L2 against wall time (minutes) of LM runs (their JSON) and a first-order run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for path in runs:
+        d = json.load(open(path))
+        h, c = d["history"], d["config"]
+        label = f"LM dense, {c['problem'] if 'problem' in c else 'wave'}, p={c['p']}, n={c['n']}"
+        ax.semilogy([t / 60 for t in h["time"]], h["relative_l2"], label=label)
+    if soap is not None:
+        d = json.load(open(soap))
+        h, c = d["history"], d["config"]
+        ok = [(t, e) for t, e in zip(h["time"], h["relative_l2"]) if e is not None]
+        ax.semilogy([t / 60 for t, _ in ok], [e for _, e in ok],
+                    label=f"{c.get('optimizer', '')} + {c.get('weights', '')} weights, width {c.get('width')}")  # fmt: skip
+    ax.set_xlabel("wall time (min)")
+    ax.set_ylabel("relative L2 error")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def main(argv=None):
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--plot":
+        ap = argparse.ArgumentParser(description="plot LM runs")
+        ap.add_argument("out")
+        ap.add_argument("runs", nargs="+")
+        ap.add_argument("--soap", default=None)
+        a = ap.parse_args(argv[1:])
+        return plot(a.out, a.runs, a.soap)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--problem", choices=("wave", "burgers"), default="wave")
     ap.add_argument("--minutes", type=float, default=40.0)
     ap.add_argument("--width", type=int, default=20)
     ap.add_argument("--depth", type=int, default=2)
@@ -53,14 +95,15 @@ def main(argv=None):
     ap.add_argument("--damping", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=10)
-    ap.add_argument("--out", default="benchmarks/results/lm_wave.json")
+    ap.add_argument("--out", default="docs/sweeps/lm/wave_dense.json")
     a = ap.parse_args(argv)
     fourier = {"num": a.fourier, "sigma": a.sigma} if a.fourier else None
     d_in = 2
     net = pa.nets.mlp((d_in, *([a.width] * a.depth), 1), fourier=fourier, dtype="float64")
-    problem = pa.problems.wave1d(network=net, n_res=a.n_res, n_bc=a.n_bc)
+    make = pa.problems.wave1d if a.problem == "wave" else pa.problems.burgers
+    problem = make(network=net, n_res=a.n_res, n_bc=a.n_bc)
     p = sum(x.size for x in jax.tree_util.tree_leaves(problem.init_params(jax.random.key(0))))
-    n = a.n_res + 4 * a.n_bc
+    n = sum(problem.blocks.sizes(problem.sample_batch(jax.random.key(0))).values())
     weighting = pa.ntk_weighting(problem.blocks, estimator="exact", every=1) if a.weights == "exact" else None
     opt = so.lm(method=a.method, damping=a.damping, resample_every=a.resample_every, time_limit=60 * a.minutes)
     t0 = time.perf_counter()
