@@ -61,7 +61,7 @@ def plot(out, runs, soap=None):
         h, c = d["history"], d["config"]
         ok = [(t, e) for t, e in zip(h["time"], h["relative_l2"]) if e is not None]
         ax.semilogy([t / 60 for t, _ in ok], [e for _, e in ok],
-                    label=f"{c.get('optimizer', '')} + {c.get('weights', '')} weights, width {c.get('width')}")  # fmt: skip
+                    label=f"{c.get('optimizer', '')} + {c.get('weights', '')} weights, {c.get('problem', 'wave')}, width {c.get('width')}")  # fmt: skip
     ax.set_xlabel("wall time (min)")
     ax.set_ylabel("relative L2 error")
     ax.grid(True, which="both", alpha=0.3)
