@@ -567,6 +567,11 @@ def test_pina_alias_training_split_and_one_refresh_per_epoch(float64):
     with pytest.raises(ValueError, match="update_every_n_epochs"):
         NTKWeighting("pc", every=3)
     assert NTKWeighting("pc", alpha=0.5)._probe_cfg()["ema"] == 0.5
+    # whole-block traces by default (the measured choice on PINA's Poisson tutorial); "mean" on request
+    assert NTKWeighting("pc")._probe_cfg()["normalize"] == "sum"
+    assert NTKWeighting("exact", normalize="mean")._probe_cfg()["normalize"] == "mean"
+    with pytest.raises(ValueError, match="normalize"):
+        NTKWeighting("exact", normalize="median")
     w = NTKWeighting("exact", normalize="sum")
     solver = _pina_solver(w)
     trainer = Trainer(

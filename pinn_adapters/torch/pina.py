@@ -79,9 +79,16 @@ class NTKWeighting(BaseWeighting):
     alpha : float, optional
         PINA's name for the smoothing (``w <- alpha w_old + (1 - alpha) w_new``): the same as
         ``ema`` (give one of them).
+    normalize : {"sum", "mean", None}
+        How the traces are normalised (see :func:`pinn_adapters.torch.ntk_weighting`). Default
+        ``"sum"``, the whole-block traces of Wang, Yu and Perdikaris' rule, chosen by measurement on
+        PINA's Poisson tutorial: there the PDE rows' per-row NTK diagonal is about 465x the boundary
+        rows' smaller at initialisation, so per-row (``"mean"``) traces put a weight of 466 on the
+        PDE, the boundary is left unfitted and the relative L2 ends at 2.2-2.5 (none: 0.67-0.86);
+        whole-block traces end at 0.38-0.41 (two seeds, 1,000 epochs; ``docs/adapters.md``).
     **options
         Passed to :func:`pinn_adapters.torch.ntk_weighting` (``num_probes``, ``gamma``,
-        ``rule``, ``normalize``, ``subsample``, ``ema``, ``cap``, ...). PINA's residuals use
+        ``rule``, ``subsample``, ``ema``, ``cap``, ...). PINA's residuals use
         ``torch.autograd``: exact traces run on point chunks, pc's ``J v`` are forward
         differences (``jvp="autograd"`` is exact); ``jvp="func"`` is refused.
 
@@ -91,8 +98,9 @@ class NTKWeighting(BaseWeighting):
     never its validation or test split.
     """
 
-    def __init__(self, estimator="pc", *, seed=0, update_every_n_epochs=1, alpha=None, **options):
+    def __init__(self, estimator="pc", *, seed=0, update_every_n_epochs=1, alpha=None, normalize="sum", **options):
         super().__init__(update_every_n_epochs=update_every_n_epochs, aggregator="sum")
+        options["normalize"] = normalize
         if alpha is not None:
             if "ema" in options:
                 raise ValueError("give alpha= (PINA's name) or ema=, not both: they are the same smoothing")
