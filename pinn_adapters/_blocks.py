@@ -144,6 +144,7 @@ class ResidualBlocks:
             raise TypeError(f"pointwise must be True, False or 'auto'; got {pointwise!r}")
         self.pointwise = pointwise
         self._pointwise_found: dict[str, bool] = {}
+        self._failed_pointwise: set[str] = set()  # declared pointwise, failed the check (strict=False callers)
         # the blocks' compiled functions, made here and held by this object (jax.jit compiles on first call)
         self._residuals_jit = jax.jit(self._residuals)
         self._norms_jit = jax.jit(self._point_grad_sq_norms, static_argnames=("chunk_size", "modes"))
@@ -283,13 +284,17 @@ class ResidualBlocks:
         out = []
         for name in self.names:
             found = self._pointwise_found.get(name)
-            if found is None and _all_concrete((params, batch[name])):
+            if found is None and not strict and name in self._failed_pointwise:
+                found = False  # checked once already: not re-checked on every call (the dense LM step)
+            elif found is None and _all_concrete((params, batch[name])):
                 if strict:
                     found = self.check_pointwise(params, batch, names=(name,))[name]
                 else:
                     found = self._pointwise_evidence(name, params, batch[name])[0]
                     if found:
                         self._pointwise_found[name] = True
+                    else:
+                        self._failed_pointwise.add(name)
             out.append(bool(found) if found is not None else self.pointwise is True)
         return tuple(out)
 
@@ -356,25 +361,11 @@ class ResidualBlocks:
         out = {}
         for name, pointwise in zip(self.names, modes):
             pts, blk = batch[name], self.fns[name]
-            if pointwise:
-                feats = (
-                    blk.features
-                    if isinstance(blk, MixedBlock)
-                    else (lambda p, x, n=name: self.block_residuals(n, p, x))
-                )
-
-                def one(pt, feats=feats):
-                    single = jax.tree.map(lambda a: a[None], pt)
-                    return jax.jacrev(lambda v: jnp.reshape(feats(unravel(v), single), (-1,)))(flat)  # (k, p)
-
-                A = _map_points(one, pts, num_points(pts), chunk_size)  # (n, k, p)
-                if not isinstance(blk, MixedBlock):
-                    out[name] = A.reshape(-1, flat.shape[0])
-                    continue
-                u = blk.features(params, pts)
-                _, lin = jax.linearize(lambda w: jnp.reshape(blk.mix(w, pts), (-1,)), u)
-                cols = jnp.moveaxis(A, -1, 0).reshape((flat.shape[0],) + u.shape)  # p tangents of u
-                out[name] = jax.lax.map(lin, cols).T
+            if pointwise and isinstance(blk, MixedBlock):
+                out[name] = self._mixed_jacobian(name, params, pts, chunk_size)
+            elif pointwise:
+                feats = lambda p, x, n=name: self.block_residuals(n, p, x)
+                out[name] = self._point_jacobians(feats, params, pts, chunk_size).reshape(-1, flat.shape[0])
             else:
                 out[name] = jax.jacfwd(lambda v, n=name: self.block_residuals(n, unravel(v), pts))(flat)
         return out
@@ -401,28 +392,30 @@ class ResidualBlocks:
         return _map_points(one, pts, n, chunk_size)
 
     def _mixed_row_norms(self, name, params, pts, chunk_size):
-        """Row norms of ``J = (d mix / d u) A`` with ``A`` the per-point feature Jacobian (``n, k, p``)."""
+        """Row norms of ``J = (d mix / d u) A`` (:meth:`_mixed_jacobian`)."""
+        return jnp.sum(jnp.square(self._mixed_jacobian(name, params, pts, chunk_size)), axis=1)
+
+    def _mixed_jacobian(self, name, params, pts, chunk_size):
+        """``J = (d mix / d u) A`` of a :class:`MixedBlock` (``m x p``), ``A`` the per-point feature
+        Jacobian (``n, k, p``, per-point gradients ``chunk_size`` points at a time)."""
         blk = self.fns[name]
+        A = self._point_jacobians(blk.features, params, pts, chunk_size)
+        u = blk.features(params, pts)
+        _, lin = jax.linearize(lambda w: jnp.reshape(blk.mix(w, pts), (-1,)), u)
+        cols = jnp.moveaxis(A, -1, 0).reshape((A.shape[-1],) + u.shape)  # p tangents of u
+        return jax.lax.map(lin, cols).T
+
+    @staticmethod
+    def _point_jacobians(feats, params, pts, chunk_size):
+        """``(n, k, p)``: the Jacobian of ``feats(params, point)`` (``k`` rows) with respect to the flat
+        parameters, one reverse-mode pass per point, ``chunk_size`` points at a time."""
         flat, unravel = ravel_pytree(params)
-        n, p = num_points(pts), flat.shape[0]
 
         def one(pt):
             single = jax.tree.map(lambda a: a[None], pt)
-            return jax.jacrev(lambda v: jnp.reshape(blk.features(unravel(v), single), (-1,)))(flat)  # (k, p)
+            return jax.jacrev(lambda v: jnp.reshape(feats(unravel(v), single), (-1,)))(flat)  # (k, p)
 
-        A = _map_points(one, pts, n, chunk_size)  # (n, k, p)
-        u = blk.features(params, pts)
-        _, lin = jax.linearize(lambda w: jnp.reshape(blk.mix(w, pts), (-1,)), u)
-        cols = jnp.moveaxis(A, -1, 0).reshape((p,) + u.shape)
-        m = jax.eval_shape(lin, u).shape[0]
-        c = max(1, min(chunk_size, p))
-        cols = jnp.concatenate([cols, jnp.zeros((-(-p // c) * c - p,) + u.shape, cols.dtype)])
-        chunks = cols.reshape((-1, c) + u.shape)
-
-        def body(acc, chunk):
-            return acc + jnp.sum(jnp.square(jax.vmap(lin)(chunk)), axis=0), None
-
-        return jax.lax.scan(body, jnp.zeros((m,), flat.dtype), chunks)[0]
+        return _map_points(one, pts, num_points(pts), chunk_size)
 
     def _whole_block_row_norms(self, name, params, pts, chunk_size):
         """Row norms of ``J_b`` from ``min(p, m)`` whole-block products, ``chunk`` at a time.
