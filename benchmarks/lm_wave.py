@@ -96,6 +96,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--out", default="docs/sweeps/lm/wave_dense.json")
+    ap.add_argument("--no-progress", action="store_true", help="no tqdm bar (loss, damping, relative L2)")
     a = ap.parse_args(argv)
     fourier = {"num": a.fourier, "sigma": a.sigma} if a.fourier else None
     d_in = 2
@@ -108,7 +109,7 @@ def main(argv=None):
     opt = so.lm(method=a.method, damping=a.damping, resample_every=a.resample_every, time_limit=60 * a.minutes)
     t0 = time.perf_counter()
     res = pa.train(problem, weighting=weighting, optimizer=opt, steps=10**7, seed=a.seed, log_every=a.log_every,
-                   progress=False)  # fmt: skip
+                   progress=not a.no_progress)  # fmt: skip
     h = res.history
     payload = {
         "config": vars(a) | {"p": int(p), "n": int(n)},
