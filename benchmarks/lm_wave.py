@@ -54,7 +54,9 @@ def plot(out, runs, soap=None):
     for path in runs:
         d = json.load(open(path))
         h, c = d["history"], d["config"]
-        label = f"LM dense, {c['problem'] if 'problem' in c else 'wave'}, p={c['p']}, n={c['n']}"
+        w = c.get("weights", "none")
+        w = "" if w == "none" else f", {w} weights /{c.get('weights_every', 1)}"
+        label = f"LM dense, {c.get('problem', 'wave')}, p={c['p']}, n={c['n']}, seed {c.get('seed', 0)}{w}"
         ax.semilogy([t / 60 for t in h["time"]], h["relative_l2"], label=label)
     if soap is not None:
         d = json.load(open(soap))
@@ -89,7 +91,8 @@ def main(argv=None):
     ap.add_argument("--sigma", type=float, default=2 * math.pi)
     ap.add_argument("--n-res", type=int, default=2400)
     ap.add_argument("--n-bc", type=int, default=400)
-    ap.add_argument("--weights", choices=("none", "exact"), default="none")
+    ap.add_argument("--weights", choices=("none", "exact", "pc", "gradnorm"), default="none")
+    ap.add_argument("--weights-every", type=int, default=100, help="refresh the weights every k accepted steps")
     ap.add_argument("--resample-every", type=int, default=100)
     ap.add_argument("--method", default="dense")
     ap.add_argument("--damping", type=float, default=1e-3)
@@ -105,7 +108,9 @@ def main(argv=None):
     problem = make(network=net, n_res=a.n_res, n_bc=a.n_bc)
     p = sum(x.size for x in jax.tree_util.tree_leaves(problem.init_params(jax.random.key(0))))
     n = sum(problem.blocks.sizes(problem.sample_batch(jax.random.key(0))).values())
-    weighting = pa.ntk_weighting(problem.blocks, estimator="exact", every=1) if a.weights == "exact" else None
+    weighting = None
+    if a.weights != "none":
+        weighting = pa.ntk_weighting(problem.blocks, estimator=a.weights, every=a.weights_every)
     opt = so.lm(method=a.method, damping=a.damping, resample_every=a.resample_every, time_limit=60 * a.minutes)
     t0 = time.perf_counter()
     res = pa.train(problem, weighting=weighting, optimizer=opt, steps=10**7, seed=a.seed, log_every=a.log_every,
@@ -118,7 +123,9 @@ def main(argv=None):
         "steps": h["step"][-1] if h["step"] else 0,
         "final_relative_l2": h["relative_l2"][-1] if h["relative_l2"] else None,
         "best_relative_l2": min(x for x in h["relative_l2"] if x is not None) if h["relative_l2"] else None,
-        "history": {k: h[k] for k in ("step", "time", "loss", "relative_l2", "damping", "accepted")},
+        "history": {k: h[k] for k in ("step", "time", "loss", "relative_l2", "damping", "accepted")}
+        | ({"weights": h["weights"]} if weighting is not None else {}),
+        "final_weights": h["weights"][-1] if h.get("weights") else None,
     }
     _write(a.out, payload)
     print(json.dumps({k: payload[k] for k in ("config", "steps", "final_relative_l2", "best_relative_l2", "wall_s")}))
