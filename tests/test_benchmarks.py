@@ -115,3 +115,11 @@ def test_report_verdicts():
     assert report.verdict("scipy_numba", 1.0) == "MISSES"
     times = report.interleaved({"a": lambda: np.zeros(3), "b": lambda: np.ones(3)}, repeats=3, warmup=1)
     assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
+
+
+def test_report_sections_refused_before_work(tmp_path, capsys):
+    out = tmp_path / "r.md"
+    with pytest.raises(SystemExit):
+        report.main(["--sections", "recipe,bogus", "--out", str(out)])
+    assert "--sections: unknown bogus" in capsys.readouterr().err
+    assert not out.exists()
