@@ -56,6 +56,7 @@ def plot(out, runs, soap=None):
         h, c = d["history"], d["config"]
         w = c.get("weights", "none")
         w = "" if w == "none" else f", {w} weights /{c.get('weights_every', 1)}"
+        w += f", RAD pool {c['rad']}" if c.get("rad") else ""
         label = f"LM dense, {c.get('problem', 'wave')}, p={c['p']}, n={c['n']}, seed {c.get('seed', 0)}{w}"
         ax.semilogy([t / 60 for t in h["time"]], h["relative_l2"], label=label)
     if soap is not None:
@@ -94,6 +95,10 @@ def main(argv=None):
     ap.add_argument("--weights", choices=("none", "exact", "pc", "gradnorm"), default="none")
     ap.add_argument("--weights-every", type=int, default=100, help="refresh the weights every k accepted steps")
     ap.add_argument("--resample-every", type=int, default=100)
+    ap.add_argument("--rad", type=int, default=0, metavar="POOL",
+                    help="residual-based adaptive sampling of the interior points from POOL uniform batches (0: uniform)")  # fmt: skip
+    ap.add_argument("--rad-k", type=float, default=1.0)
+    ap.add_argument("--rad-c", type=float, default=1.0)
     ap.add_argument("--method", default="dense")
     ap.add_argument("--damping", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -111,7 +116,9 @@ def main(argv=None):
     weighting = None
     if a.weights != "none":
         weighting = pa.ntk_weighting(problem.blocks, estimator=a.weights, every=a.weights_every)
-    opt = so.lm(method=a.method, damping=a.damping, resample_every=a.resample_every, time_limit=60 * a.minutes)
+    rad = {"block": "res", "pool": a.rad, "k": a.rad_k, "c": a.rad_c} if a.rad else None
+    opt = so.lm(method=a.method, damping=a.damping, resample_every=a.resample_every, time_limit=60 * a.minutes,
+                adaptive_sampling=rad)  # fmt: skip
     t0 = time.perf_counter()
     res = pa.train(problem, weighting=weighting, optimizer=opt, steps=10**7, seed=a.seed, log_every=a.log_every,
                    progress=not a.no_progress)  # fmt: skip

@@ -28,7 +28,7 @@ _NAMES = {
 _APP_NAMES = ("NonFiniteError", "TrainResult", "TrainState", "Trainer", "load_checkpoint", "save_checkpoint", "train")
 
 #: subpackages and modules reachable as attributes (``pa.nets``, ``pa.problems``, ...)
-_SUBMODULES = ("causal", "nets", "optim", "problems", "second_order")
+_SUBMODULES = ("causal", "nets", "optim", "problems", "sampling", "second_order")
 
 _EXTRA = "pip install 'sketchtrace[pinn]'"
 
@@ -82,5 +82,6 @@ __all__ = [
     "nets",
     "causal",
     "optim",
+    "sampling",
     "second_order",
 ]

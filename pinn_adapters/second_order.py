@@ -64,6 +64,7 @@ from sketchtrace.validation import (
 )
 
 from ._checkpoint_io import read_tree, write_tree
+from .sampling import ResidualAdaptiveSampler, check_adaptive_options
 
 __all__ = [
     "StepInfo",
@@ -343,6 +344,7 @@ def _check_options(o):
     c["resample_every"] = check_int(o["resample_every"], name="resample_every", minimum=1)
     c["log_every"] = check_int(o["log_every"], name="log_every", minimum=1)
     c["time_limit"] = check_optional(check_real, o["time_limit"], name="time_limit", low=0, low_open=True)
+    c["adaptive_sampling"] = check_optional(check_adaptive_options, o["adaptive_sampling"], name="adaptive_sampling")
     return c
 
 
@@ -354,6 +356,13 @@ def _lm_run(key, blocks, weighting, o):
     c = _check_options(o)
     line_search = c["line_search"]
     sample_batch = check_optional(check_callable, o["sample_batch"], name="sample_batch")
+    if c["adaptive_sampling"] is not None:
+        if sample_batch is None:
+            raise ValueError(
+                "adaptive_sampling needs sample_batch= (the uniform sampler it draws its pool from; through "
+                "pinn_adapters.train: resample=True)"
+            )
+        sample_batch = ResidualAdaptiveSampler(blocks, sample_batch, **c["adaptive_sampling"])
     error_fn = check_optional(check_callable, o["error_fn"], name="error_fn")
     checkpoint = check_optional(check_output_path, o["checkpoint"], name="checkpoint")
     checkpoint_every = check_optional(check_int, o["checkpoint_every"], name="checkpoint_every", minimum=1)
@@ -371,6 +380,7 @@ def _lm_run(key, blocks, weighting, o):
         **{k: c[k] for k in ("damping", "min_damping", "damping_rule", "line_search")},
         "grid_size": c["grid_size"] if line_search == "grid" else None,
         "resample_every": c["resample_every"] if sample_batch is not None else None,
+        "adaptive_sampling": sample_batch.config if isinstance(sample_batch, ResidualAdaptiveSampler) else None,
     }
     return _Run(
         key, blocks, weighting, c["steps"], solver, c["damping_rule"], c["min_damping"], etas, sample_batch,
@@ -447,7 +457,8 @@ def _iterate(run, state, clock):
     if accepted:
         params, count = unravel(flat + jnp.asarray(eta, flat.dtype) * dflat), count + 1
         if run.sample_batch is not None and count % run.resample_every == 0:
-            batch, resampled = run.sample_batch(kb), True
+            adaptive = isinstance(run.sample_batch, ResidualAdaptiveSampler)  # RAD: drawn at the new parameters
+            batch, resampled = (run.sample_batch(kb, params) if adaptive else run.sample_batch(kb)), True
         if run.weighting is not None:
             wstate = run.weighting.update(kw, wstate, state.params, params, batch)[1]
     mu, nu = state.mu, state.nu
@@ -491,6 +502,7 @@ def levenberg_marquardt(
     grid_size=31,
     sample_batch=None,
     resample_every=1,
+    adaptive_sampling=None,
     error_fn=None,
     log_every=1,
     time_limit=None,
@@ -509,7 +521,11 @@ def levenberg_marquardt(
     a step is accepted only when the loss goes down (gain ratio ``rho > 0``).
     ``weighting``: an :func:`pinn_adapters.ntk_weighting` (``None``: unit weights), refreshed after
     accepted steps. ``sample_batch(key) -> batch``: new collocation points after every
-    ``resample_every``-th accepted step (``None``: the fixed ``batch``). ``error_fn(params) -> float``
+    ``resample_every``-th accepted step (``None``: the fixed ``batch``); ``adaptive_sampling``: a dict
+    of :func:`pinn_adapters.sampling.residual_adaptive` options (``block``, ``pool``, ``k``, ``c``)
+    makes each resample a residual-based adaptive (RAD) draw from ``pool`` of ``sample_batch``'s
+    batches at the current parameters (a :class:`~pinn_adapters.sampling.ResidualAdaptiveSampler`
+    passed as ``sample_batch`` is used the same way). ``error_fn(params) -> float``
     (e.g. ``problem.relative_l2``) is logged every ``log_every`` steps; ``time_limit`` (seconds,
     this call) stops early. ``checkpoint``: a file written atomically (``.npz`` arrays plus JSON, no
     pickle) every ``checkpoint_every`` steps and at the end; ``resume``: such a file, continued

@@ -49,6 +49,7 @@ SECTIONS = (
     ("pinn_adapters.causal", "pinn_adapters.causal", "recipe.md"),
     ("pinn_adapters.optim", "pinn_adapters.optim", "recipe.md"),
     ("pinn_adapters.second_order", "pinn_adapters.second_order", "second-order.md"),
+    ("pinn_adapters.sampling", "pinn_adapters.sampling", "second-order.md"),
     ("pinn_adapters.fem", "pinn_adapters.fem", "qtensor.md"),
     ("pinn_adapters.app", "pinn_adapters.app (the application behind `sketchtrace pinn`)", "cli.md"),
     ("pinn_adapters.adapters", "pinn_adapters.adapters", "adapters.md"),
