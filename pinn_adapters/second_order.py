@@ -299,6 +299,7 @@ class _Run(NamedTuple):
     checkpoint_every: Any
     config: dict
     callback: Any
+    weight_update: Any  # the weighting's update, jitted once per run (eager, its lax.cond compiled every call)
 
 
 class _State(NamedTuple):
@@ -386,6 +387,7 @@ def _lm_run(key, blocks, weighting, o):
         key, blocks, weighting, c["steps"], solver, c["damping_rule"], c["min_damping"], etas, sample_batch,
         c["resample_every"], error_fn, c["log_every"], c["time_limit"], checkpoint, checkpoint_every, config,
         check_optional(check_callable, o["callback"], name="callback"),
+        None if weighting is None else jax.jit(weighting.update),
     )  # fmt: skip
 
 
@@ -460,7 +462,7 @@ def _iterate(run, state, clock):
             adaptive = isinstance(run.sample_batch, ResidualAdaptiveSampler)  # RAD: drawn at the new parameters
             batch, resampled = (run.sample_batch(kb, params) if adaptive else run.sample_batch(kb)), True
         if run.weighting is not None:
-            wstate = run.weighting.update(kw, wstate, state.params, params, batch)[1]
+            wstate = run.weight_update(kw, wstate, state.params, params, batch)[1]
     mu, nu = state.mu, state.nu
     if run.damping_rule == "nielsen":
         mu, nu = _nielsen(mu, nu, rho, accepted)

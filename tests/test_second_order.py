@@ -283,3 +283,40 @@ def test_bad_driver_arguments_refused_before_any_work(tmp_path):
             so.levenberg_marquardt(*args, steps=2, **kw)
     with pytest.raises(TypeError, match="line_search"):
         so.energy_natural_gradient(*args, steps=2, line_search=None)
+
+
+def test_weighting_refresh_compiles_once_per_run(caplog):
+    """The weighting's update runs as one compiled program per run: with ``every > 1`` an eager update's
+    ``lax.cond`` compiled its branches on every call (a run of thousands of steps exhausted memory)."""
+    import logging
+
+    blocks, sample_batch, params = _two_blocks()
+    batch = sample_batch(jax.random.key(9))
+    counts = []
+    for steps in (4, 16):
+        w = pa.ntk_weighting(blocks, estimator="exact", every=2)
+        so.levenberg_marquardt(
+            jax.random.key(0),
+            blocks,
+            params,
+            batch,
+            steps=2,
+            weighting=w,
+            method="dense",
+            damping=0.1,
+            sample_batch=sample_batch,
+            resample_every=3,
+        )  # fmt: skip  (warm up)
+        caplog.clear()
+        jax.config.update("jax_log_compiles", True)
+        try:
+            with caplog.at_level(logging.WARNING, logger="jax"):
+                res = so.levenberg_marquardt(
+                    jax.random.key(0), blocks, params, batch, steps=steps, weighting=w, method="dense",
+                    damping=0.1, sample_batch=sample_batch, resample_every=3,
+                )  # fmt: skip
+        finally:
+            jax.config.update("jax_log_compiles", False)
+        assert sum(r["accepted"] for r in res.history) >= steps // 2  # refreshes happened (every 2 accepted)
+        counts.append(sum("Compiling" in r.getMessage() for r in caplog.records))
+    assert counts[1] == counts[0], counts  # no compilation per step
