@@ -111,14 +111,28 @@ class NTKWeighting(Weighting):
 
     def __init__(self, init: Callable, update: Callable, blocks: ResidualBlocks, config: dict):
         self._init, self._update, self.blocks, self.config = init, update, blocks, config
+        self._compiled = None
 
     def init(self, key, params, batch) -> WeightingState:
         """The first :class:`WeightingState` (see :class:`~pinn_adapters.Weighting`)."""
         return self._init(key, params, batch)
 
     def update(self, key, state, params_prev, params, batch, *, residuals=None, residuals_prev=None):
-        """``(weights, state)`` for the step from ``params_prev`` to ``params`` (see :class:`~pinn_adapters.Weighting`)."""
-        return self._update(key, state, params_prev, params, batch, residuals=residuals, residuals_prev=residuals_prev)
+        """``(weights, state)`` for the step from ``params_prev`` to ``params`` (see :class:`~pinn_adapters.Weighting`).
+
+        Called eagerly (outside ``jax.jit``), it runs one compiled program per argument structure,
+        kept by this weighting: an eager ``every > 1`` refresh would otherwise compile its
+        ``lax.cond`` branches on every call. Inside a transformation it is traced through."""
+        args = (key, state, params_prev, params, batch, residuals, residuals_prev)
+        if not isinstance(state, WeightingState) or any(
+            isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(args)
+        ):  # traced by the caller, or a bad state: the plain call (its checks raise the clear errors)
+            return self._update(*args[:5], residuals=residuals, residuals_prev=residuals_prev)
+        if self._compiled is None:
+            self._compiled = jax.jit(
+                lambda k, s, a, b, bt, r, rp: self._update(k, s, a, b, bt, residuals=r, residuals_prev=rp)
+            )
+        return self._compiled(*args)
 
 
 class _Strategy(NamedTuple):

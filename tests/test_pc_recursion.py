@@ -64,10 +64,11 @@ def jax_traces(gamma, monkeypatch):
     params, batch = {"w": jnp.ones(())}, {n: jnp.ones((ROWS[n], 1)) for n in NAMES}
     state = w.init(jax.random.key(0), params, batch)
     traces, weights = [], []
-    for t in range(len(X)):  # eager: the fixed forms are read once per update
-        wt, state = w.update(jax.random.key(t), state, params, params, batch)
-        traces.append([float(state.traces[n]) for n in NAMES])
-        weights.append([float(wt[n]) for n in NAMES])
+    with jax.disable_jit():  # op by op (an eager update is compiled otherwise): the fixed forms are read per update
+        for t in range(len(X)):
+            wt, state = w.update(jax.random.key(t), state, params, params, batch)
+            traces.append([float(state.traces[n]) for n in NAMES])
+            weights.append([float(wt[n]) for n in NAMES])
     return np.array(traces), np.array(weights)
 
 

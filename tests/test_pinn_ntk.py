@@ -425,3 +425,37 @@ def test_both_sides_refuse_options_alike(setup, bad):
     assert errors[0][0] is errors[1][0]
     # the same rule in the same words (the JAX side's gamma also takes 'auto': its name says so)
     assert errors[0][1].split(" must be")[-1].split(";")[0] == errors[1][1].split(" must be")[-1].split(";")[0]
+
+
+@pytest.mark.parametrize("estimator", ["exact", "pc", "gradnorm"])
+def test_eager_update_compiles_once(estimator, caplog):
+    """An eager ``update`` (outside jit) runs one compiled program kept by the weighting: 12 calls with
+    ``every=3`` compile as much as 3 (before, every call compiled the refresh's lax.cond branches), and
+    give the same weights as the update traced inside the caller's jit."""
+    import logging
+
+    prob = pa.problems.poisson1d(layers=(1, 6, 1), n_res=16)
+    params = prob.init_params(jax.random.key(0))
+    p1 = jax.tree.map(lambda a: a * 1.01, params)
+    batch = prob.sample_batch(jax.random.key(1))
+    w = pa.ntk_weighting(prob.blocks, estimator=estimator, every=3)
+    state0 = w.init(jax.random.key(2), params, batch)
+    counts = []
+    for calls in (3, 12):
+        caplog.clear()
+        jax.config.update("jax_log_compiles", True)
+        try:
+            with caplog.at_level(logging.WARNING, logger="jax"):
+                state = state0
+                for i in range(calls):
+                    weights, state = w.update(jax.random.key(i), state, params, p1, batch)
+        finally:
+            jax.config.update("jax_log_compiles", False)
+        counts.append(sum("Compiling" in r.getMessage() for r in caplog.records))
+    assert counts[1] <= counts[0], counts
+    jitted = jax.jit(lambda k, s: w.update(k, s, params, p1, batch))
+    state = state0
+    for i in range(12):
+        ref, state = jitted(jax.random.key(i), state)
+    for n in prob.blocks.names:
+        np.testing.assert_allclose(float(weights[n]), float(ref[n]), rtol=1e-6)
