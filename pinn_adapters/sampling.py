@@ -106,5 +106,7 @@ def residual_adaptive(blocks, sample_batch, *, block="res", pool=8, k=1.0, c=1.0
 
     ``pool``: uniform batches per draw (2 to 1024; the candidates are ``pool`` times the block's
     points); ``k``, ``c``: the density ``|r|^k / mean(|r|^k) + c``. Every option is checked here.
+    ``sample_batch`` is traced by ``jax.jit`` (the problems' samplers are); the block's residuals must
+    have the same number of rows for every point (they are grouped by point to give ``|r(x)|``).
     """
     return ResidualAdaptiveSampler(blocks, sample_batch, block=block, pool=pool, k=k, c=c)

@@ -299,7 +299,7 @@ class _Run(NamedTuple):
     checkpoint_every: Any
     config: dict
     callback: Any
-    weight_update: Any  # the weighting's update, jitted once per run (eager, its lax.cond compiled every call)
+    weight_update: Any  # the weighting's update, jitted once per run (an eager every > 1 update recompiles)
 
 
 class _State(NamedTuple):
