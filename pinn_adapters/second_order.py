@@ -299,7 +299,6 @@ class _Run(NamedTuple):
     checkpoint_every: Any
     config: dict
     callback: Any
-    weight_update: Any  # the weighting's update, jitted once per run (an eager every > 1 update recompiles)
 
 
 class _State(NamedTuple):
@@ -387,7 +386,6 @@ def _lm_run(key, blocks, weighting, o):
         key, blocks, weighting, c["steps"], solver, c["damping_rule"], c["min_damping"], etas, sample_batch,
         c["resample_every"], error_fn, c["log_every"], c["time_limit"], checkpoint, checkpoint_every, config,
         check_optional(check_callable, o["callback"], name="callback"),
-        None if weighting is None else jax.jit(weighting.update),
     )  # fmt: skip
 
 
@@ -462,7 +460,7 @@ def _iterate(run, state, clock):
             adaptive = isinstance(run.sample_batch, ResidualAdaptiveSampler)  # RAD: drawn at the new parameters
             batch, resampled = (run.sample_batch(kb, params) if adaptive else run.sample_batch(kb)), True
         if run.weighting is not None:
-            wstate = run.weight_update(kw, wstate, state.params, params, batch)[1]
+            wstate = run.weighting.update(kw, wstate, state.params, params, batch)[1]  # compiled once (NTKWeighting)
     mu, nu = state.mu, state.nu
     if run.damping_rule == "nielsen":
         mu, nu = _nielsen(mu, nu, rho, accepted)
