@@ -12,6 +12,8 @@ _FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 
+import gc  # noqa: E402
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
@@ -28,6 +30,19 @@ settings.register_profile(
 )
 settings.register_profile("thorough", deadline=None, max_examples=300)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs and trace caches after each test module.
+
+    One pytest process runs the whole suite; without this, every module's compiled programs stay
+    resident (7.7 GB of RSS by the end of the suite, 2026-12-08), and a rare segfault late in the
+    run (CI on bb04f9a, in test_xtrace after 1375 tests) had that much live state behind it. On five
+    JAX-heavy modules: peak RSS 4.6 -> 3.1 GB for 2.5 % more time (the programs they share recompile)."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture
