@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import numbers
+import threading
 
 import numpy as np
 
@@ -70,6 +72,39 @@ def is_concrete(x) -> bool:
     concrete values; under tracing they are skipped or refused.
     """
     return not (HAS_JAX and isinstance(x, jax.core.Tracer))
+
+
+class _Deferred(threading.local):
+    trace = None  # the top-level trace of the eager program being traced
+    flags: list | None = None
+
+
+_DEFERRED = _Deferred()
+
+
+@contextlib.contextmanager
+def deferred_checks(trace):
+    """Collect the value checks that tracing would skip, while an eager call's program is traced.
+
+    ``trace``: the program's own (top-level) JAX trace. A check on a tracer of that trace records its
+    condition (a traced boolean) through :func:`defer_check`; checks inside a nested loop, ``vmap`` or
+    ``jit`` body are not recorded (their tracers cannot leave it). Yields the list of conditions: the
+    program returns them, and a failed one makes the caller rerun the call eagerly, where the check
+    raises its own error instead of a silent wrong value.
+    """
+    prev = _DEFERRED.trace, _DEFERRED.flags
+    _DEFERRED.trace, _DEFERRED.flags = trace, []
+    try:
+        yield _DEFERRED.flags
+    finally:
+        _DEFERRED.trace, _DEFERRED.flags = prev
+
+
+def defer_check(x, condition) -> None:
+    """Record ``condition(x)`` (a traced boolean: the check passes) for the enclosing eager program, when
+    ``x`` is a tracer of that program's own trace (see :func:`deferred_checks`); otherwise nothing."""
+    if _DEFERRED.flags is not None and getattr(x, "_trace", None) is _DEFERRED.trace:
+        _DEFERRED.flags.append(condition(x))
 
 
 def _scalar(value, kind):

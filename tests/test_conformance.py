@@ -316,13 +316,28 @@ def test_key_must_match_forced_backend(bk):
             st.hutchinson(bk.key(0), A, num_matvecs=2, backend="torch")
 
 
+# every estimator family: a NaN from the operator is named as the operator's, whatever comes after the
+# products (a Ritz eigensolver, f at the Ritz values, a Cholesky of the sketch, CG)
+_NON_FINITE_CALLS = {
+    "hutchinson": lambda key, op: st.hutchinson(key, op, num_matvecs=3),
+    "hutchpp": lambda key, op: st.hutchpp(key, op, num_matvecs=6),
+    "xtrace": lambda key, op: st.xtrace(key, op, num_matvecs=6),
+    "diagonal": lambda key, op: st.diagonal(key, op, num_matvecs=4),
+    "logdet": lambda key, op: st.logdet(key, op, num_matvecs=6, lanczos_steps=3),
+    "trace_function": lambda key, op: st.trace_function(key, op, "exp", num_matvecs=6, lanczos_steps=3),
+    "nystrom": lambda key, op: st.nystrom(key, op, 3),
+    "solve": lambda key, op: st.solve(key, op, np.ones(N), damping=1e-3, rank=3),
+}
+
+
 @pytest.mark.parametrize("kind", ["dense", "sparse"])
-def test_non_finite_operator_refused(bk, kind):
+@pytest.mark.parametrize("call", sorted(_NON_FINITE_CALLS))
+def test_non_finite_operator_refused(bk, kind, call):
     B = A.copy()
-    B[2, 3] = np.nan
+    B[2, 3] = B[3, 2] = np.nan
     op = st.as_operator(B if kind == "dense" else sp.csr_matrix(B))
-    with pytest.raises(FloatingPointError, match="non-finite"):
-        st.hutchinson(bk.key(0), op, num_matvecs=3)
+    with pytest.raises(FloatingPointError, match="op: the operator produced non-finite"):
+        _NON_FINITE_CALLS[call](bk.key(0), op)
 
 
 def test_block_traces_needs_blocks(bk):

@@ -127,6 +127,44 @@ def test_eager_errors_are_the_eager_errors():
         st.xnystrace(KEY, indefinite, num_matvecs=12, check_psd=True)  # inspects values: eager
 
 
+def test_a_check_skipped_by_tracing_still_fails_the_eager_call():
+    """The finiteness check that the compiled program cannot raise travels out with its result: an
+    estimator whose arithmetic hides the operator's NaN (here ``nan_to_num``; XNysTrace's ``nu > 0``
+    guard used to) still raises the eager error instead of returning a finite wrong value. Checks
+    inside a nested loop body are not collected (no tracer leaks out of it)."""
+    from sketchtrace.backends import JaxBackend
+
+    runs = []  # Python runs of the body: tracing the program once, then only eager reruns
+
+    def masking(key, op, *, num_matvecs):
+        runs.append(key)
+        op = st.as_operator(op)  # as the estimators do: the eager rerun gets the user's array
+        V = jax.random.normal(key, (num_matvecs, op.shape[0]), op.dtype)
+        Y = op.matmat(V)
+        JaxBackend.check_finite("op", Y)
+        jax.lax.map(lambda y: (JaxBackend.check_finite("op", y), y)[1], Y)  # nested: not collected
+        return jnp.sum(jnp.nan_to_num(Y * V)) / num_matvecs
+
+    est = _compiled.eager_compiled(masking)
+    first = float(est(KEY, A, num_matvecs=4))
+    assert float(est(KEY, A, num_matvecs=4)) == first and len(runs) == 1  # compiled once, run twice
+    assert all(isinstance(k, jax.core.Tracer) for k in runs)
+    bad = A.at[3, 5].set(jnp.nan)
+    with pytest.raises(FloatingPointError, match="op: the operator produced non-finite"):
+        est(KEY, bad, num_matvecs=4)  # the same compiled program, its check failed: rerun eagerly
+    assert len(runs) == 2 and not isinstance(runs[1], jax.core.Tracer)
+    jitted = jax.jit(masking, static_argnames="num_matvecs")
+    assert np.isfinite(float(jitted(KEY, bad, num_matvecs=4)))  # what the program alone returns: NaN hidden
+
+
+def test_xnystrace_propagates_the_operators_nan_under_jit():
+    bad = A.at[3, 5].set(jnp.nan).at[5, 3].set(jnp.nan)
+    value = jax.jit(lambda k: st.xnystrace(k, bad, num_matvecs=12).value)(KEY)
+    assert np.isnan(float(value))  # not 0: the A Omega = 0 guard keeps a NaN shift's NaN
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        st.xnystrace(KEY, bad, num_matvecs=12)
+
+
 def test_numpy_keys_call_through():
     st.hutchinson.cache_clear()
     before = _traces("hutchinson")

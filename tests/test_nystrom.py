@@ -160,6 +160,21 @@ def test_solve_matches_numpy(backend, preconditioner):
     assert isinstance(x, jax.Array) == (backend == "jax")
 
 
+@pytest.mark.parametrize("backend", ["numba", "jax"])
+def test_solve_breakdown_is_not_converged(backend):
+    """CG on an indefinite system breaks down (``p^T A p <= 0``): ``converged`` is False (it used to
+    report True, the recursive residual set to 0), and a NaN under ``jax.jit`` is not converged."""
+    C = np.diag(np.r_[np.ones(N // 2), -np.ones(N // 2)])
+    C[0, 1] = C[1, 0] = 0.3
+    x, info = st.solve(KEYS[backend](0), C, np.ones(N), damping=1e-3, preconditioner=None)
+    assert not bool(info.converged) and float(info.residual_norm) > 1.0
+    if backend == "jax":
+        bad = _psd(SPECTRA["polynomial"])
+        bad[2, 3] = bad[3, 2] = np.nan
+        _, info = jax.jit(lambda k: st.solve(k, bad, jnp.ones(N), damping=1e-3, rank=5))(KEYS["jax"](0))
+        assert not bool(info.converged)
+
+
 def test_preconditioning_cuts_iterations_fivefold():
     """Spectrum exp(-i/3), mu = 1e-4: the Nystrom preconditioner (rank 40) needs <= 1/5 the iterations.
 

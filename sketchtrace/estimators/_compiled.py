@@ -36,7 +36,8 @@ import weakref
 
 import numpy as np
 
-from .._optional import jax
+from .._optional import jax, jnp
+from ..validation import deferred_checks
 
 #: Compiled programs kept per estimator (least recently used dropped first).
 CACHE_SIZE = 64
@@ -67,17 +68,21 @@ class _Program:
             leaves = [next(it) if m else s for m, s in zip(mask, static)]
             key, op, args, kwargs, consts = jax.tree_util.tree_unflatten(treedef, leaves)
             op = _bind_functions(op, consts)
-            out_leaves, self.out_tree = jax.tree_util.tree_flatten(fn(key, op, *args, **kwargs))
+            with deferred_checks(getattr(dyn[0], "_trace", None)) as checks:  # dyn[0]: the key
+                out_leaves, self.out_tree = jax.tree_util.tree_flatten(fn(key, op, *args, **kwargs))
             self.out_mask = tuple(isinstance(x, jax.Array) for x in out_leaves)
             self.out_static = tuple(None if m else x for m, x in zip(self.out_mask, out_leaves))
-            return [x for m, x in zip(self.out_mask, out_leaves) if m]
+            passed = jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+            return [passed] + [x for m, x in zip(self.out_mask, out_leaves) if m]
 
         self.run = jax.jit(traced)
 
     def __call__(self, dyn):
-        it = iter(self.run(dyn))
+        """``(output, whether the value checks skipped by tracing passed)``."""
+        passed, *rest = self.run(dyn)
+        it = iter(rest)
         leaves = [next(it) if m else s for m, s in zip(self.out_mask, self.out_static)]
-        return jax.tree_util.tree_unflatten(self.out_tree, leaves)
+        return jax.tree_util.tree_unflatten(self.out_tree, leaves), passed
 
 
 def _finite(out) -> bool:
@@ -283,17 +288,19 @@ def eager_compiled(fn):
         if program is None:
             return fn(key, op, *args, **kwargs)
         if code is None:
-            out = program(dyn)
+            out, passed = program(dyn)
         else:  # first call of this configuration: trace and compile it
             try:
-                out = program(dyn)
+                out, passed = program(dyn)
             except Exception:  # noqa: BLE001 - cannot be traced (inspects values): the eager call raises or runs
                 eager_only.add(code)
                 return fn(key, op, *args, **kwargs)
             cache[seen_code[code]] = program
             if len(cache) > CACHE_SIZE:
                 cache.popitem(last=False)
-        return out if _finite(out) else fn(key, op, *args, **kwargs)  # eager: raises the eager error
+        if bool(passed) and _finite(out):
+            return out
+        return fn(key, op, *args, **kwargs)  # a check failed in the program: eagerly, it raises its own error
 
     def _lookup(key, op, args, kwargs):
         """``(program, its code if new, dynamic leaves)``, or ``(None, None, None)`` to call through."""

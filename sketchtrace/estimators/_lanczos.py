@@ -150,6 +150,10 @@ def slq_forward(bk, spec, num_steps, reorthogonalize):
         alpha, beta, basis, norms = bk.lanczos(
             matmat, Z, num_steps, reorthogonalize=reorthogonalize, keep_basis=adjoint
         )
+        # a NaN or inf from the operator reaches the coefficients: refuse it as the other estimators do,
+        # before the Ritz values (an eigensolver failure, or a complaint about f) hide the cause
+        bk.check_finite("op", alpha)
+        bk.check_finite("op", beta)
         values, (theta, vecs, first) = gauss_rule(xp, spec, bk, alpha, beta, norms)
         peak = xp.max(apply_f(bk, spec, theta), axis=1)
         half, quarter = half_rule(bk, spec, alpha, beta, norms), half_rule(bk, spec, alpha, beta, norms, 4)

@@ -48,7 +48,7 @@ class Nystrom(NamedTuple):
 class SolveInfo(NamedTuple):
     """What :func:`solve` did: CG ``iterations``, the true final ``residual_norm``
     ``||b - (A + mu I) x||_2``, ``converged`` (the CG test ``||r||_2 <= max(atol, rtol ||b||_2)`` was
-    met within ``maxiter``), the preconditioner ``rank`` (0: none), its a posteriori ``error``
+    met within ``maxiter``, with no breakdown ``p^T (A + mu I) p <= 0`` and a finite residual), the preconditioner ``rank`` (0: none), its a posteriori ``error``
     estimate, and the total ``matvecs`` with ``A`` (sketch, power iterations, CG, final residual)."""
 
     iterations: Any
@@ -308,7 +308,8 @@ def _pcg(xp, apply_a, apply_m, b, tol, maxiter):
         z = apply_m(r)
         rz_new = xp.sum(r * z)
         beta = rz_new / xp.where(rz != 0, rz, 1.0)
-        rnorm = xp.where(pap > 0, xp.sqrt(xp.sum(r * r)), zero)  # breakdown (p^T A p <= 0): stop
+        # breakdown (p^T A p <= 0: not positive definite, or NaN): stop, not converged (NaN fails both tests)
+        rnorm = xp.where(pap > 0, xp.sqrt(xp.sum(r * r)), xp.full((), xp.nan, b.dtype))
         return (x, r, z + beta * p, rz_new, k + 1, rnorm, z)
 
     x, _, _, _, k, rnorm, _ = _while(cond, body, state)
@@ -428,4 +429,4 @@ def solve(
     x, k, rnorm = _pcg(xp, apply_a, apply_m, b, tol, maxiter)
     res = b - apply_a(x)
     true = xp.sqrt(xp.sum(res * res))
-    return x, SolveInfo(k, true, rnorm <= tol, r_used, err, spent + k + 1)
+    return x, SolveInfo(k, true, (rnorm <= tol) & xp.isfinite(true), r_used, err, spent + k + 1)

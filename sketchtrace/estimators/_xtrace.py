@@ -443,8 +443,9 @@ def _xnystrace_parts(xp, st, n, improved, *, pairs):
     Ginv = xp.linalg.solve(Om.T @ Om, I) if improved else None
     scale = (n - k + 1) * xp.diagonal(Ginv) if improved else 1.0
     t = tr_hat - xp.sum(X * X, axis=0) / d + scale / d - nu * n
-    # A Omega = 0 (nu = 0, H = 0): the Nystrom approximation is exact (zero) and so is the trace
-    t = xp.where(nu > 0, t, xp.zeros_like(t))
+    # A Omega = 0 (nu = 0, H = 0): the Nystrom approximation is exact (zero) and so is the trace; a NaN
+    # nu (a NaN or inf from the operator) keeps the NaN estimate (``nu > 0`` would turn it into 0)
+    t = xp.where(nu == 0, xp.zeros_like(t), t)
     if not pairs:
         return t, None
     # leave omega_j out as well: H_{-j}^{-1} = K - K e_j e_j^T K / K_jj (row and column j vanish)
@@ -460,7 +461,7 @@ def _xnystrace_parts(xp, st, n, improved, *, pairs):
     else:
         scale2 = 1.0
     t2 = tr_hat - Pjj / Kjj - pij / dij + scale2 / dij - nu * n
-    return t, xp.where(nu > 0, (t[:, None] - t2) * off, xp.zeros_like(t2))
+    return t, xp.where(nu == 0, xp.zeros_like(t2), (t[:, None] - t2) * off)
 
 
 def xnystrace_loo(xp, st, n, improved):
