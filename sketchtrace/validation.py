@@ -83,11 +83,11 @@ _DEFERRED = _Deferred()
 
 
 @contextlib.contextmanager
-def deferred_checks(trace):
+def _deferred_checks(trace):
     """Collect the value checks that tracing would skip, while an eager call's program is traced.
 
     ``trace``: the program's own (top-level) JAX trace. A check on a tracer of that trace records its
-    condition (a traced boolean) through :func:`defer_check`; checks inside a nested loop, ``vmap`` or
+    condition (a traced boolean) through :func:`_defer_check`; checks inside a nested loop, ``vmap`` or
     ``jit`` body are not recorded (their tracers cannot leave it). Yields the list of conditions: the
     program returns them, and a failed one makes the caller rerun the call eagerly, where the check
     raises its own error instead of a silent wrong value.
@@ -100,9 +100,9 @@ def deferred_checks(trace):
         _DEFERRED.trace, _DEFERRED.flags = prev
 
 
-def defer_check(x, condition) -> None:
+def _defer_check(x, condition) -> None:
     """Record ``condition(x)`` (a traced boolean: the check passes) for the enclosing eager program, when
-    ``x`` is a tracer of that program's own trace (see :func:`deferred_checks`); otherwise nothing."""
+    ``x`` is a tracer of that program's own trace (see :func:`_deferred_checks`); otherwise nothing."""
     if _DEFERRED.flags is not None and getattr(x, "_trace", None) is _DEFERRED.trace:
         _DEFERRED.flags.append(condition(x))
 

@@ -35,7 +35,7 @@ from ..operators import (
     TransposedOperator,
     as_operator,
 )
-from ..validation import check_csr, defer_check, is_concrete, probe_matvec, scipy_raw_matvec
+from ..validation import _defer_check, check_csr, is_concrete, probe_matvec, scipy_raw_matvec
 from ._krylov import lanczos_jax
 
 
@@ -252,7 +252,7 @@ class JaxBackend:
     @staticmethod
     def check_finite(name, x):
         if not is_concrete(x):  # in an eager call's compiled program: returned with it, raised by a rerun
-            defer_check(x, lambda v: jnp.all(jnp.isfinite(v)))
+            _defer_check(x, lambda v: jnp.all(jnp.isfinite(v)))
         elif not bool(jnp.all(jnp.isfinite(x))):
             raise FloatingPointError(
                 f"{name}: the operator produced non-finite values (NaN or inf); check the operator "

@@ -37,7 +37,7 @@ import weakref
 import numpy as np
 
 from .._optional import jax, jnp
-from ..validation import deferred_checks
+from ..validation import _deferred_checks
 
 #: Compiled programs kept per estimator (least recently used dropped first).
 CACHE_SIZE = 64
@@ -68,7 +68,7 @@ class _Program:
             leaves = [next(it) if m else s for m, s in zip(mask, static)]
             key, op, args, kwargs, consts = jax.tree_util.tree_unflatten(treedef, leaves)
             op = _bind_functions(op, consts)
-            with deferred_checks(getattr(dyn[0], "_trace", None)) as checks:  # dyn[0]: the key
+            with _deferred_checks(getattr(dyn[0], "_trace", None)) as checks:  # dyn[0]: the key
                 out_leaves, self.out_tree = jax.tree_util.tree_flatten(fn(key, op, *args, **kwargs))
             self.out_mask = tuple(isinstance(x, jax.Array) for x in out_leaves)
             self.out_static = tuple(None if m else x for m, x in zip(self.out_mask, out_leaves))
