@@ -110,9 +110,8 @@ def _make_key(seed: int, backend: str):
 def _exact_trace(a):
     import scipy.sparse as sp
 
-    if sp.issparse(a):
-        return float(a.diagonal().sum())
-    return float(np.trace(a))
+    with np.errstate(over="ignore"):  # an overflowing trace is refused by the caller, with its own message
+        return float(a.diagonal().sum()) if sp.issparse(a) else float(np.trace(a))
 
 
 def check_psd_matrix(a, *, name="PATH", steps=40, seed=0):
@@ -165,6 +164,22 @@ def check_psd_matrix(a, *, name="PATH", steps=40, seed=0):
         )
 
 
+def _check_float32_range(a, name):
+    """JAX runs in float32 unless ``--x64``: refuse entries that would overflow to inf in the conversion
+    (the estimators would report the operator's inf, not the file's range)."""
+    import scipy.sparse as sp
+
+    values = a.data if sp.issparse(a) else a
+    if values.size and np.issubdtype(values.dtype, np.floating) and values.dtype.itemsize > 4:
+        big = float(np.max(np.abs(values)))
+        limit = float(np.finfo(np.float32).max)
+        if big > limit:
+            raise ValueError(
+                f"{name}: entries up to {big:.3g} exceed float32's range ({limit:.3g}), in which --backend jax "
+                "runs by default; use --x64 (float64) or --backend numba"
+            )
+
+
 def _timed(fn, key_fn, op, matvecs):
     """``(estimate, value, seconds, first_call_seconds)``: a first call (which compiles) and a timed
     second one with the same key (so the same estimate); the table's seconds exclude compilation."""
@@ -201,10 +216,18 @@ def run_trace(args) -> dict:
     a = demo_matrix() if args.demo else load_matrix(args.path)
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
         raise ValueError(f"PATH {str(args.path)!r}: the matrix must be square; got shape {a.shape}")
+    if a.shape[0] == 0:
+        raise ValueError(f"PATH {str(args.path)!r}: the matrix is empty (shape {a.shape}); expected at least one row")
+    if args.backend == "jax" and not jax.config.jax_enable_x64:
+        _check_float32_range(a, f"PATH {str(args.path)!r}")
     if "xnystrace" in names and not args.demo:
         check_psd_matrix(a, name=f"PATH {str(args.path)!r}")
     source = "demo: n=2000 PSD matrix, eigenvalues i^-2" if args.demo else str(args.path)
     exact = _exact_trace(a)
+    if not np.isfinite(exact):
+        raise ValueError(
+            f"PATH {str(args.path)!r}: the trace overflows (the diagonal sums to {exact}); scale the matrix"
+        )
     op = st.as_operator(a)
     rows = []
     for name in names:

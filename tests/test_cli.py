@@ -82,6 +82,24 @@ def test_non_finite_matrix_file_names_the_file_and_entry(fmt, tmp_path, capsys):
     assert f"nan.{fmt.split('-')[0]}' has 1 non-finite entries (NaN or inf), the first at (2, 1)" in err
 
 
+def test_empty_overflowing_and_out_of_float32_range_files_are_refused(tmp_path, capsys):
+    import jax
+
+    np.save(tmp_path / "empty.npy", np.zeros((0, 0)))
+    assert "empty.npy': the matrix is empty" in _one_line_error(capsys, "trace", str(tmp_path / "empty.npy"))
+    np.save(tmp_path / "big.npy", 1e308 * np.eye(3))  # finite entries, an infinite trace
+    assert "big.npy': the trace overflows" in _one_line_error(capsys, "trace", str(tmp_path / "big.npy"))
+    sp.save_npz(tmp_path / "wide.npz", sp.csr_matrix(1e39 * np.eye(3)))  # inf in float32, JAX's default
+    jax.config.update("jax_enable_x64", False)
+    try:
+        err = _one_line_error(capsys, "trace", str(tmp_path / "wide.npz"))
+    finally:
+        jax.config.update("jax_enable_x64", True)
+    assert "wide.npz': entries up to 1e+39 exceed float32's range" in err and "--x64" in err
+    assert main(["trace", str(tmp_path / "wide.npz"), "--backend", "numba"]) == 0  # float64 there: fine
+    capsys.readouterr()
+
+
 def test_pickled_npy_is_refused_not_loaded(tmp_path, capsys):
     path = tmp_path / "obj.npy"
     np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
