@@ -43,6 +43,8 @@ def check_square(op, *, name: str = "op") -> int:
             f"{name} must be square for trace estimation; got shape {op.shape}. "
             "For a rectangular Jacobian J use sketchtrace.gram(J) (J J^T or J^T J)."
         )
+    if n == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(op.shape)}); expected at least one row")
     return n
 
 

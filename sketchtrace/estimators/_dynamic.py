@@ -33,7 +33,7 @@ from .._optional import xnp as jnp  # jax.numpy; numpy without JAX (JAX is an ex
 from .._samplers import SAMPLERS
 from ..backends import backend_for_key, namespace_of
 from ..operators import LinearOperator
-from ..validation import check_choice, check_chunk_size, check_num_matvecs, check_probability
+from ..validation import check_choice, check_chunk_size, check_num_matvecs, check_probability, check_square
 from ._compiled import BackendCompiled
 
 _SEM_METHODS = ("auto", "replicas", "recursion")
@@ -242,12 +242,7 @@ def _prepare(bk, op, name):
         op = bk.prepare(op)
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"{name}: {exc}") from exc
-    m, n = op.shape
-    if m != n:
-        raise ValueError(
-            f"{name} must be square for trace estimation; got shape {tuple(op.shape)}. "
-            "For a rectangular Jacobian J use sketchtrace.gram(J)."
-        )
+    check_square(op, name=name)
     names = op.block_names
     B = 1 if names is None else len(names)
     return _OpInfo(op, int(op.probe_dim), _dtype(bk.probe_dtype(op)), op.blocks, names, B)
