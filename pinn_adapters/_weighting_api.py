@@ -151,7 +151,7 @@ def check_options(
         raise ValueError("rule='jaxpi' divides by the block sizes itself; use normalize='sum' with it")
     return {
         "estimator": est,
-        "every": check_num_matvecs(every, name="every"),
+        "every": check_positive_int(every, name="every"),
         "ema": check_optional(check_probability, ema, name="ema", high_open=True),
         "rule": rule,
         "cap": cap,

@@ -165,6 +165,22 @@ def test_weighting_bad_arguments(wave):
         pa.train(wave, steps=-1, progress=False)
 
 
+@pytest.mark.parametrize(
+    "option, value, error, message",
+    [
+        ("checkpoint_every", 5, ValueError, "checkpoint_every needs checkpoint="),
+        ("progress", "yes", TypeError, "progress must be True or False"),
+        ("track_weight_error", 1, TypeError, "track_weight_error must be True or False"),
+        ("resample", "no", TypeError, "resample must be True or False"),  # was bool("no"): True
+        ("reuse_residuals", None, TypeError, "reuse_residuals must be True or False"),
+    ],
+)
+def test_train_options_refused_not_coerced_or_dropped(wave, option, value, error, message):
+    kwargs = {"progress": False, option: value}
+    with pytest.raises(error, match=message):
+        pa.train(wave, steps=1, **kwargs)
+
+
 # ---------------------------------------------------------------------------- problems
 
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 import sketchtrace as st
-from sketchtrace.validation import check_choice, check_num_matvecs, is_concrete
+from sketchtrace.validation import check_choice, check_num_matvecs, check_positive_int, is_concrete
 
 from .._blocks import ResidualBlocks
 from .._gradnorm import block_grad_norms
@@ -137,7 +137,7 @@ def causal_ntk(diag, causal_weights, num_chunks: int):
     ``diag`` is ordered by time chunk (jaxpi sorts the residual points by time); the result is
     ``(num_chunks,)``, whose mean then enters :func:`jaxpi_weights` like any block's diagonal.
     """
-    num_chunks = check_num_matvecs(num_chunks, name="num_chunks")
+    num_chunks = check_positive_int(num_chunks, name="num_chunks")
     if diag.shape[0] % num_chunks:
         raise ValueError(f"causal_ntk: {diag.shape[0]} residual rows do not split into num_chunks={num_chunks} chunks")
     return jnp.mean(diag.reshape(num_chunks, -1), axis=1) * causal_weights
@@ -177,7 +177,7 @@ def jaxpi_weighting(
         As for :func:`compute_diag_ntk` (``key`` is then passed to ``update``).
     """
     check_choice(scheme, ("ntk", "grad_norm"), name="scheme")
-    every = check_num_matvecs(every, name="every")
+    every = check_positive_int(every, name="every")
     if isinstance(momentum, bool) or not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
         raise ValueError(f"momentum must be a number in [0, 1); got {momentum!r}")
     if causal is not None:

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sketchtrace.validation import check_num_matvecs
+from sketchtrace.validation import check_positive_int
 
 from .._blocks import ResidualBlocks
 from .._ntk import ntk_traces, ntk_weights, residual_rows
@@ -362,8 +362,8 @@ def jinns_train(
     import equinox as eqx
 
     _check_loss(loss, params)
-    n_iter = check_num_matvecs(n_iter, name="n_iter")
-    every = None if every is None else check_num_matvecs(every, name="every")
+    n_iter = check_positive_int(n_iter, name="n_iter")
+    every = None if every is None else check_positive_int(every, name="every")
     if not callable(getattr(data, "get_batch", None)):
         raise TypeError(f"data must be a jinns data generator with get_batch(); got {type(data).__name__}")
     blocks, _ = from_jinns(loss, params, terms=terms)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from sketchtrace.validation import check_int
+from sketchtrace.validation import check_bool, check_int
 
 from .._ntk import ntk_traces, ntk_weights, residual_rows
 from .._weighting import NTKWeighting, ntk_weighting
@@ -489,7 +489,8 @@ class Trainer:
         if optimizer is None:
             optimizer = problem.default_optimizer() if hasattr(problem, "default_optimizer") else optax.adam(1e-3)
         self.optimizer = optimizer
-        self.resample, self.reuse_residuals = bool(resample), bool(reuse_residuals)
+        self.resample = check_bool(resample, name="resample")
+        self.reuse_residuals = check_bool(reuse_residuals, name="reuse_residuals")
         self._init = jax.jit(self.weighting.init)
         self._rel_l2 = _rel_l2_fn(problem.relative_l2) if hasattr(problem, "relative_l2") else None
         self._step = None
@@ -526,6 +527,10 @@ class Trainer:
         log_every = _check_int("log_every", log_every, 1)
         seed = _check_int("seed", seed, 0)
         checkpoint_every = _check_int("checkpoint_every", checkpoint_every, 1, optional=True)
+        if checkpoint_every is not None and checkpoint is None:
+            raise ValueError("checkpoint_every needs checkpoint= (the file to write)")
+        track_weight_error = check_bool(track_weight_error, name="track_weight_error")
+        progress = check_bool(progress, name="progress")
         if checkpoint is not None:
             ckpt.check_writable(checkpoint)
         if self.second_order is not None:
