@@ -33,7 +33,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from sketchtrace.validation import check_int, check_real
+from sketchtrace.validation import check_bool, check_int, check_real
 
 from ._blocks import MixedBlock
 
@@ -111,7 +111,7 @@ class CausalBlock(MixedBlock):
             raise ValueError(f"CausalBlock: t_range must have t1 > t0; got {t_range!r}")
         self.num_chunks = check_int(num_chunks, name="num_chunks", minimum=1)
         self.eps = check_real(eps, name="eps", low=0.0)
-        self.t_range, self.time, self.balance, self.fn = (t0, t1), time, bool(balance), fn
+        self.t_range, self.time, self.balance, self.fn = (t0, t1), time, check_bool(balance, name="balance"), fn
         if isinstance(fn, MixedBlock):
             features, inner = fn.features, fn.mix
         else:

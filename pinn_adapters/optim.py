@@ -39,7 +39,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from sketchtrace.validation import check_int, check_real
+from sketchtrace.validation import check_bool, check_int, check_real
 
 __all__ = ["warmup_exponential_decay", "adam", "soap", "SoapState"]
 
@@ -66,7 +66,7 @@ def warmup_exponential_decay(
         warmup_steps=warmup_steps,
         transition_steps=decay_steps,
         decay_rate=decay_rate,
-        staircase=bool(staircase),
+        staircase=check_bool(staircase, name="staircase"),
     )
 
 
@@ -251,7 +251,7 @@ def soap(
         check_int(precondition_frequency, name="precondition_frequency", minimum=1),
     )
     max_dim = check_int(max_precond_dim, name="max_precond_dim", minimum=1)
-    precondition_1d = bool(precondition_1d)
+    precondition_1d = check_bool(precondition_1d, name="precondition_1d")
 
     def init(params):
         leaves = jax.tree.leaves(params)

@@ -349,3 +349,31 @@ def test_pc_state_for_another_operator_size_refused(key):
     s = pc.init(key, np.eye(40))
     with pytest.raises(ValueError, match="probe dimension n = 40"):
         pc.update(key, s, np.eye(30), np.eye(30))
+
+
+def test_boolean_options_are_refused_not_coerced():
+    """Every boolean option is checked by ``check_bool``: ``bool("no")`` is True, so a coercion would
+    silently do the opposite of what was written."""
+    import pinn_adapters as pa
+
+    calls = {
+        "staircase": lambda: pa.optim.warmup_exponential_decay(staircase="no"),
+        "precondition_1d": lambda: pa.optim.soap(precondition_1d="no"),
+        "balance": lambda: pa.causal.CausalBlock(lambda p, x: x[:, 0], time=1, t_range=(0.0, 1.0), balance="no"),
+        "check_psd": lambda: st.trace(jax.random.key(0), A, rtol=0.1, max_matvecs=20, check_psd="no"),
+    }
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        from pinn_adapters.torch import TorchResidualBlocks
+        from sketchtrace.operators import TorchFunctionOperator
+
+        calls["vectorized"] = lambda: TorchFunctionOperator(lambda v: v, 3, torch.float64, vectorized="no")
+        calls["pointwise"] = lambda: TorchResidualBlocks(
+            torch.nn.Linear(1, 1), {"r": lambda m, x: m(x)}, pointwise="no"
+        )
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match=f"{name} must be True or False"):
+            call()

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sketchtrace.validation import check_positive_int
+from sketchtrace.validation import check_bool, check_positive_int
 
 from .._blocks import ResidualBlocks
 from .._ntk import ntk_traces, ntk_weights, residual_rows
@@ -55,7 +55,7 @@ class JinnsBlocks(ResidualBlocks):
 
     def __init__(self, fns, *, per_point, **kwargs):
         super().__init__(fns, **kwargs)
-        self._per_point = bool(per_point)
+        self._per_point = check_bool(per_point, name="per_point")
         self._template = None
 
     def _opaque(self, batch) -> bool:

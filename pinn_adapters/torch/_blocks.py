@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch.func import functional_call, jacrev, vmap
 
-from sketchtrace.validation import check_choice, check_num_matvecs
+from sketchtrace.validation import check_bool, check_choice, check_num_matvecs
 
 PER_SAMPLE = ("auto", "vmap", "loop")
 VMAP_CHUNK, LOOP_CHUNK = 256, 64  # points per chunk: torch.func per-point gradients; autograd residual chunks
@@ -72,7 +72,7 @@ class TorchResidualBlocks:
         self.fns = dict(fns)
         self.reduction = check_choice(reduction, ("mean", "sum"), name="reduction")
         self.per_sample = check_choice(per_sample, PER_SAMPLE, name="per_sample")
-        self.pointwise = bool(pointwise)
+        self.pointwise = check_bool(pointwise, name="pointwise")
         self._mode = {}  # block -> "vmap" | "loop", decided on first use under "auto"
         self._rows = {}  # (block, points) -> residual rows
         self._batched_grads = None  # whether autograd.grad(is_grads_batched=True) works on these residuals

@@ -14,7 +14,7 @@ from scipy import stats
 from .._estimate import Estimate
 from .._optional import tree_leaves
 from ..operators import require_products
-from ..validation import check_choice, check_num_matvecs
+from ..validation import check_bool, check_choice, check_num_matvecs
 from ._common import (
     OPTION_NAMES,
     SketchOptions,
@@ -344,7 +344,7 @@ class _Plan(NamedTuple):
             first=rule.first_matvecs,
             sampler=opts.sampler,
             sem_factor=rule.sem_factor,
-            check_psd=bool(check_psd),
+            check_psd=check_bool(check_psd, name="check_psd"),
             allow_exact=opts.allow_exact,
         )
 

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 import torch
 from torch.func import functional_call, jvp, vjp, vmap
 
-from ..validation import check_choice
+from ..validation import check_bool, check_choice
 from ._linear import (
     ALL_PRODUCTS,
     DenseOperator,
@@ -220,7 +220,7 @@ class TorchFunctionOperator(TorchOperator):
         if rmatvec is not None and not callable(rmatvec):
             raise TypeError(f"rmatvec must be callable or None; got {type(rmatvec).__name__}")
         m, n = _as_shape(shape)
-        self.fn, self.rmatvec_fn, self.vectorized = matvec, rmatvec, bool(vectorized)
+        self.fn, self.rmatvec_fn, self.vectorized = matvec, rmatvec, check_bool(vectorized, name="vectorized")
         self.shape = (m, n)
         self.dtype = check_torch_dtype(dtype)
         self.device = torch.device(device)
