@@ -348,12 +348,30 @@ def _check_options(o):
     return c
 
 
+def _as_weighting(weighting, blocks):
+    """``None`` (unit weights), a weighting (``init`` and ``update``), or an estimator name of
+    :func:`pinn_adapters.ntk_weighting` (its defaults, as in :func:`pinn_adapters.train`)."""
+    if isinstance(weighting, str):
+        from ._weighting import ntk_weighting
+
+        return ntk_weighting(blocks, estimator=weighting)
+    if weighting is None or (
+        callable(getattr(weighting, "init", None)) and callable(getattr(weighting, "update", None))
+    ):
+        return weighting
+    raise TypeError(
+        f"weighting must be None, an estimator name or pa.ntk_weighting(...) (an object with init and update); "
+        f"got {type(weighting).__name__}"
+    )
+
+
 def _lm_run(key, blocks, weighting, o):
     """Check every option of :func:`levenberg_marquardt` before any work; ``o``: the options by name."""
     check_jax_key(key)
     if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.wrap_key_data(key)
     c = _check_options(o)
+    weighting = _as_weighting(weighting, blocks)
     line_search = c["line_search"]
     sample_batch = check_optional(check_callable, o["sample_batch"], name="sample_batch")
     if c["adaptive_sampling"] is not None:
@@ -519,8 +537,8 @@ def levenberg_marquardt(
     :func:`gauss_newton_step`. ``line_search``: ``None`` (the full step ``eta = 1``) or ``"grid"``
     (the best ``eta`` of ``{2^-k : k < grid_size}``, all evaluated in one compiled vmapped call);
     a step is accepted only when the loss goes down (gain ratio ``rho > 0``).
-    ``weighting``: an :func:`pinn_adapters.ntk_weighting` (``None``: unit weights), refreshed after
-    accepted steps. ``sample_batch(key) -> batch``: new collocation points after every
+    ``weighting``: an :func:`pinn_adapters.ntk_weighting` or its estimator name (``"exact"``,
+    ``"pc"``, ...; ``None``: unit weights), refreshed after accepted steps. ``sample_batch(key) -> batch``: new collocation points after every
     ``resample_every``-th accepted step (``None``: the fixed ``batch``); ``adaptive_sampling``: a dict
     of :func:`pinn_adapters.sampling.residual_adaptive` options (``block``, ``pool``, ``k``, ``c``)
     makes each resample a residual-based adaptive (RAD) draw from ``pool`` of ``sample_batch``'s

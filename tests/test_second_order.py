@@ -320,3 +320,20 @@ def test_weighting_refresh_compiles_once_per_run(caplog):
         assert sum(r["accepted"] for r in res.history) >= steps // 2  # refreshes happened (every 2 accepted)
         counts.append(sum("Compiling" in r.getMessage() for r in caplog.records))
     assert counts[1] == counts[0], counts  # no compilation per step
+
+
+def test_weighting_by_name_or_refused():
+    """``weighting="exact"`` is :func:`pa.ntk_weighting`'s exact weighting (as in ``pa.train``); an object
+    that is not a weighting is refused by name before any work (it failed inside the run)."""
+    blocks, sample_batch, params = _two_blocks()
+    batch = sample_batch(jax.random.key(9))
+    kw = dict(steps=3, method="dense", damping=0.1)
+    named = so.levenberg_marquardt(jax.random.key(0), blocks, params, batch, weighting="exact", **kw)
+    built = so.levenberg_marquardt(
+        jax.random.key(0), blocks, params, batch, weighting=pa.ntk_weighting(blocks, estimator="exact"), **kw
+    )
+    assert named.weights == built.weights and [r["loss"] for r in named.history] == [r["loss"] for r in built.history]
+    with pytest.raises(TypeError, match="weighting must be None, an estimator name or pa.ntk_weighting"):
+        so.levenberg_marquardt(jax.random.key(0), blocks, params, batch, weighting={"res": 1.0}, **kw)
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        so.levenberg_marquardt(jax.random.key(0), blocks, params, batch, weighting="ntk", **kw)
