@@ -42,6 +42,17 @@ def test_as_operator_products_match_dense(convert):
 def test_integer_matrix_is_converted_to_float():
     op = st.as_operator(np.eye(3, dtype=int))
     assert np.issubdtype(op.dtype, np.floating)
+    # sparse too, as documented (it was refused as "not a real floating dtype" while dense was converted)
+    for S in (sp.csr_matrix(2 * np.eye(3, dtype=np.int64)), sp.csr_matrix(np.eye(3, dtype=bool))):
+        sop = st.as_operator(S)
+        assert sop.dtype == np.float64
+        assert float(st.hutchinson(np.random.default_rng(0), sop, num_matvecs=3).value) == S.diagonal().sum()
+
+
+@pytest.mark.parametrize("shape", [(3.0, 3), (3, 2.5), (3,), (3, 3, 3), (True, 3), "33"])
+def test_function_operator_shape_must_be_integers(shape):
+    with pytest.raises(ValueError, match="shape must be an int n or a pair"):
+        st.FunctionOperator(lambda v: v, shape=shape, dtype=jnp.float64)
 
 
 def test_function_operator_with_and_without_rmatvec():

@@ -38,9 +38,12 @@ def _as_shape(shape) -> tuple[int, int]:
     if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
         shape = (int(shape), int(shape))
     try:
-        m, n = (int(s) for s in shape)
+        dims = tuple(shape)
+        if len(dims) != 2 or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in dims):
+            raise TypeError
+        m, n = (int(s) for s in dims)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"shape must be an int n or a pair (m, n); got {shape!r}") from exc
+        raise ValueError(f"shape must be an int n or a pair (m, n) of integers; got {shape!r}") from exc
     if m <= 0 or n <= 0:
         raise ValueError(f"shape must have positive dimensions; got {(m, n)}")
     return (m, n)
@@ -778,8 +781,8 @@ def _from_lineax(obj, blocks):
 def as_operator(obj, *, blocks=None, symmetric=None, psd=None) -> LinearOperator:
     """Wrap what the user has as a sketchtrace operator.
 
-    Accepts NumPy or JAX 2-D arrays (integer/boolean arrays are converted to
-    float64), ``scipy.sparse`` matrices and arrays, ``scipy.sparse.linalg.LinearOperator``,
+    Accepts NumPy or JAX 2-D arrays and ``scipy.sparse`` matrices and arrays (integer/boolean
+    entries are converted to float64), ``scipy.sparse.linalg.LinearOperator``,
     lineax operators (duck-typed; lineax need not be installed), and sketchtrace
     operators (returned as they are). A bare callable has no shape: wrap it in
     :class:`FunctionOperator`.
@@ -806,6 +809,8 @@ def as_operator(obj, *, blocks=None, symmetric=None, psd=None) -> LinearOperator
             obj = obj.astype(np.float64) if isinstance(obj, np.ndarray) else obj.astype(float)
         op = DenseOperator(_native_float(obj))
     elif _is_scipy_sparse(obj):
+        if np.issubdtype(obj.dtype, np.integer) or np.issubdtype(obj.dtype, np.bool_):
+            obj = obj.astype(np.float64)  # as for dense matrices: integer (and boolean) entries as float64
         check_float_dtype(obj.dtype, name="op dtype")
         op = SparseOperator.from_scipy(_native_float(obj))
     elif _is_scipy_linop(obj):
