@@ -54,7 +54,8 @@ def plot(out, runs, soap=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = plt.subplots(figsize=(10.0, 4.4))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors[: max(2, len(runs) + 1)])  # no colour repeats
     for path in runs:
         d = json.load(open(path))
         h, c = d["history"], d["config"]
@@ -62,7 +63,8 @@ def plot(out, runs, soap=None):
         w = "" if w == "none" else f", {w} weights /{c.get('weights_every', 1)}"
         w += f", RAD pool {c['rad']}" if c.get("rad") else ""
         label = f"LM dense, {c.get('problem', 'wave')}, p={c['p']}, n={c['n']}, seed {c.get('seed', 0)}{w}"
-        ax.semilogy([t / 60 for t in h["time"]], h["relative_l2"], label=label)
+        style = "--" if c.get("problem", "wave") == "burgers" else "-"
+        ax.semilogy([t / 60 for t in h["time"]], h["relative_l2"], style, lw=1.0, label=label)
     if soap is not None:
         d = json.load(open(soap))
         h, c = d["history"], d["config"]
@@ -72,9 +74,9 @@ def plot(out, runs, soap=None):
     ax.set_xlabel("wall time (min)")
     ax.set_ylabel("relative L2 error")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes, not over the curves
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
 
 
 def main(argv=None):
