@@ -105,7 +105,8 @@ def _deferred_checks(trace):
 def _defer_check(x, condition) -> None:
     """Record ``condition(x)`` (a traced boolean: the check passes) for the enclosing eager program, when
     ``x`` is a tracer of that program's own trace (see :func:`_deferred_checks`); otherwise nothing."""
-    if _DEFERRED.flags is not None and getattr(x, "_trace", None) is _DEFERRED.trace:
+    top = _DEFERRED.trace  # None outside an eager program (or on a JAX whose tracers lack ``_trace``): nothing
+    if top is not None and getattr(x, "_trace", None) is top:
         _DEFERRED.flags.append(condition(x))
 
 
